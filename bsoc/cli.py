@@ -1,0 +1,66 @@
+"""The ``bsoc`` command line: one entry point, one verb per job.
+
+Failures we can explain (:class:`bsoc.errors.BsocError`) are caught here, at the edge,
+and shown as one line with the remedy; bad input exits with code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from bsoc import __version__
+from bsoc.console import err_console
+from bsoc.errors import BsocError
+
+app = typer.Typer(
+    name="bsoc",
+    help="Battery state-of-charge virtual sensor: simulate or ingest cell data, train an LSTM, "
+    "compress it by projection, compare it with an EKF, and serve live SOC.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(
+    help="Simulate, ingest, validate and inspect cycle datasets.", no_args_is_help=True
+)
+app.add_typer(data_app, name="data")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"bsoc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
+) -> None:
+    """Battery SOC virtual sensor."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point; exits with the command's code."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.ClickException as usage:
+        usage.show()
+        sys.exit(usage.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err_console.print("[yellow]interrupted[/]")
+        sys.exit(130)
+    except BsocError as error:
+        err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        sys.exit(error.exit_code)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Terminal output shared by all commands: messages on stderr, results on stdout.
+
+Progress bars and messages go to stderr so that ``--json`` output on stdout stays
+machine-readable when piped.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+err_console = Console(stderr=True)
+out_console = Console()
+
+
+def progress(transient: bool = False) -> Progress:
+    """A Rich progress bar on stderr with a free-text field for live metrics."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=err_console,
+        transient=transient,
+    )
+
+
+def emit_json(payload: Any) -> None:
+    """Print one JSON document on stdout (nothing else goes to stdout with --json)."""
+    sys.stdout.write(json.dumps(payload, indent=2, default=_jsonable) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "__fspath__"):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,1 @@
+"""Data: the canonical schema, datasets on disk, readers, simulation, windows."""

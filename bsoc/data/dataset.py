@@ -1,0 +1,133 @@
+"""A dataset on disk: one Parquet file per cycle plus ``manifest.json``.
+
+The manifest records every cycle's metadata and split, how the data was made
+(command, seed, resampling, conversions) and a content fingerprint, so models
+trained on it can record exactly what they saw. Loading validates every cycle
+again: a hand-edited file is caught here, not inside a training run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bsoc import __version__
+from bsoc.data.schema import SPLITS, Cycle, CycleMeta, validate_frame
+from bsoc.errors import DatasetNotFoundError, DataValidationError, OverwriteRefusedError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Dataset:
+    """Cycles plus provenance. ``provenance`` is free-form JSON describing how it was made."""
+
+    name: str
+    cycles: list[Cycle]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[Cycle]:
+        return iter(self.cycles)
+
+    def __len__(self) -> int:
+        return len(self.cycles)
+
+    def split(self, name: str) -> list[Cycle]:
+        if name not in SPLITS:
+            raise DataValidationError(f"unknown split '{name}'", remedy=f"use one of {SPLITS}")
+        return [c for c in self.cycles if c.meta.split == name]
+
+    def fingerprint(self) -> str:
+        """Content hash of all cycles' data and metadata (order-independent of dict keys)."""
+        digest = hashlib.sha256()
+        for cycle in sorted(self.cycles, key=lambda c: c.meta.name):
+            digest.update(json.dumps(cycle.meta.to_dict(), sort_keys=True).encode())
+            digest.update(pd.util.hash_pandas_object(cycle.frame, index=False).values.tobytes())
+        return digest.hexdigest()[:16]
+
+    def save(self, directory: str | Path, *, force: bool = False) -> Path:
+        """Write the dataset; refuses to replace an existing one unless ``force``."""
+        directory = Path(directory)
+        names = [c.meta.name for c in self.cycles]
+        if len(set(names)) != len(names):
+            duplicated = sorted({n for n in names if names.count(n) > 1})
+            raise DataValidationError(
+                f"cycle names must be unique, repeated: {duplicated}",
+                remedy="give each cycle its own name",
+            )
+        if directory.exists() and any(directory.iterdir()):
+            if not force:
+                raise OverwriteRefusedError(
+                    f"{directory} already exists and is not empty",
+                    remedy="choose another --out or pass --force to replace it",
+                )
+            shutil.rmtree(directory)
+        (directory / "cycles").mkdir(parents=True, exist_ok=True)
+        entries = []
+        for cycle in self.cycles:
+            relative = f"cycles/{_safe_filename(cycle.meta.name)}.parquet"
+            cycle.frame.to_parquet(directory / relative, index=False)
+            entries.append({"file": relative, "rows": len(cycle.frame), **cycle.meta.to_dict()})
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "bsoc_version": __version__,
+            "fingerprint": self.fingerprint(),
+            "provenance": self.provenance,
+            "cycles": entries,
+        }
+        (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Dataset:
+        directory = Path(directory)
+        manifest_path = directory / MANIFEST
+        if not manifest_path.is_file():
+            raise DatasetNotFoundError(
+                f"no dataset at {directory} (missing {MANIFEST})",
+                remedy="create one with 'bsoc data simulate' or 'bsoc data ingest'",
+            )
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as error:
+            raise DataValidationError(
+                f"manifest is not valid JSON ({error.msg} at line {error.lineno})",
+                file=str(manifest_path),
+                remedy="restore the manifest or re-create the dataset",
+            ) from None
+        cycles = []
+        for entry in manifest.get("cycles", []):
+            path = directory / entry["file"]
+            if not path.is_file():
+                raise DatasetNotFoundError(
+                    f"cycle file {path} listed in the manifest is missing",
+                    remedy="re-create the dataset",
+                )
+            meta = CycleMeta.from_dict(entry)
+            frame = validate_frame(
+                pd.read_parquet(path), file=str(path), nominal_capacity_ah=meta.nominal_capacity_ah
+            )
+            cycles.append(Cycle(frame=frame, meta=meta))
+        return cls(name=manifest["name"], cycles=cycles, provenance=manifest.get("provenance", {}))
+
+    @staticmethod
+    def manifest(directory: str | Path) -> dict[str, Any]:
+        """The raw manifest (cheap: reads no cycle data)."""
+        path = Path(directory) / MANIFEST
+        if not path.is_file():
+            raise DatasetNotFoundError(f"no dataset at {directory}", remedy="check the path")
+        return json.loads(path.read_text())
+
+
+def _safe_filename(name: str) -> str:
+    keep = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+    return keep.strip("._") or "cycle"

@@ -1,0 +1,158 @@
+"""The one interface every SOC model exposes: LSTM, projected LSTM, SVD LSTM, EKF.
+
+Benchmark, evaluation, report and service treat all models alike through it.
+
+A *stream* is one cell's sequence of samples. Its whole memory (LSTM hidden and cell
+states, or the EKF's state and covariance) is one flat vector, ``state``; many streams
+are a 2-D array ``states`` (B, S). That makes batching many streams, snapshotting them
+to disk and restoring them trivial and identical for every model kind.
+
+Samples are rows ``[time_s, voltage_v, current_a, temperature_c]`` (``SAMPLE_FIELDS``),
+physical units, discharge current negative. Each model normalises inputs itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from bsoc.errors import ModelFileError
+
+SAMPLE_FIELDS: tuple[str, ...] = ("time_s", "voltage_v", "current_a", "temperature_c")
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+# kind -> "module:Class"; the class must provide ``load(directory) -> SocEstimator``.
+# Imported lazily so that `bsoc --help` and the EKF never import torch.
+ESTIMATOR_CLASSES: dict[str, str] = {
+    "lstm": "bsoc.nn.estimator:LstmSocEstimator",
+    "projected-lstm": "bsoc.nn.estimator:LstmSocEstimator",
+    "svd-lstm": "bsoc.nn.estimator:LstmSocEstimator",
+    "ekf": "bsoc.ekf.estimator:EkfSocEstimator",
+}
+
+
+class SocEstimator(ABC):
+    """A SOC model usable offline (whole cycles) and online (sample by sample, many streams)."""
+
+    kind: ClassVar[str]
+    name: str = "model"
+
+    @abstractmethod
+    def initial_state(self) -> np.ndarray:
+        """State vector (S,) of a new stream that knows nothing about the cell yet."""
+
+    @abstractmethod
+    def step_batch(self, samples: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Advance B streams by one sample each.
+
+        ``samples`` (B, 4) rows of ``SAMPLE_FIELDS``; ``states`` (B, S). Returns SOC (B,) as
+        fractions and the new states (B, S). Never modifies its arguments, so a rejected
+        request leaves every stream exactly as it was.
+        """
+
+    def predict(self, samples: np.ndarray) -> np.ndarray:
+        """SOC (T,) for one whole sequence (T, 4) started from ``initial_state()``.
+
+        Default: step through the samples. Neural models override it with a batched
+        forward pass that must agree with stepping (tested to 1e-5).
+        """
+        states = self.initial_state()[None, :]
+        out = np.empty(len(samples), dtype=np.float64)
+        for t in range(len(samples)):
+            soc, states = self.step_batch(samples[t : t + 1], states)
+            out[t] = soc[0]
+        return out
+
+    @abstractmethod
+    def learnables(self) -> int:
+        """Number of learnable parameters, counted as the article's Table 1 does."""
+
+    @abstractmethod
+    def weight_bytes(self) -> int:
+        """Bytes of the parameters stored as float32."""
+
+    @abstractmethod
+    def macs_per_sample(self) -> int:
+        """Multiply-accumulates one streaming step costs (for the compute-limit comparison)."""
+
+    @abstractmethod
+    def save(self, directory: str | Path, *, force: bool = False) -> Path:
+        """Write ``config.json`` (+ weights) into ``directory``; refuse to overwrite unless ``force``."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, directory: str | Path) -> SocEstimator:
+        """Read a model folder written by :meth:`save`. Never unpickles."""
+
+
+class StreamSet:
+    """Per-stream state for a fixed estimator: ``step(sample)`` for one cell, ``step_batch`` for many.
+
+    The service keeps one of these; tests use it to prove that streaming equals ``predict``.
+    """
+
+    def __init__(self, estimator: SocEstimator, n_streams: int = 1) -> None:
+        self.estimator = estimator
+        self.states = np.repeat(estimator.initial_state()[None, :], n_streams, axis=0)
+
+    def step(self, sample: np.ndarray | list[float], stream: int = 0) -> float:
+        row = np.asarray(sample, dtype=np.float64).reshape(1, -1)
+        soc, new = self.estimator.step_batch(row, self.states[stream : stream + 1])
+        self.states[stream] = new[0]
+        return float(soc[0])
+
+    def step_batch(self, samples: np.ndarray) -> np.ndarray:
+        soc, self.states = self.estimator.step_batch(np.asarray(samples, np.float64), self.states)
+        return soc
+
+    def reset(self, stream: int) -> None:
+        self.states[stream] = self.estimator.initial_state()
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise ModelFileError(
+            f"no model at {directory} (missing {CONFIG_FILE})",
+            remedy="train one with 'bsoc train' or fit one with 'bsoc ekf fit'",
+        )
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ModelFileError(
+            f"{path} is not valid JSON ({error.msg})", remedy="restore or re-create the model"
+        ) from None
+
+
+def load_estimator(directory: str | Path) -> SocEstimator:
+    """Load any model folder by the ``kind`` recorded in its config."""
+    kind = read_config(directory).get("kind")
+    target = ESTIMATOR_CLASSES.get(str(kind))
+    if target is None:
+        raise ModelFileError(
+            f"{directory} holds a model of unknown kind {kind!r}",
+            remedy=f"expected one of {sorted(ESTIMATOR_CLASSES)}",
+        )
+    module_name, class_name = target.split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls.load(directory)
+
+
+def prepare_model_dir(directory: str | Path, *, force: bool) -> Path:
+    """Create a model folder, refusing to replace an existing model without ``force``."""
+    from bsoc.errors import OverwriteRefusedError
+
+    directory = Path(directory)
+    if (directory / CONFIG_FILE).exists() and not force:
+        raise OverwriteRefusedError(
+            f"a model already exists at {directory}",
+            remedy="choose another --out or pass --force to replace it",
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory

@@ -1,0 +1,48 @@
+"""Round trip and refusal behaviour of datasets on disk."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from bsoc.data.dataset import Dataset
+from bsoc.errors import DatasetNotFoundError, DataValidationError, OverwriteRefusedError
+
+
+def test_round_trip_is_exact(toy_dataset):
+    loaded = Dataset.load(toy_dataset)
+    again = Dataset.load(toy_dataset)
+    assert len(loaded) == 10
+    assert [c.meta.split for c in loaded].count("test") == 2
+    for a, b in zip(loaded, again, strict=True):
+        pd.testing.assert_frame_equal(a.frame, b.frame, check_exact=True)
+        assert a.meta == b.meta
+    assert Dataset.manifest(toy_dataset)["fingerprint"] == loaded.fingerprint()
+
+
+def test_save_refuses_to_overwrite_without_force(toy_dataset, tmp_path):
+    data = Dataset.load(toy_dataset)
+    out = data.save(tmp_path / "copy")
+    with pytest.raises(OverwriteRefusedError, match="--force"):
+        data.save(out)
+    data.save(out, force=True)
+    pd.testing.assert_frame_equal(Dataset.load(out).cycles[0].frame, data.cycles[0].frame)
+
+
+def test_load_missing_dataset_names_the_remedy(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="bsoc data simulate"):
+        Dataset.load(tmp_path / "nothing")
+
+
+def test_load_revalidates_edited_cycle(toy_dataset, tmp_path):
+    out = Dataset.load(toy_dataset).save(tmp_path / "edited")
+    entry = json.loads((out / "manifest.json").read_text())["cycles"][0]
+    frame = pd.read_parquet(out / entry["file"])
+    frame.loc[5, "voltage_v"] = float("nan")
+    frame.to_parquet(out / entry["file"], index=False)
+    with pytest.raises(DataValidationError) as caught:
+        Dataset.load(out)
+    assert caught.value.row == 5 and caught.value.column == "voltage_v"
+    assert entry["file"] in str(caught.value)

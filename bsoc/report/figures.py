@@ -1,0 +1,155 @@
+"""The report's figures. Each function takes plain benchmark data and returns a Figure.
+
+Colours are fixed per model *kind* so that the same model looks the same in every plot.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+KIND_COLOURS = {
+    "lstm": "#1f77b4",
+    "projected-lstm": "#d62728",
+    "svd-lstm": "#9467bd",
+    "ekf": "#2ca02c",
+}
+
+
+def colour(model: dict[str, Any], index: int) -> str:
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    if "fine" in model["name"] or "ft" in model["name"].split("-"):
+        return KIND_COLOURS.get(model["kind"], palette[index % len(palette)])
+    return palette[index % len(palette)]
+
+
+def soc_traces(
+    models: list[dict[str, Any]], traces: dict[str, np.ndarray], cycles: list[str]
+) -> Figure:
+    """Estimated vs true SOC, every model on one plot, and the error below, per cycle."""
+    fig, axes = plt.subplots(
+        2, len(cycles), figsize=(5.5 * len(cycles), 6), sharex="col", squeeze=False,
+        gridspec_kw={"height_ratios": [2, 1]},
+    )
+    for col, cycle in enumerate(cycles):
+        time_h = traces[f"{cycle}/time_s"] / 3600.0
+        truth = traces[f"{cycle}/soc_true"] * 100
+        top, bottom = axes[0, col], axes[1, col]
+        top.plot(time_h, truth, color="black", lw=2.0, label="true SOC")
+        for index, model in enumerate(models):
+            estimate = traces[f"{model['name']}/{cycle}"] * 100
+            top.plot(time_h, estimate, lw=1.0, color=colour(model, index), label=model["name"])
+            bottom.plot(time_h, estimate - truth, lw=0.8, color=colour(model, index))
+        top.set_title(cycle, fontsize=10)
+        top.set_ylabel("SOC [%]")
+        bottom.set_ylabel("error [pp]")
+        bottom.set_xlabel("time [h]")
+        bottom.axhline(0, color="black", lw=0.5)
+        top.grid(alpha=0.3)
+        bottom.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def error_distributions(
+    models: list[dict[str, Any]], traces: dict[str, np.ndarray], cycles: dict[str, float]
+) -> Figure:
+    """Box plots of the per-sample error, per model, grouped by ambient temperature."""
+    temperatures = sorted(set(cycles.values()))
+    fig, axes = plt.subplots(
+        1, len(temperatures), figsize=(max(4.0, 3.2 * len(temperatures)), 4), sharey=True,
+        squeeze=False,
+    )
+    for ax, temperature in zip(axes[0], temperatures, strict=True):
+        data = []
+        for model in models:
+            errors = [
+                (traces[f"{model['name']}/{c}"] - traces[f"{c}/soc_true"]) * 100
+                for c, t in cycles.items()
+                if t == temperature
+            ]
+            data.append(np.concatenate(errors))
+        ax.boxplot(data, showfliers=False, whis=(1, 99))
+        ax.set_xticks(range(1, len(models) + 1), [m["name"] for m in models], rotation=60,
+                      ha="right", fontsize=8)
+        ax.set_title(f"{temperature:g} °C", fontsize=10)
+        ax.axhline(0, color="black", lw=0.5)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0, 0].set_ylabel("SOC error [pp] (box: quartiles, whiskers: 1-99 %)")
+    fig.tight_layout()
+    return fig
+
+
+def pareto(models: list[dict[str, Any]], sweep: dict[str, list[dict[str, Any]]] | None) -> Figure:
+    """RMSE vs learnables: projection and SVD sweeps, with the benchmarked models as points."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = {"projection": ("#d62728", "o"), "svd": ("#9467bd", "s")}
+    for method, points in (sweep or {}).items():
+        if not points:
+            continue
+        points = sorted(points, key=lambda p: p["learnables"])
+        colour_, marker = styles.get(method, ("grey", "^"))
+        ax.plot([p["learnables"] for p in points], [p["rmse_pct"] for p in points],
+                marker=marker, color=colour_, lw=1, ms=4, alpha=0.8,
+                label=f"{method} sweep (no fine-tuning)")
+    for index, model in enumerate(models):
+        ax.scatter(model["learnables"], model["rmse_pct"], s=60, color=colour(model, index),
+                   edgecolor="black", zorder=5, label=model["name"])
+    ax.set_xscale("log")
+    ax.set_xlabel("learnables (log)")
+    ax.set_ylabel("RMSE from start [% SOC]")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def explained_variance(layers: dict[str, dict[str, Any]]) -> Figure:
+    """Cumulative explained variance per layer input/output, chosen ranks marked."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, info in layers.items():
+        curve = np.asarray(info["explained_variance_curve"])
+        ranks = np.arange(1, len(curve) + 1)
+        line = ax.plot(ranks, curve * 100, lw=1.2, label=label)[0]
+        if info.get("rank"):
+            ax.scatter([info["rank"]], [curve[info["rank"] - 1] * 100], color=line.get_color(),
+                       zorder=5, s=30)
+    ax.set_xscale("log")
+    ax.set_xlabel("rank (eigen-neurons kept)")
+    ax.set_ylabel("explained variance [%]")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def speed_bars(models: list[dict[str, Any]], reference: str) -> Figure:
+    """Streaming step latency and batched throughput, with ratios to the reference model."""
+    names = [m["name"] for m in models]
+    latency = np.array([m["step_latency_us"] for m in models])
+    throughput = np.array([m["throughput_samples_per_s"] for m in models])
+    ref = names.index(reference) if reference in names else 0
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, values, title, better in (
+        (axes[0], latency, "streaming step latency [µs] (batch 1)", "lower"),
+        (axes[1], throughput, "batched throughput [samples/s]", "higher"),
+    ):
+        bars = ax.bar(range(len(names)), values,
+                      color=[colour(m, i) for i, m in enumerate(models)])
+        for bar, value in zip(bars, values, strict=True):
+            ratio = values[ref] / value if better == "lower" else value / values[ref]
+            ax.annotate(f"{ratio:.1f}x", (bar.get_x() + bar.get_width() / 2, value),
+                        ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_title(f"{title}; ratio vs {names[ref]}", fontsize=9)
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,217 @@
+"""Turn benchmark results into ``report.md`` and a self-contained ``report.html``.
+
+Each benchmark (a folder with ``benchmark.json`` and ``traces.npz``, optionally
+``sweep.json``) becomes one section. Figures are written beside the report as PNG
+(for the Markdown) and embedded as base64 in the HTML, so the HTML file alone is
+the whole report.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from bsoc.errors import BsocError, OverwriteRefusedError
+from bsoc.report import figures
+
+SCENARIOS = ("from_start", "cold_start", "degraded_sensors")
+
+
+class ReportInputError(BsocError):
+    """A benchmark folder given to the report is missing or incomplete."""
+
+    exit_code = 2
+
+
+@dataclass
+class Section:
+    title: str
+    table: list[list[str]]
+    header: list[str]
+    notes: list[str] = field(default_factory=list)
+    figures: list[tuple[str, str, Figure]] = field(default_factory=list)  # (file, caption, fig)
+
+
+def load_benchmark(directory: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict | None]:
+    path = directory / "benchmark.json" if directory.is_dir() else directory
+    if not path.is_file():
+        raise ReportInputError(
+            f"no benchmark.json at {directory}", remedy="run 'bsoc benchmark' first"
+        )
+    bench = json.loads(path.read_text())
+    traces_path = path.parent / bench.get("traces_file", "traces.npz")
+    traces = dict(np.load(traces_path, allow_pickle=False)) if traces_path.is_file() else {}
+    sweep_path = path.parent / "sweep.json"
+    sweep = json.loads(sweep_path.read_text()) if sweep_path.is_file() else None
+    return bench, traces, sweep
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def summary_rows(bench: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    models = bench["models"]
+    reference = next((m for m in models if m["name"] == bench.get("reference")), models[0])
+    header = [
+        "model", "kind", "learnables", "weights [B]", "RMSE from start [%]",
+        "RMSE cold start [%]", "RMSE degraded sensors [%]", "MAE [%]", "max |err| [%]",
+        "cold-start convergence [s]", "step latency [µs]", "throughput [samples/s]",
+        "size ratio", "latency ratio", "throughput ratio",
+    ]
+    rows = []
+    for m in models:
+        scenarios = m.get("scenarios", {})
+        rows.append([
+            m["name"], m["kind"], _fmt(m["learnables"]), _fmt(m["bytes"]),
+            _fmt(m["rmse_pct"]),
+            _fmt(scenarios.get("cold_start", {}).get("rmse_pct")),
+            _fmt(scenarios.get("degraded_sensors", {}).get("rmse_pct")),
+            _fmt(m["mae_pct"]), _fmt(m["max_abs_err_pct"]),
+            _fmt(scenarios.get("cold_start", {}).get("convergence_s"), 0),
+            _fmt(m["step_latency_us"], 1), _fmt(m["throughput_samples_per_s"]),
+            f"{m['learnables'] / reference['learnables']:.3f}",
+            f"{reference['step_latency_us'] / m['step_latency_us']:.1f}x",
+            f"{m['throughput_samples_per_s'] / reference['throughput_samples_per_s']:.1f}x",
+        ])
+    return header, rows
+
+
+def _pick_cycles(bench: dict[str, Any], limit: int = 4) -> dict[str, float]:
+    """One test cycle per ambient temperature (coldest first), at most ``limit``."""
+    by_temperature: dict[float, str] = {}
+    for entry in bench["models"][0].get("by_condition", []):
+        by_temperature.setdefault(float(entry["temperature_c"]), entry["cycle"])
+    chosen = sorted(by_temperature.items())
+    if len(chosen) > limit:
+        picks = np.linspace(0, len(chosen) - 1, limit).round().astype(int)
+        chosen = [chosen[i] for i in picks]
+    return {cycle: temperature for temperature, cycle in chosen}
+
+
+def build_section(directory: Path) -> Section:
+    bench, traces, sweep = load_benchmark(directory)
+    header, rows = summary_rows(bench)
+    machine = bench.get("machine", {})
+    title = f"{bench['dataset']} ({bench['cycles']} test cycles)"
+    notes = [
+        f"Machine: {machine.get('cpu', '?')}, {machine.get('usable_cores', '?')} cores, "
+        f"torch {machine.get('torch', '?')}, numpy {machine.get('numpy', '?')}, "
+        f"{machine.get('torch_threads', '?')} torch threads.",
+        "RMSE/MAE/max error in SOC percentage points. Cold start: the estimator starts from its "
+        f"initial state {bench.get('cold_start', {}).get('start_fraction', 0.25):.0%} into each cycle; "
+        f"error counted after {bench.get('cold_start', {}).get('convergence_s', '?')} s. "
+        "Degraded sensors: " + bench.get("degraded_sensors", {}).get("description", "see JSON") + ".",
+        "Ratios are against " + str(bench.get("reference", bench["models"][0]["name"]))
+        + ", measured interleaved in the same run; latency through the service's step interface.",
+    ]
+    if bench.get("command"):
+        notes.append(f"Made by: `{bench['command']}`")
+    section = Section(title=title, table=rows, header=header, notes=notes)
+    slug = "".join(ch if ch.isalnum() else "-" for ch in bench["dataset"]).strip("-")
+    models = bench["models"]
+    if traces:
+        picked = _pick_cycles(bench)
+        all_cycles = {e["cycle"]: float(e["temperature_c"])
+                      for e in models[0].get("by_condition", [])}
+        section.figures.append((f"{slug}-soc.png", "Estimated vs true SOC (from the first sample) "
+                                "and error over time, one test cycle per temperature",
+                                figures.soc_traces(models, traces, list(picked))))
+        section.figures.append((f"{slug}-errors.png", "Error distribution per model and "
+                                "temperature", figures.error_distributions(models, traces,
+                                                                           all_cycles)))
+    section.figures.append((f"{slug}-pareto.png", "Accuracy vs size: RMSE against learnables",
+                            figures.pareto(models, sweep)))
+    for m in models:
+        layers = m.get("compression", {}).get("explained_variance")
+        if layers:
+            section.figures.append((f"{slug}-ev-{m['name']}.png",
+                                    f"Explained variance per layer, ranks of {m['name']} marked",
+                                    figures.explained_variance(layers)))
+            break
+    section.figures.append((f"{slug}-speed.png", "Speed: latency and throughput with ratios",
+                            figures.speed_bars(models, bench.get("reference", models[0]["name"]))))
+    return section
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_report(
+    benchmarks: list[Path], out_dir: Path, *, title: str = "bsoc comparison report",
+    force: bool = False,
+) -> Path:
+    """Write report.md, report.html and figures/ into ``out_dir``; returns the HTML path."""
+    html_path = out_dir / "report.html"
+    if html_path.exists() and not force:
+        raise OverwriteRefusedError(
+            f"a report already exists at {html_path}", remedy="pass --force or another --out"
+        )
+    sections = [build_section(Path(b)) for b in benchmarks]
+    (out_dir / "figures").mkdir(parents=True, exist_ok=True)
+    md = [f"# {title}", ""]
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    for section in sections:
+        md += [f"## {section.title}", "", _markdown_table(section.header, section.table), ""]
+        md += [f"- {note}" for note in section.notes] + [""]
+        body.append(f"<h2>{html.escape(section.title)}</h2>")
+        body.append('<table class="summary"><thead><tr>'
+                    + "".join(f"<th>{html.escape(h)}</th>" for h in section.header)
+                    + "</tr></thead><tbody>")
+        body += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                 for row in section.table]
+        body.append("</tbody></table><ul>"
+                    + "".join(f"<li>{html.escape(n)}</li>" for n in section.notes) + "</ul>")
+        for file_name, caption, fig in section.figures:
+            data = _png(fig)
+            (out_dir / "figures" / file_name).write_bytes(data)
+            md += [f"![{caption}](figures/{file_name})", "", f"*{caption}*", ""]
+            encoded = base64.b64encode(data).decode()
+            body.append(f'<figure><img alt="{html.escape(caption)}" '
+                        f'src="data:image/png;base64,{encoded}"><figcaption>'
+                        f"{html.escape(caption)}</figcaption></figure>")
+            figures.plt.close(fig)
+    (out_dir / "report.md").write_text("\n".join(md))
+    html_path.write_text(_HTML.format(title=html.escape(title), body="\n".join(body)))
+    return html_path
+
+
+_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1300px; color: #222; }}
+table.summary {{ border-collapse: collapse; font-size: 0.85rem; }}
+table.summary th, table.summary td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
+table.summary th {{ background: #f0f0f0; }}
+table.summary td:first-child, table.summary td:nth-child(2) {{ text-align: left; }}
+figure {{ margin: 1.5rem 0; }} figure img {{ max-width: 100%; }}
+figcaption {{ color: #555; font-size: 0.9rem; }}
+</style></head><body>
+{body}
+</body></html>
+"""

@@ -28,6 +28,10 @@ data_app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 
+from bsoc.commands import ekf as _ekf_commands  # noqa: E402
+
+_ekf_commands.register(app)
+
 
 def _version(value: bool) -> None:
     if value:

@@ -1,0 +1,239 @@
+"""The equivalent-circuit model (ECM): a Thevenin cell with R0 and two RC pairs.
+
+Terminal voltage (discharge current negative, so every drop below OCV is ``R * I < 0``)::
+
+    V_k = OCV(SOC_k, T_k) + R0(SOC_k, T_k) * I_k + V1_k + V2_k
+    Vi_k = a_i * Vi_{k-1} + Ri(SOC_{k-1}, T_{k-1}) * (1 - a_i) * Ibar_k,   a_i = exp(-dt_k / tau_i)
+    SOC_k = SOC_{k-1} + Ibar_k * dt_k / (3600 * Q)
+
+``Ibar_k = (I_{k-1} + I_k) / 2`` is the mean current over the interval (trapezoid, the same
+rule :func:`bsoc.data.schema.coulomb_soc` uses for the reference SOC), and the RC update is the
+exact solution for a current held at ``Ibar_k``. The capacitances are ``Ci = tau_i / Ri``.
+
+All parameters live in :class:`EcmTables`: OCV on a fine uniform SOC grid, R0/R1/R2 on a coarse
+uniform SOC grid, tau1/tau2 and the usable capacity per table temperature. Look-ups interpolate
+bilinearly in (T, SOC) -- OCV linearly, resistances and time constants in log space (Arrhenius-
+like in T, always positive) -- and clamp outside the grids, so the functions are continuous
+everywhere and every look-up is vectorised over any number of streams.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bsoc.errors import ConfigError
+
+TABLE_FIELDS: tuple[str, ...] = (
+    "temperature_c",
+    "soc_grid",
+    "ocv_v",
+    "param_soc_grid",
+    "r0_ohm",
+    "r1_ohm",
+    "r2_ohm",
+    "tau1_s",
+    "tau2_s",
+    "capacity_ah",
+)
+
+
+@dataclass(frozen=True)
+class EcmPoint:
+    """ECM parameters at given (SOC, T) points; every field has the look-up's shape."""
+
+    ocv: np.ndarray
+    docv: np.ndarray  # dOCV/dSOC (V per unit SOC): the EKF's Jacobian entry
+    r0: np.ndarray
+    r1: np.ndarray
+    r2: np.ndarray
+    tau1: np.ndarray
+    tau2: np.ndarray
+    capacity_ah: np.ndarray
+
+
+def _uniform_grid(grid: np.ndarray, name: str) -> None:
+    if grid.ndim != 1 or len(grid) < 2 or grid[0] != 0.0 or grid[-1] != 1.0:
+        raise ConfigError(f"ECM {name} must be a 1-D grid from 0 to 1 with at least 2 points")
+    if not np.allclose(np.diff(grid), 1.0 / (len(grid) - 1), rtol=0, atol=1e-9):
+        raise ConfigError(f"ECM {name} must be uniformly spaced")
+
+
+class EcmTables:
+    """ECM parameter tables over temperature x SOC, with fast vectorised look-ups.
+
+    ``temperature_c`` (N_T,) strictly increasing table temperatures (cell temperature);
+    ``soc_grid`` (N_S,) and ``param_soc_grid`` (N_P,) uniform grids on [0, 1];
+    ``ocv_v`` (N_T, N_S) strictly increasing in SOC; ``r0_ohm``, ``r1_ohm``, ``r2_ohm``
+    (N_T, N_P); ``tau1_s``, ``tau2_s``, ``capacity_ah`` (N_T,), all positive.
+    """
+
+    def __init__(self, **tables: Any) -> None:
+        missing = [f for f in TABLE_FIELDS if f not in tables]
+        if missing:
+            raise ConfigError(f"ECM tables are missing {missing}")
+        arrays = {f: np.asarray(tables[f], dtype=np.float64) for f in TABLE_FIELDS}
+        for name, values in arrays.items():
+            if not np.isfinite(values).all():
+                raise ConfigError(f"ECM table '{name}' holds NaN or inf")
+        self.temperature_c = arrays["temperature_c"].reshape(-1)
+        self.soc_grid = arrays["soc_grid"]
+        self.param_soc_grid = arrays["param_soc_grid"]
+        n_t, n_s, n_p = len(self.temperature_c), len(self.soc_grid), len(self.param_soc_grid)
+        _uniform_grid(self.soc_grid, "soc_grid")
+        _uniform_grid(self.param_soc_grid, "param_soc_grid")
+        if n_t < 1 or (n_t > 1 and not (np.diff(self.temperature_c) > 0).all()):
+            raise ConfigError("ECM temperature_c must be non-empty and strictly increasing")
+        shapes = {
+            "ocv_v": (n_t, n_s),
+            "r0_ohm": (n_t, n_p),
+            "r1_ohm": (n_t, n_p),
+            "r2_ohm": (n_t, n_p),
+            "tau1_s": (n_t,),
+            "tau2_s": (n_t,),
+            "capacity_ah": (n_t,),
+        }
+        for name, shape in shapes.items():
+            if arrays[name].shape != shape:
+                raise ConfigError(f"ECM table '{name}' has shape {arrays[name].shape}, not {shape}")
+            if name != "ocv_v" and not (arrays[name] > 0).all():
+                raise ConfigError(f"ECM table '{name}' must be positive everywhere")
+        if not (np.diff(arrays["ocv_v"], axis=1) > 0).all():
+            raise ConfigError("ECM ocv_v must increase strictly with SOC at every temperature")
+        self.ocv_v = arrays["ocv_v"]
+        self.r0_ohm, self.r1_ohm, self.r2_ohm = arrays["r0_ohm"], arrays["r1_ohm"], arrays["r2_ohm"]
+        self.tau1_s, self.tau2_s = arrays["tau1_s"], arrays["tau2_s"]
+        self.capacity_ah = arrays["capacity_ah"]
+        # Look-up stacks: (quantity, N_T, N) with one temperature row duplicated when N_T == 1
+        # so that interpolation code has a single path.
+        pad = (lambda a: np.concatenate([a, a], axis=0)) if n_t == 1 else (lambda a: a)
+        slope = np.gradient(self.ocv_v, self.soc_grid, axis=1)
+        self._fine = pad(np.stack([self.ocv_v, slope], axis=1)).transpose(1, 0, 2)
+        self._coarse = pad(np.log(np.stack([self.r0_ohm, self.r1_ohm, self.r2_ohm], axis=1)))
+        self._coarse = self._coarse.transpose(1, 0, 2)
+        self._per_t = pad(
+            np.stack([np.log(self.tau1_s), np.log(self.tau2_s), self.capacity_ah], axis=1)
+        ).T
+        self._t_grid = self.temperature_c if n_t > 1 else self.temperature_c + np.array([0.0, 1.0])
+
+    def n_parameters(self) -> int:
+        """Identified table entries (the SOC grids are fixed hyper-parameters, not counted)."""
+        return int(
+            sum(
+                getattr(self, f).size
+                for f in TABLE_FIELDS
+                if f not in ("soc_grid", "param_soc_grid")
+            )
+        )
+
+    def _t_weights(self, temperature_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Row index and weight of each temperature (held at the end rows)."""
+        grid = self._t_grid
+        j = np.clip(np.searchsorted(grid, temperature_c, side="right") - 1, 0, len(grid) - 2)
+        w = np.clip((temperature_c - grid[j]) / (grid[j + 1] - grid[j]), 0.0, 1.0)
+        return j, w
+
+    @staticmethod
+    def _bilinear(stack: np.ndarray, j: np.ndarray, w: np.ndarray, soc: np.ndarray) -> np.ndarray:
+        """Interpolate ``stack`` (Q, N_T, N) at rows j+w and uniform-grid position soc in [0, 1]."""
+        n = stack.shape[2]
+        pos = soc * (n - 1)
+        i = np.minimum(pos.astype(np.int64), n - 2)
+        f = pos - i
+        low = stack[:, j, i] * (1 - f) + stack[:, j, i + 1] * f  # (Q, B)
+        high = stack[:, j + 1, i] * (1 - f) + stack[:, j + 1, i + 1] * f
+        return low * (1 - w) + high * w
+
+    def lookup(self, soc: np.ndarray, temperature_c: np.ndarray) -> EcmPoint:
+        """All parameters at (soc, temperature) points (same shape; SOC clamped to [0, 1])."""
+        soc = np.asarray(soc, dtype=np.float64)
+        shape = soc.shape
+        s = np.clip(soc.reshape(-1), 0.0, 1.0)
+        j, w = self._t_weights(np.broadcast_to(temperature_c, shape).reshape(-1))
+        ocv, docv = self._bilinear(self._fine, j, w, s)
+        r = np.exp(self._bilinear(self._coarse, j, w, s))
+        per_t = self._per_t[:, j] * (1 - w) + self._per_t[:, j + 1] * w
+        return EcmPoint(
+            ocv=ocv.reshape(shape),
+            docv=docv.reshape(shape),
+            r0=r[0].reshape(shape),
+            r1=r[1].reshape(shape),
+            r2=r[2].reshape(shape),
+            tau1=np.exp(per_t[0]).reshape(shape),
+            tau2=np.exp(per_t[1]).reshape(shape),
+            capacity_ah=per_t[2].reshape(shape),
+        )
+
+    def capacity(self, temperature_c: np.ndarray) -> np.ndarray:
+        """Usable capacity (Ah) at the given temperatures (linear in T, clamped)."""
+        return np.interp(temperature_c, self._t_grid, self._per_t[2])
+
+    def ocv_inverse(self, voltage_v: np.ndarray, temperature_c: np.ndarray) -> np.ndarray:
+        """SOC whose OCV at ``temperature_c`` equals ``voltage_v`` (clamped to [0, 1])."""
+        voltage_v = np.asarray(voltage_v, dtype=np.float64).reshape(-1)
+        j, w = self._t_weights(np.broadcast_to(temperature_c, voltage_v.shape).reshape(-1))
+        curves = self._fine[0, j] * (1 - w)[:, None] + self._fine[0, j + 1] * w[:, None]  # (B, N)
+        n = curves.shape[1]
+        i = np.clip((curves < voltage_v[:, None]).sum(axis=1) - 1, 0, n - 2)
+        rows = np.arange(len(voltage_v))
+        v_low, v_high = curves[rows, i], curves[rows, i + 1]
+        f = np.clip((voltage_v - v_low) / (v_high - v_low), 0.0, 1.0)
+        return (i + f) / (n - 1)
+
+    def terminal_voltage(
+        self,
+        time_s: np.ndarray,
+        current_a: np.ndarray,
+        temperature_c: np.ndarray,
+        soc: np.ndarray,
+    ) -> np.ndarray:
+        """Model voltage along a cycle whose SOC is known (RC voltages start relaxed at 0)."""
+        p = self.lookup(soc, temperature_c)
+        dt = np.diff(time_s, prepend=time_s[0])
+        ibar = 0.5 * (current_a + np.concatenate([current_a[:1], current_a[:-1]]))
+        drive = []
+        for r, tau in ((p.r1, p.tau1), (p.r2, p.tau2)):
+            r_prev = np.concatenate([r[:1], r[:-1]])
+            tau_prev = np.concatenate([tau[:1], tau[:-1]])
+            a = np.exp(-dt / tau_prev)
+            drive.append((a, r_prev * (1 - a) * ibar))
+        v_rc = np.zeros((2, len(time_s)))
+        for n, (a, b) in enumerate(drive):
+            out, previous = v_rc[n], 0.0
+            for k in range(1, len(time_s)):  # first-order recursion: cheap scalar loop
+                previous = a[k] * previous + b[k]
+                out[k] = previous
+        return p.ocv + p.r0 * current_a + v_rc[0] + v_rc[1]
+
+    def to_json(self) -> dict[str, Any]:
+        return {f: getattr(self, f).tolist() for f in TABLE_FIELDS}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EcmTables:
+        return cls(**{f: data[f] for f in TABLE_FIELDS if f in data})
+
+
+def simulate_cycle(
+    tables: EcmTables,
+    time_s: np.ndarray,
+    current_a: np.ndarray,
+    temperature_c: np.ndarray,
+    *,
+    soc0: float,
+    capacity_ah: float,
+    voltage_noise_v: float = 0.0,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ECM as a data generator: (SOC, noisy voltage) for a current profile.
+
+    Data with known truth, for testing identification and the filter against the model
+    they assume. SOC by trapezoidal coulomb counting, exactly as the reference SOC of a dataset.
+    """
+    from bsoc.data.schema import coulomb_soc
+
+    soc = coulomb_soc(time_s, current_a, capacity_ah, soc0)
+    voltage = tables.terminal_voltage(time_s, current_a, temperature_c, soc)
+    noise = np.random.default_rng(seed).normal(0.0, voltage_noise_v, len(time_s))
+    return soc, voltage + noise

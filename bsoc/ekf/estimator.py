@@ -1,0 +1,149 @@
+"""``EkfSocEstimator``: the EKF on an identified ECM behind the common SocEstimator interface.
+
+A stream's state is the flat vector of :mod:`bsoc.ekf.filter` (``STATE_SIZE`` = 17 floats:
+SOC, V1, V2, the 3x3 covariance, last time, last current, last temperature, capacity, status),
+so streams batch, snapshot and restore like the LSTM's. ``dt`` comes from consecutive
+``time_s`` of a stream. The model folder holds only ``config.json`` (tables as JSON lists)
+plus figures: loading never unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from bsoc import __version__
+from bsoc.ekf.ecm import EcmTables
+from bsoc.ekf.filter import InitSettings, NoiseSettings, ekf_step, new_state
+from bsoc.errors import BsocError, ModelFileError
+from bsoc.estimator import CONFIG_FILE, SocEstimator, prepare_model_dir, read_config
+
+# Arithmetic of one streaming step (multiplies/adds, plus exp and divisions counted as one op
+# each), read off ekf_step: two ECM look-ups (bilinear: 6 per fine/coarse quantity, 2 per
+# per-temperature quantity, 3 exp, ~6 for weights), prediction (a_i, B u, F P F' + Q),
+# update (h(x), P H', S, K, x, I - K H, two 3x3 products, K R K', symmetrisation, gating).
+MACS_BREAKDOWN: dict[str, int] = {
+    "lookup_previous_state": 2 * 6 + 3 * 6 + 3 * 2 + 3 + 6,
+    "lookup_predicted_state": 2 * 6 + 3 * 6 + 3 * 2 + 3 + 6,
+    "predict": 2 * 2 + 10 + 18 + 6,
+    "update": 5 + 9 + 4 + 4 + 3 + 3 + 9 + 27 + 27 + 12 + 9,
+}
+
+
+class EkfSocEstimator(SocEstimator):
+    """Extended Kalman filter on a two-RC Thevenin ECM (see :mod:`bsoc.ekf.filter`)."""
+
+    kind: ClassVar[str] = "ekf"
+
+    def __init__(
+        self,
+        tables: EcmTables,
+        noise: NoiseSettings,
+        init: InitSettings | None = None,
+        *,
+        name: str = "ekf",
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self.tables = tables
+        self.noise = noise.validate()
+        self.init = (init or InitSettings()).validate()
+        self.name = name
+        self.metadata = dict(metadata or {})
+
+    def initial_state(
+        self,
+        *,
+        soc: float | None = None,
+        soc_std: float | None = None,
+        capacity_ah: float | None = None,
+    ) -> np.ndarray:
+        """A new stream. By default it initialises itself from its first sample.
+
+        ``soc`` presets the initial SOC (std ``soc_std``, default the wide "unknown" std);
+        ``capacity_ah`` fixes this cell's capacity instead of the model's capacity(T).
+        """
+        return new_state(
+            soc=soc,
+            soc_std=self.init.unknown_soc_std if soc_std is None else soc_std,
+            rc_std=self.init.rc_std,
+            capacity_ah=capacity_ah,
+        )
+
+    def step_batch(self, samples: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        samples = np.asarray(samples, dtype=np.float64)
+        states = np.asarray(states, dtype=np.float64)
+        if (
+            samples.ndim != 2
+            or samples.shape[1] != 4
+            or states.shape != (len(samples), len(self.initial_state()))
+        ):
+            raise BsocError(
+                f"EKF step needs samples (B, 4) and states (B, {len(self.initial_state())}), "
+                f"got {samples.shape} and {states.shape}",
+                remedy="pass one [time_s, voltage_v, current_a, temperature_c] row per stream",
+            )
+        return ekf_step(self.tables, self.noise, self.init, samples, states)
+
+    def learnables(self) -> int:
+        return self.tables.n_parameters()
+
+    def weight_bytes(self) -> int:
+        return 4 * self.learnables()
+
+    def macs_per_sample(self) -> int:
+        return int(sum(MACS_BREAKDOWN.values()))
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "ecm": self.tables.to_json(),
+            "noise": self.noise.to_json(),
+            "init": self.init.to_json(),
+            "learnables": self.learnables(),
+            "macs_per_sample": self.macs_per_sample(),
+            "bsoc_version": __version__,
+            **self.metadata,
+        }
+
+    def save(self, directory: str | Path, *, force: bool = False) -> Path:
+        directory = prepare_model_dir(directory, force=force)
+        (directory / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> EkfSocEstimator:
+        config = read_config(directory)
+        if config.get("kind") != cls.kind:
+            raise ModelFileError(
+                f"{directory} holds a {config.get('kind')!r} model, not an EKF",
+                remedy="load it with bsoc.estimator.load_estimator",
+            )
+        try:
+            tables = EcmTables.from_json(config["ecm"])
+            noise = NoiseSettings(**config["noise"])
+            init = InitSettings(**config.get("init", {}))
+            metadata = {
+                k: v
+                for k, v in config.items()
+                if k
+                not in (
+                    "kind",
+                    "name",
+                    "ecm",
+                    "noise",
+                    "init",
+                    "learnables",
+                    "macs_per_sample",
+                    "bsoc_version",
+                )
+            }
+            return cls(tables, noise, init, name=config.get("name", "ekf"), metadata=metadata)
+        except (KeyError, TypeError, BsocError) as error:
+            raise ModelFileError(
+                f"{Path(directory) / CONFIG_FILE} is not a valid EKF config ({error})",
+                remedy="re-create it with 'bsoc ekf fit'",
+            ) from None

@@ -12,7 +12,7 @@ import click
 import typer
 
 from bsoc import __version__
-from bsoc.console import err_console
+from bsoc.console import err_console, set_command_line
 from bsoc.errors import BsocError
 
 app = typer.Typer(
@@ -28,9 +28,17 @@ data_app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 
+from bsoc.commands import data as _data_commands  # noqa: E402
+
+_data_commands.register(data_app)
+
 from bsoc.commands import ekf as _ekf_commands  # noqa: E402
 
 _ekf_commands.register(app)
+
+from bsoc.commands import bench as _bench_commands  # noqa: E402
+
+_bench_commands.register(app)
 
 
 def _version(value: bool) -> None:
@@ -50,6 +58,8 @@ def _root(
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point; exits with the command's code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    set_command_line(argv)
     try:
         app(args=argv, standalone_mode=False)
     except click.exceptions.Exit as done:

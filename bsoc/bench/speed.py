@@ -10,10 +10,23 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from bsoc.estimator import SocEstimator
+
+class Steppable(Protocol):
+    """What latency and throughput need of a model: the service's streaming interface."""
+
+    def initial_state(self) -> np.ndarray: ...
+
+    def step_batch(
+        self, samples: np.ndarray, states: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class Predictor(Protocol):
+    def predict(self, samples: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -65,7 +78,7 @@ def representative_samples(samples: np.ndarray, count: int) -> np.ndarray:
 
 
 def step_latency_us(
-    models: dict[str, SocEstimator], samples: np.ndarray, plan: SpeedPlan
+    models: dict[str, Steppable], samples: np.ndarray, plan: SpeedPlan
 ) -> dict[str, dict[str, float]]:
     """One stream, one sample per call, state carried: the cost a live cell sees per sample."""
     names = list(models)
@@ -85,7 +98,7 @@ def step_latency_us(
 
 
 def batched_throughput(
-    models: dict[str, SocEstimator], samples: np.ndarray, plan: SpeedPlan
+    models: dict[str, Steppable], samples: np.ndarray, plan: SpeedPlan
 ) -> dict[str, dict[int, dict[str, float]]]:
     """Many streams, one step each per call: samples/s as the service batches streams."""
     names = list(models)
@@ -110,7 +123,7 @@ def batched_throughput(
 
 
 def sequence_throughput(
-    models: dict[str, SocEstimator], samples: np.ndarray, plan: SpeedPlan
+    models: dict[str, Predictor], samples: np.ndarray, plan: SpeedPlan
 ) -> dict[str, dict[str, float]]:
     """Whole sequences offline (``predict``): samples/s for batch re-analysis of logged data."""
     names = list(models)

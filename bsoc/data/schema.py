@@ -111,40 +111,60 @@ def validate_frame(
             remedy=f"provide columns {list(required)}",
         )
     present = [c for c in (*required, *OPTIONAL_COLUMNS) if c in frame.columns]
-    out = frame[present].copy()
-    for column in present:
-        if not pd.api.types.is_numeric_dtype(out[column]) or pd.api.types.is_bool_dtype(
-            out[column]
-        ):
-            converted = pd.to_numeric(out[column], errors="coerce")
-            bad = converted.isna().to_numpy() & out[column].notna().to_numpy()
-            if bad.any():
-                row = _first_row(bad)
-                raise DataValidationError(
-                    f"value {out[column].iloc[row]!r} is not a number",
-                    file=file,
-                    row=row,
-                    column=column,
-                    remedy="fix or remove the row",
-                )
-            out[column] = converted
-        out[column] = out[column].astype(np.float64)
-        values = out[column].to_numpy()
-        finite = np.isfinite(values)
-        if not finite.all():
-            row = _first_row(~finite)
-            raise DataValidationError(
-                f"value {values[row]} is not finite (NaN or inf)",
-                file=file,
-                row=row,
-                column=column,
-                remedy="remove or interpolate missing samples before ingesting",
-            )
+    repeated = [c for c in present if int((frame.columns == c).sum()) > 1]
+    if repeated:
+        raise DataValidationError(
+            "column appears more than once",
+            file=file,
+            column=repeated[0],
+            remedy="keep one column of each name (check the column map)",
+        )
+    out = pd.DataFrame({column: numeric_column(frame[column], column, file) for column in present})
     _check_time(out["time_s"].to_numpy(), file)
     _check_units(out, file, nominal_capacity_ah)
     if "soc" in out.columns:
         _check_soc(out, file)
     return out.reset_index(drop=True)
+
+
+def numeric_column(series: pd.Series, column: str, file: str | None) -> np.ndarray:
+    """The column as float64, or an error at the first (positional) row that is not a finite
+    number. Public so that readers can check source columns before converting units."""
+    if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+        converted = series
+    else:
+        try:
+            converted = pd.to_numeric(series, errors="coerce")
+        except (TypeError, ValueError):  # containers or other objects inside the column
+            converted = pd.Series([_as_float(value) for value in series])
+    values = converted.to_numpy(dtype=np.float64, na_value=np.nan)
+    finite = np.isfinite(values)
+    if not finite.all():
+        row = _first_row(~finite)
+        original = series.iloc[row]
+        if _is_missing(original) or np.isinf(values[row]):
+            message, remedy = (
+                f"value {values[row]} is not finite (NaN or inf)",
+                "remove or interpolate missing samples before ingesting",
+            )
+        else:
+            message, remedy = f"value {original!r} is not a number", "fix or remove the row"
+        raise DataValidationError(message, file=file, row=row, column=column, remedy=remedy)
+    return values
+
+
+def _as_float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return float("nan")
+
+
+def _is_missing(value: Any) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # array-like cells are not "missing", they are wrong
+        return False
 
 
 def _check_time(time_s: np.ndarray, file: str | None) -> None:

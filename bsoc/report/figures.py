@@ -1,6 +1,6 @@
 """The report's figures. Each function takes plain benchmark data and returns a Figure.
 
-Colours are fixed per model *kind* so that the same model looks the same in every plot.
+Each model keeps one colour (by its position in the benchmark) across all plots.
 """
 
 from __future__ import annotations
@@ -14,18 +14,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-KIND_COLOURS = {
-    "lstm": "#1f77b4",
-    "projected-lstm": "#d62728",
-    "svd-lstm": "#9467bd",
-    "ekf": "#2ca02c",
-}
-
-
-def colour(model: dict[str, Any], index: int) -> str:
+def colour(index: int) -> str:
+    """The model's colour: its position in the benchmark, the same in every figure."""
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    if "fine" in model["name"] or "ft" in model["name"].split("-"):
-        return KIND_COLOURS.get(model["kind"], palette[index % len(palette)])
     return palette[index % len(palette)]
 
 
@@ -44,8 +35,8 @@ def soc_traces(
         top.plot(time_h, truth, color="black", lw=2.0, label="true SOC")
         for index, model in enumerate(models):
             estimate = traces[f"{model['name']}/{cycle}"] * 100
-            top.plot(time_h, estimate, lw=1.0, color=colour(model, index), label=model["name"])
-            bottom.plot(time_h, estimate - truth, lw=0.8, color=colour(model, index))
+            top.plot(time_h, estimate, lw=1.0, color=colour(index), label=model["name"])
+            bottom.plot(time_h, estimate - truth, lw=0.8, color=colour(index))
         top.set_title(cycle, fontsize=10)
         top.set_ylabel("SOC [%]")
         bottom.set_ylabel("error [pp]")
@@ -100,7 +91,7 @@ def pareto(models: list[dict[str, Any]], sweep: dict[str, list[dict[str, Any]]] 
                 marker=marker, color=colour_, lw=1, ms=4, alpha=0.8,
                 label=f"{method} sweep (no fine-tuning)")
     for index, model in enumerate(models):
-        ax.scatter(model["learnables"], model["rmse_pct"], s=60, color=colour(model, index),
+        ax.scatter(model["learnables"], model["rmse_pct"], s=60, color=colour(index),
                    edgecolor="black", zorder=5, label=model["name"])
     ax.set_xscale("log")
     ax.set_xlabel("learnables (log)")
@@ -142,7 +133,7 @@ def speed_bars(models: list[dict[str, Any]], reference: str) -> Figure:
         (axes[1], throughput, "batched throughput [samples/s]", "higher"),
     ):
         bars = ax.bar(range(len(names)), values,
-                      color=[colour(m, i) for i, m in enumerate(models)])
+                      color=[colour(i) for i in range(len(models))])
         for bar, value in zip(bars, values, strict=True):
             ratio = values[ref] / value if better == "lower" else value / values[ref]
             ax.annotate(f"{ratio:.1f}x", (bar.get_x() + bar.get_width() / 2, value),

@@ -1,0 +1,202 @@
+"""``bsoc benchmark``: accuracy, size and speed of every model on one dataset's test split.
+
+Writes ``benchmark.json`` (the contract in DESIGN.md, plus the machine and the speed
+details) and ``traces.npz`` (each model's from-start SOC per test cycle, for the report).
+Accuracy uses :mod:`bsoc.evaluate` (three scenarios); speed uses :mod:`bsoc.bench.speed`,
+all models interleaved in this one process. Ratios are against the reference model
+(the first uncompressed LSTM, else the first model).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bsoc import __version__
+from bsoc.bench import speed
+from bsoc.bench.machine import machine_info
+from bsoc.data.dataset import Dataset
+from bsoc.errors import ConfigError, OverwriteRefusedError
+from bsoc.estimator import SocEstimator, load_estimator, read_config
+from bsoc.evaluate import ScenarioSettings, evaluate_runs, samples_of
+
+BENCHMARK_FILE = "benchmark.json"
+TRACES_FILE = "traces.npz"
+
+
+def model_file_bytes(directory: Path) -> int:
+    """Bytes on disk of what a deployment ships: the weights file and config.json."""
+    return sum(p.stat().st_size for p in directory.iterdir() if p.is_file() and p.suffix in
+               (".safetensors", ".json") and not p.name.startswith("."))
+
+
+def unique_names(directories: list[Path]) -> list[str]:
+    """Model names for the tables: the folder names, made unique."""
+    names: list[str] = []
+    for directory in directories:
+        name = directory.name
+        while name in names:
+            name = f"{directory.parent.name}/{name}"
+        names.append(name)
+    return names
+
+
+def run_benchmark(
+    dataset_dir: Path,
+    model_dirs: list[Path],
+    out_dir: Path,
+    *,
+    quick: bool = False,
+    plan: speed.SpeedPlan | None = None,
+    split: str = "test",
+    settings: ScenarioSettings | None = None,
+    force: bool = False,
+    command: str = "",
+    log: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Measure every model in ``model_dirs`` on ``dataset_dir``'s ``split``; write the results.
+
+    ``plan`` overrides the speed plan that ``quick`` selects (tests use a tiny one).
+    """
+    if not model_dirs:
+        raise ConfigError("no models to benchmark", remedy="pass one or more --models folders")
+    out_dir = Path(out_dir)
+    if (out_dir / BENCHMARK_FILE).exists() and not force:
+        raise OverwriteRefusedError(f"{out_dir / BENCHMARK_FILE} exists",
+                                    remedy="pass --force or choose another --out")
+    dataset = Dataset.load(dataset_dir)
+    cycles = dataset.split(split)
+    if not cycles:
+        raise ConfigError(f"dataset {dataset_dir} has no '{split}' cycles",
+                          remedy="choose another --split or re-create the dataset with one")
+    settings = settings or ScenarioSettings()
+    directories = [Path(d) for d in model_dirs]
+    names = unique_names(directories)
+    models: dict[str, SocEstimator] = {}
+    for name, directory in zip(names, directories, strict=True):
+        models[name] = load_estimator(directory)
+        models[name].name = name
+    reference = next((n for n in names if models[n].kind == "lstm"), names[0])
+
+    entries: list[dict[str, Any]] = []
+    traces: dict[str, np.ndarray] = {}
+    for cycle in cycles:
+        traces[f"{cycle.meta.name}/time_s"] = cycle.frame["time_s"].to_numpy(np.float64)
+        traces[f"{cycle.meta.name}/soc_true"] = cycle.soc().astype(np.float32)
+    for name, directory in zip(names, directories, strict=True):
+        model = models[name]
+        log(f"accuracy: {name} on {len(cycles)} cycles x 3 scenarios")
+        started = time.perf_counter()
+        summary, runs = evaluate_runs(model, cycles, settings)
+        for run in runs["from_start"]:
+            traces[f"{name}/{run.cycle}"] = run.soc_est.astype(np.float32)
+        config = read_config(directory)
+        entries.append({
+            "name": name,
+            "kind": model.kind,
+            "path": str(directory),
+            "learnables": int(model.learnables()),
+            "bytes": int(model.weight_bytes()),
+            "file_bytes": model_file_bytes(directory),
+            "macs_per_sample": int(model.macs_per_sample()),
+            "rmse_pct": summary["rmse_pct"],
+            "mae_pct": summary["mae_pct"],
+            "max_abs_err_pct": summary["max_abs_err_pct"],
+            "by_condition": summary["by_condition"],
+            "by_temperature": summary["by_temperature"],
+            "scenarios": summary["scenarios"],
+            "accuracy_seconds": round(time.perf_counter() - started, 2),
+            "compression": config.get("compression", {}),
+            "trained_on": config.get("data", {}),
+        })
+
+    plan = plan or (speed.SpeedPlan.quick() if quick else speed.SpeedPlan())
+    samples = np.concatenate([samples_of(c) for c in cycles])
+    log(f"speed: {len(models)} models interleaved, {plan.repeats} repeats")
+    steppers: dict[str, Any] = dict(models)
+    eager_names = _add_eager_steppers(models, steppers)
+    latency = speed.step_latency_us(steppers, samples, plan)
+    throughput = speed.batched_throughput(models, samples, plan)
+    sequence = speed.sequence_throughput(models, samples, plan)
+    largest = max(plan.batch_sizes)
+    ref_entry = next(e for e in entries if e["name"] == reference)
+    for entry in entries:
+        name = entry["name"]
+        entry["step_latency_us"] = latency[name]["median"]
+        entry["step_latency_us_spread"] = latency[name]
+        if name in eager_names:
+            entry["eager_step_latency_us"] = latency[eager_names[name]]["median"]
+        entry["throughput_samples_per_s"] = throughput[name][largest]["median"]
+        entry["throughput_batch_size"] = largest
+        entry["throughput_by_batch"] = {str(b): v for b, v in throughput[name].items()}
+        entry["sequence_samples_per_s"] = sequence[name]["median"]
+    for entry in entries:
+        entry["ratios_to_reference"] = {
+            "learnables": entry["learnables"] / ref_entry["learnables"],
+            "step_speedup": ref_entry["step_latency_us"] / entry["step_latency_us"],
+            "throughput": entry["throughput_samples_per_s"] / ref_entry["throughput_samples_per_s"],
+            "sequence_throughput": entry["sequence_samples_per_s"]
+            / ref_entry["sequence_samples_per_s"],
+            "macs": entry["macs_per_sample"] / ref_entry["macs_per_sample"],
+        }
+
+    result = {
+        "dataset": dataset.name,
+        "dataset_fingerprint": dataset.fingerprint(),
+        "split": split,
+        "cycles": len(cycles),
+        "reference": reference,
+        "models": entries,
+        "cold_start": {"start_fraction": settings.start_fraction,
+                       "convergence_s": settings.convergence_s,
+                       "converged_below_pct": settings.converged_below_pct},
+        "degraded_sensors": {"description": settings.degraded_description()},
+        "scenario_settings": settings.to_json(),
+        "speed_plan": {"quick": quick, "repeats": plan.repeats,
+                       "latency_steps": plan.latency_steps,
+                       "batch_sizes": list(plan.batch_sizes)},
+        "machine": machine_info(),
+        "bsoc_version": __version__,
+        "command": command,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "traces_file": TRACES_FILE,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out_dir / TRACES_FILE, **traces)
+    (out_dir / BENCHMARK_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _add_eager_steppers(models: dict[str, SocEstimator], steppers: dict[str, Any]) -> dict[str, str]:
+    """Add an eager-PyTorch stepper beside every neural model; returns model -> stepper name."""
+    from bsoc.bench.eager import EagerTorchStepper
+    from bsoc.nn.estimator import LstmSocEstimator
+
+    eager = {}
+    for name, model in models.items():
+        if isinstance(model, LstmSocEstimator):
+            eager[name] = f"{name} (eager torch)"
+            steppers[eager[name]] = EagerTorchStepper(model)
+    return eager
+
+
+def summary_table(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """A compact per-model row for terminals and the README."""
+    rows = []
+    for m in result["models"]:
+        rows.append({
+            "model": m["name"], "kind": m["kind"], "learnables": m["learnables"],
+            "rmse_pct": m["rmse_pct"],
+            "cold_start_rmse_pct": m["scenarios"]["cold_start"]["rmse_pct"],
+            "degraded_rmse_pct": m["scenarios"]["degraded_sensors"]["rmse_pct"],
+            "step_latency_us": m["step_latency_us"],
+            "throughput_samples_per_s": m["throughput_samples_per_s"],
+            "step_speedup": m["ratios_to_reference"]["step_speedup"],
+        })
+    return rows
+

@@ -1,0 +1,101 @@
+"""Reader for the LG 18650HG2 CSV layout (Kollmeyer et al., McMaster University).
+
+Each file has a free-text preamble, then a header line starting ``Time Stamp,Step,Status,
+Prog Time,Step Time,Cycle,Cycle Level,Procedure,Voltage,Current,Temperature,Capacity,
+WhAccu,Cnt``, often followed by a line of units. ``Prog Time`` (H:MM:SS.sss since the
+program started) gives time; ``Capacity`` is the tester's amp-hour counter; current is
+discharge negative and the temperature is in degrees Celsius.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pandas as pd
+
+from bsoc.data.readers.common import (
+    RawCycle,
+    ambient_from_path,
+    drop_repeated_times,
+    parse_time,
+    profile_from_name,
+    require_columns,
+)
+from bsoc.errors import DataValidationError
+
+CELL = "LG 18650HG2"
+NOMINAL_CAPACITY_AH = 3.0
+SUFFIXES: tuple[str, ...] = (".csv",)
+HEADER_START = "Time Stamp"
+COLUMNS: dict[str, str] = {
+    "Voltage": "voltage_v",
+    "Current": "current_a",
+    "Temperature": "temperature_c",
+    "Capacity": "ah",
+}
+PREAMBLE_LINES_MAX = 200
+ENCODING = "latin-1"  # the units line carries a degree sign in a Windows code page
+
+
+def _header_line(path: Path) -> int:
+    with path.open(encoding=ENCODING, newline="") as handle:
+        for number, line in enumerate(handle):
+            if line.lstrip('\ufeff"').startswith(HEADER_START):
+                return number
+            if number >= PREAMBLE_LINES_MAX:
+                break
+    raise DataValidationError(
+        f"no header line starting '{HEADER_START},Step,Status,Prog Time,...' in the first "
+        f"{PREAMBLE_LINES_MAX} lines: not the LG 18650HG2 layout",
+        file=str(path),
+        remedy="check --format, or use --format csv with a --column-map",
+    )
+
+
+def read(path: Path) -> list[RawCycle]:
+    """One cycle from one LG HG2 CSV file (rows are numbered from the first data line)."""
+    file = str(path)
+    header = _header_line(path)
+    try:
+        table = pd.read_csv(
+            path,
+            skiprows=header,
+            header=0,
+            encoding=ENCODING,
+            dtype=str,
+            quoting=csv.QUOTE_MINIMAL,
+            skipinitialspace=True,
+        )
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise DataValidationError(f"cannot parse the CSV ({error})", file=file) from None
+    table.columns = [str(c).strip() for c in table.columns]
+    require_columns(
+        table,
+        ["Prog Time", *COLUMNS],
+        file=file,
+        remedy="not the LG 18650HG2 layout: check --format, or use --format csv with a map",
+    )
+    if len(table) and pd.isna(pd.to_numeric(table["Voltage"].iloc[0], errors="coerce")):
+        table = table.iloc[1:]  # the units line (",,,,,,,,V,A,degC,Ah,...") under the header
+    table = table.reset_index(drop=True)
+    frame = pd.DataFrame({canonical: table[source] for source, canonical in COLUMNS.items()})
+    frame.insert(0, "time_s", parse_time(table["Prog Time"], file=file, column="Prog Time"))
+    frame, repeated = drop_repeated_times(frame)
+    name = path.stem
+    ambient = ambient_from_path(path)
+    if ambient is not None and ambient_from_path(Path(name)) is None:
+        name = f"{ambient:g}degC_{name}".replace("-", "n")
+    return [
+        RawCycle(
+            frame=frame,
+            name=name,
+            source_file=file,
+            cell=CELL,
+            nominal_capacity_ah=NOMINAL_CAPACITY_AH,
+            ambient_c=ambient,
+            profile=profile_from_name(path.stem),
+            extra={"repeated_timestamps_dropped": repeated},
+            sources={"time_s": "Prog Time", **{c: s for s, c in COLUMNS.items()}},
+        )
+    ]

@@ -1,0 +1,152 @@
+"""``LstmSocEstimator``: a SOC network behind the common :class:`~bsoc.estimator.SocEstimator`.
+
+One class serves every network variant (kind ``lstm``, ``projected-lstm``, ``svd-lstm``):
+the network is rebuilt from the architecture recorded in ``config.json`` (sizes and each
+weight map's spec), then its weights are read from ``model.safetensors`` (tensors only,
+never pickle).
+
+* ``predict``: the whole sequence in one batched forward pass (fused LSTM kernel,
+  ``torch.inference_mode``).
+* ``step_batch``: the numpy streaming path (:class:`~bsoc.nn.streaming.NumpyStepper`),
+  state per stream ``concat(h_1, c_1, h_2, c_2)``, zero for a new stream, exactly as the
+  network was trained to start.
+
+The estimator snapshots the weights when it is made: after changing the network (e.g.
+fine-tuning), make a new estimator.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from bsoc import __version__
+from bsoc.data.schema import FEATURE_COLUMNS
+from bsoc.errors import BsocError, ModelFileError
+from bsoc.estimator import (
+    CONFIG_FILE,
+    ESTIMATOR_CLASSES,
+    WEIGHTS_FILE,
+    SocEstimator,
+    prepare_model_dir,
+    read_config,
+)
+from bsoc.nn.network import SocNetwork
+from bsoc.nn.streaming import NumpyStepper
+
+# config.json keys this class writes itself; everything else is caller metadata.
+_OWN_KEYS = ("kind", "name", "architecture", "normalisation", "learnables", "weight_bytes",
+             "macs_per_sample", "bsoc_version")
+
+
+class LstmSocEstimator(SocEstimator):
+    """A trained :class:`SocNetwork` as a batch and streaming SOC estimator."""
+
+    def __init__(
+        self,
+        network: SocNetwork,
+        *,
+        kind: str = "lstm",
+        name: str = "lstm",
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self.network = network.eval()
+        self.kind = kind
+        self.name = name
+        self.metadata = dict(metadata or {})
+        self._stepper = NumpyStepper(self.network)
+
+    def initial_state(self) -> np.ndarray:
+        return np.zeros(self._stepper.state_size, dtype=np.float64)
+
+    def step_batch(self, samples: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        samples = np.asarray(samples)
+        states = np.asarray(states)
+        if samples.ndim != 2 or samples.shape[1] != 4 or states.shape != (
+            len(samples), self._stepper.state_size
+        ):
+            raise BsocError(
+                f"LSTM step needs samples (B, 4) and states (B, {self._stepper.state_size}), "
+                f"got {samples.shape} and {states.shape}",
+                remedy="pass one [time_s, voltage_v, current_a, temperature_c] row per stream",
+            )
+        return self._stepper.step(samples[:, 1:4], states)
+
+    def predict(self, samples: np.ndarray) -> np.ndarray:
+        samples = np.asarray(samples)
+        if samples.ndim != 2 or samples.shape[1] != 4:
+            raise BsocError(f"predict needs samples (T, 4), got {samples.shape}",
+                            remedy="pass rows of [time_s, voltage_v, current_a, temperature_c]")
+        features = torch.from_numpy(np.ascontiguousarray(samples[None, :, 1:4], np.float32))  # (1,T,3)
+        with torch.inference_mode():
+            soc, _ = self.network(features)
+        return soc[0].numpy().astype(np.float64)
+
+    def learnables(self) -> int:
+        return self.network.learnables()
+
+    def weight_bytes(self) -> int:
+        return 4 * self.learnables()
+
+    def macs_per_sample(self) -> int:
+        return self.network.macs_per_sample()
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "architecture": self.network.architecture(),
+            "normalisation": {
+                "features": list(FEATURE_COLUMNS),
+                "mean": self.network.input_mean.tolist(),
+                "std": self.network.input_std.tolist(),
+            },
+            "learnables": self.learnables(),
+            "weight_bytes": self.weight_bytes(),
+            "macs_per_sample": self.macs_per_sample(),
+            "bsoc_version": __version__,
+            **self.metadata,
+        }
+
+    def save(self, directory: str | Path, *, force: bool = False) -> Path:
+        directory = prepare_model_dir(directory, force=force)
+        tensors = {k: v.detach().contiguous() for k, v in self.network.state_dict().items()}
+        save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "bsoc-soc-network"})
+        (directory / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> LstmSocEstimator:
+        directory = Path(directory)
+        config = read_config(directory)
+        kind = config.get("kind")
+        if ESTIMATOR_CLASSES.get(str(kind)) != "bsoc.nn.estimator:LstmSocEstimator":
+            raise ModelFileError(
+                f"{directory} holds a {kind!r} model, not a neural network",
+                remedy="load it with bsoc.estimator.load_estimator",
+            )
+        if "architecture" not in config:
+            raise ModelFileError(f"{directory / CONFIG_FILE} has no 'architecture'",
+                                 remedy="re-create the model with 'bsoc train'")
+        network = SocNetwork.from_architecture(config["architecture"])
+        weights_path = directory / WEIGHTS_FILE
+        if not weights_path.is_file():
+            raise ModelFileError(f"{weights_path} is missing",
+                                 remedy="re-create the model with 'bsoc train'")
+        try:
+            network.load_state_dict(load_file(str(weights_path)), strict=True)
+        except (RuntimeError, SafetensorError, OSError) as error:
+            first_line = str(error).strip().splitlines()[0]
+            raise ModelFileError(
+                f"{weights_path} does not match the architecture in {CONFIG_FILE} ({first_line})",
+                remedy="re-create the model; do not mix files of different models",
+            ) from None
+        metadata = {k: v for k, v in config.items() if k not in _OWN_KEYS}
+        return cls(network, kind=str(kind), name=str(config.get("name", directory.name)),
+                   metadata=metadata)

@@ -1,0 +1,363 @@
+"""Readers, SOC derivation and resampling, on small files built here in each source layout
+(so they always run), plus ``realdata`` checks against the shared Panasonic files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bsoc.data.ingest import IngestOptions, ingest
+from bsoc.data.readers.mapping import TableSpec, load_map_file
+from bsoc.data.resample import interval_charge_ah, resample
+from bsoc.data.schema import coulomb_soc, validate_frame
+from bsoc.errors import ConfigError, DataValidationError
+
+
+def write_panasonic(
+    path: Path, time_s: np.ndarray, current_a: np.ndarray, *, repeat_row: int | None = None
+) -> dict[str, np.ndarray]:
+    """A .mat file in the Panasonic 18650PF layout; Ah is the trapezoidal count of current."""
+    from scipy.io import savemat
+
+    ah = coulomb_soc(time_s, current_a, 1.0, 0.0)  # Ah counter from 0 (discharge negative)
+    columns = {
+        "Time": time_s,
+        "Voltage": 3.6 + 0.5 * (1 + ah / 3.0) + 0.02 * current_a,
+        "Current": current_a,
+        "Ah": ah,
+        "Wh": ah * 3.6,
+        "Power": current_a * 3.7,
+        "Battery_Temp_degC": 25.0 + 0.1 * np.abs(current_a),
+        "Chamber_Temp_degC": np.full_like(time_s, np.nan),
+    }
+    if repeat_row is not None:  # the tester's repeated step-end record
+        columns = {k: np.insert(v, repeat_row + 1, v[repeat_row]) for k, v in columns.items()}
+    meas = {k: v.reshape(-1, 1) for k, v in columns.items()}
+    meas["TimeStamp"] = np.array(["3/21/2017 9:38:00 AM"] * len(columns["Time"]), dtype=object)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    savemat(path, {"meas": meas})
+    return columns
+
+
+def drive_profile(seconds: float = 900.0, rest_s: float = 120.0) -> tuple[np.ndarray, np.ndarray]:
+    """10 Hz: a rest, then a 0.7 s-period pulse train with some regeneration."""
+    t = np.arange(int(seconds * 10) + 1) / 10.0
+    pulses = np.where((t % 0.7) < 0.35, -6.0, 1.5)
+    return t, np.where(t < rest_s, 0.0, pulses)
+
+
+@pytest.fixture
+def panasonic_folder(tmp_path: Path) -> Path:
+    root = tmp_path / "pan"
+    t, i = drive_profile()
+    write_panasonic(
+        root / "25degC" / "03-21-17_09.38 25degC_LA92_Pan18650PF.mat", t, i, repeat_row=50
+    )
+    write_panasonic(root / "n10degC" / "06-07-17_08.39 n10degC_HWFET_Pan18650PF.mat", t, i)
+    write_panasonic(root / "25degC" / "03-18-17_02.17 25degC_Cycle_1_Pan18650PF.mat", t, i)
+    return root
+
+
+def _options(fmt: str = "panasonic", **kwargs) -> IngestOptions:
+    return IngestOptions(fmt=fmt, **kwargs)
+
+
+def test_panasonic_layout_ingests_with_split_soc_and_records(panasonic_folder):
+    result = ingest(panasonic_folder, _options(), name="pan", command="test")
+    cycles = {c.meta.name: c for c in result.dataset}
+    assert sorted(cycles) == ["25degC_Cycle_1", "25degC_LA92", "n10degC_HWFET"]
+    la92 = cycles["25degC_LA92"]
+    assert (la92.meta.split, la92.meta.profile, la92.meta.ambient_c) == ("test", "la92", 25.0)
+    assert cycles["n10degC_HWFET"].meta.split == "val"
+    assert cycles["n10degC_HWFET"].meta.ambient_c == -10.0
+    assert (cycles["25degC_Cycle_1"].meta.split, cycles["25degC_Cycle_1"].meta.profile) == (
+        "train",
+        "mixed",
+    )
+    extra = la92.meta.extra
+    assert extra["repeated_timestamps_dropped"] == 1
+    assert extra["rest_trimmed_s"] == pytest.approx(119.9)  # one rest sample is kept
+    assert la92.meta.capacity_ah == 2.9 and la92.meta.source_file.endswith("LA92_Pan18650PF.mat")
+    frame = la92.frame
+    np.testing.assert_array_equal(frame["time_s"], np.arange(len(frame), dtype=float))
+    assert len(frame) == 781  # 900 s - 119.9 s trimmed, at 1 Hz
+    # SOC runs from 1 down exactly as the Ah counter says.
+    t, i = drive_profile()
+    ah = coulomb_soc(t, i, 1.0, 0.0)
+    expected = 1.0 + np.interp(frame["time_s"] + 119.9, t, ah) / 2.9
+    np.testing.assert_allclose(frame["soc"], expected, atol=1e-9)
+    assert frame["soc"].iloc[0] == 1.0
+    # Resampling kept the charge: interval currents sum to the Ah counter's change.
+    end = frame["time_s"].iloc[-1] + 119.9  # the last partial second is dropped
+    assert interval_charge_ah(frame) == pytest.approx(
+        np.interp(end, t, ah) - np.interp(119.9, t, ah), abs=1e-9
+    )
+    validate_frame(frame)
+
+
+def test_keep_rest_and_rate_options(panasonic_folder):
+    file = next(panasonic_folder.rglob("*LA92*"))
+    result = ingest(file, _options(trim_rest=False, rate_hz=2.0), name="x", command="test")
+    frame = result.dataset.cycles[0].frame
+    assert len(frame) == 1801 and frame["time_s"].iloc[1] == 0.5
+    assert "rest_trimmed_s" not in result.dataset.cycles[0].meta.extra
+
+
+def test_ocv_test_soc_spans_0_to_1_on_its_own_capacity(tmp_path):
+    t = np.arange(0, 30 * 3600 + 1, 60.0)  # 60 s log: 300 s rest, C/20 discharge, charge
+    i = np.select([t < 300, t < 20 * 3600, t < 21 * 3600], [0.0, -0.15, 0.0], 0.15)
+    path = tmp_path / "start" / "05-08-17_13.26 C20 OCV Test_C20_25dC.mat"
+    write_panasonic(path, t, i)
+    cycle = ingest(path, _options(), name="ocv", command="test").dataset.cycles[0]
+    assert (cycle.meta.profile, cycle.meta.split, cycle.meta.ambient_c) == ("ocv", "train", 25.0)
+    delivered = 0.15 * (20 * 3600 - 300) / 3600 + 0.15 * 60 / 3600 / 2 * 2  # plus ramp halves
+    assert cycle.meta.capacity_ah == pytest.approx(delivered, rel=1e-3)
+    soc = cycle.frame["soc"]
+    assert soc.iloc[0] == 1.0 and soc.min() == pytest.approx(0.0, abs=1e-12) and soc.max() == 1.0
+    assert len(cycle.frame) == 30 * 3600 - 240 + 1  # upsampled to 1 Hz after the trimmed rest
+    assert "own" in cycle.meta.extra["soc_basis"]
+
+
+def test_regen_overshoot_is_clipped_and_counted_but_a_big_one_is_an_error(tmp_path):
+    t = np.arange(0, 600.1, 0.1)
+    i = np.where(t < 20, 1.0, -3.0)  # 20 s of regen right after the full charge
+    path = tmp_path / "25degC_UDDS_Pan18650PF.mat"
+    write_panasonic(path, t, i)
+    cycle = ingest(path, _options(), name="x", command="test").dataset.cycles[0]
+    assert cycle.meta.extra["soc_clipped_above_1"] > 100
+    peak = 1 + coulomb_soc(t, i, 1.0, 0.0).max() / 2.9  # 19.9 A s at the last regen sample
+    assert cycle.meta.extra["soc_max_before_clip"] == pytest.approx(peak, rel=1e-12)
+    assert cycle.frame["soc"].max() == 1.0
+    write_panasonic(path, t, -i)  # charging for minutes: not a full start (or a flipped sign)
+    with pytest.raises(DataValidationError, match="does not start full") as caught:
+        ingest(path, _options(), name="x", command="test")
+    assert caught.value.column == "meas.Current" and caught.value.row is not None
+
+
+def test_panasonic_errors_name_file_source_row_and_field(tmp_path):
+    t, i = drive_profile(60.0, 10.0)
+    path = tmp_path / "25degC_NN.mat"
+    columns = write_panasonic(path, t, i, repeat_row=5)
+    from scipy.io import savemat
+
+    meas = {k: v.reshape(-1, 1) for k, v in columns.items()}
+    meas["Voltage"] = meas["Voltage"].copy()
+    meas["Voltage"][300] = np.nan  # source row 300, after the dropped repeated record
+    savemat(path, {"meas": meas})
+    with pytest.raises(DataValidationError) as caught:
+        ingest(path, _options(), name="x", command="test")
+    assert (caught.value.row, caught.value.column) == (300, "meas.Voltage")
+    assert str(path) in str(caught.value)
+    del meas["Ah"]
+    savemat(path, {"meas": meas})
+    with pytest.raises(DataValidationError, match="not the Panasonic") as caught:
+        ingest(path, _options(), name="x", command="test")
+    assert caught.value.column == "Ah"
+    path.write_text("not a mat file")
+    with pytest.raises(DataValidationError, match="MATLAB"):
+        ingest(path, _options(), name="x", command="test")
+
+
+LG_PREAMBLE = """Test Name:,551_LA92
+Procedure:,LA92
+Comment:,LG HG2 cell
+"""
+LG_HEADER = (
+    "Time Stamp,Step,Status,Prog Time,Step Time,Cycle,Cycle Level,Procedure,Voltage,Current,"
+    "Temperature,Capacity,WhAccu,Cnt,Empty\n,,,,,,,,V,A,\xb0C,Ah,Wh,Cnt,\n"
+)
+
+
+def write_lg(
+    path: Path, t: np.ndarray, i: np.ndarray, *, voltage_text: dict[int, str] | None = None
+) -> None:
+    """A CSV in the LG 18650HG2 layout (latin-1, preamble, header, units line)."""
+    ah = coulomb_soc(t, i, 1.0, 0.0)
+    lines = []
+    for k, (tk, ik, ahk) in enumerate(zip(t, i, ah, strict=True)):
+        hours, rest = divmod(tk, 3600)
+        minutes, seconds = divmod(rest, 60)
+        prog = f"{int(hours):02d}:{int(minutes):02d}:{seconds:06.3f}"
+        voltage = (voltage_text or {}).get(k, f"{4.1 + 0.02 * ik + ahk / 10:.5f}")
+        lines.append(
+            f"11/26/2018 10:31:04 AM,1,DCH,{prog},{prog},0,0,LA92,{voltage},{ik:.5f},"
+            f"23.5,{ahk:.6f},0,{k},\n"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes((LG_PREAMBLE + LG_HEADER + "".join(lines)).encode("latin-1"))
+
+
+def test_lg_hg2_layout(tmp_path):
+    t, i = drive_profile(400.0, 30.0)
+    path = tmp_path / "LG_HG2" / "25degC" / "551_LA92.csv"
+    write_lg(path, t, i)
+    cycle = ingest(path, _options("lg-hg2"), name="lg", command="test").dataset.cycles[0]
+    assert (cycle.meta.name, cycle.meta.profile, cycle.meta.split) == (
+        "25degC_551_LA92",
+        "la92",
+        "test",
+    )
+    assert cycle.meta.cell == "LG 18650HG2" and cycle.meta.capacity_ah == 3.0
+    ah = coulomb_soc(t, i, 1.0, 0.0)
+    trimmed = cycle.meta.extra["rest_trimmed_s"]
+    expected = 1 + np.interp(cycle.frame["time_s"] + trimmed, t, np.round(ah, 6)) / 3.0
+    np.testing.assert_allclose(cycle.frame["soc"], expected, atol=1e-6)
+
+
+def test_lg_hg2_bad_cell_names_data_row_and_source_column(tmp_path):
+    t, i = drive_profile(20.0, 5.0)
+    path = tmp_path / "25degC" / "552_UDDS.csv"
+    write_lg(path, t, i, voltage_text={17: "n/a"})
+    with pytest.raises(DataValidationError) as caught:
+        ingest(path, _options("lg-hg2"), name="lg", command="test")
+    assert (caught.value.row, caught.value.column) == (17, "Voltage")
+    other = tmp_path / "plain.csv"
+    other.write_text("a,b\n1,2\n")
+    with pytest.raises(DataValidationError, match="LG 18650HG2"):
+        ingest(other, _options("lg-hg2"), name="lg", command="test")
+
+
+def _vendor_table(t: np.ndarray, i: np.ndarray) -> pd.DataFrame:
+    """A table in someone else's names and units: mA, charge negative, kelvin, SOC in %."""
+    soc = coulomb_soc(t, i, 2.5, 0.9)
+    return pd.DataFrame(
+        {
+            "Elapsed": t,
+            "U": 3.7 + 0.02 * i,
+            "I_mA": -1000.0 * i,
+            "T_K": 298.15 + 0 * t,
+            "SOC_pct": 100.0 * soc,
+        }
+    )
+
+
+def test_mapped_csv_and_parquet_with_units_and_sign(tmp_path):
+    t = np.arange(0, 300.0, 0.5)
+    i = np.where((t // 10) % 2 == 0, -2.0, 0.5)
+    table = _vendor_table(t, i)
+    table.to_csv(tmp_path / "bench_25degC.csv", index=False)
+    table.to_parquet(tmp_path / "bench_25degC.parquet", index=False)
+    spec = TableSpec(
+        columns={"time_s": "Elapsed", "voltage_v": "U", "current_a": "I_mA",
+                 "temperature_c": "T_K", "soc": "SOC_pct"},
+        units={"current": "mA", "temperature": "K", "soc": "percent"},
+        current_sign="charge-negative",
+        capacity_ah=2.5,
+        cell="vendor cell",
+    )  # fmt: skip
+    frames = []
+    for fmt in ("csv", "parquet"):
+        result = ingest(
+            tmp_path / f"bench_25degC.{fmt}", _options(fmt, spec=spec, trim_rest=False),
+            name="v", command="test",
+        )  # fmt: skip
+        cycle = result.dataset.cycles[0]
+        assert (cycle.meta.cell, cycle.meta.ambient_c, cycle.meta.split) == (
+            "vendor cell",
+            25.0,
+            "train",
+        )
+        assert any("mA -> A" in note for note in result.dataset.provenance["conversions"])
+        assert any("charge-negative" in note for note in result.notes)
+        frames.append(cycle.frame)
+    pd.testing.assert_frame_equal(frames[0], frames[1])
+    native = pd.DataFrame({"time_s": t, "voltage_v": 3.7 + 0.02 * i, "current_a": i,
+                           "temperature_c": 25.0, "soc": coulomb_soc(t, i, 2.5, 0.9)})  # fmt: skip
+    pd.testing.assert_frame_equal(frames[0], resample(native, 1.0), atol=1e-9)
+
+
+def test_map_file_equals_command_line_and_unasked_units_are_errors(tmp_path):
+    t = np.arange(0, 120.0, 1.0)
+    i = np.full_like(t, -1.0)
+    _vendor_table(t, i).to_csv(tmp_path / "c.csv", index=False)
+    map_file = tmp_path / "map.toml"
+    map_file.write_text(
+        'capacity_ah = 2.5\ncurrent_sign = "charge-negative"\n[columns]\ntime_s = "Elapsed"\n'
+        'voltage_v = "U"\ncurrent_a = "I_mA"\ntemperature_c = "T_K"\nsoc = "SOC_pct"\n'
+        '[units]\ncurrent = "mA"\ntemperature = "K"\nsoc = "percent"\n'
+    )
+    spec = load_map_file(map_file)
+    frame = (
+        ingest(tmp_path / "c.csv", _options("csv", spec=spec), name="m", command="t")
+        .dataset.cycles[0]
+        .frame
+    )
+    assert frame["current_a"].iloc[1] == pytest.approx(-1.0) and frame["temperature_c"].iloc[
+        0
+    ] == pytest.approx(25.0)
+    no_units = TableSpec(columns=spec.columns, current_sign="charge-negative", capacity_ah=2.5)
+    with pytest.raises(DataValidationError, match="milliamperes") as caught:
+        ingest(tmp_path / "c.csv", _options("csv", spec=no_units), name="m", command="t")
+    assert caught.value.column == "I_mA"
+    with pytest.raises(ConfigError, match="capacity"):
+        _options("csv", spec=TableSpec(columns=spec.columns))
+    map_file.write_text("[units]\ncurrent = 'uA'\n")
+    with pytest.raises(ConfigError, match="uA"):
+        load_map_file(map_file)
+
+
+def test_resampling_conserves_charge_of_a_10hz_pulse_train():
+    t = np.arange(6001) / 10.0  # 600 s at 10 Hz
+    i = np.where((t % 0.7) < 0.35, -8.0, 2.0)  # pulses not aligned with whole seconds
+    soc = coulomb_soc(t, i, 2.9, 0.9)
+    native = pd.DataFrame({"time_s": t, "voltage_v": 3.7 + 0.03 * i, "current_a": i,
+                           "temperature_c": 25.0, "soc": soc})  # fmt: skip
+    out = resample(native, 1.0)
+    np.testing.assert_array_equal(out["time_s"], np.arange(601.0))
+    charge_native = (soc[-1] - soc[0]) * 2.9
+    assert interval_charge_ah(out) == pytest.approx(charge_native, abs=1e-12)
+    increments = np.diff(out["soc"]) * 2.9 * 3600
+    np.testing.assert_allclose(increments, out["current_a"].to_numpy()[1:], atol=1e-9)
+    # Point sampling (every 10th sample) aliases the pulses into a visible charge error.
+    naive = native.iloc[::10]
+    naive_charge = float(np.sum(naive["current_a"].to_numpy()[1:])) / 3600.0
+    assert abs(naive_charge - charge_native) > 0.01  # 0.02 Ah in 10 minutes
+    # Voltage is averaged over the same intervals, so it stays paired with the current.
+    np.testing.assert_allclose(out["voltage_v"][1:], 3.7 + 0.03 * out["current_a"][1:], atol=1e-12)
+
+
+def test_resampling_upsamples_a_slow_log_linearly():
+    t = np.arange(0, 601.0, 60.0)
+    native = pd.DataFrame({"time_s": t, "voltage_v": 3.0 + t / 600, "current_a": -0.15,
+                           "temperature_c": 25.0, "soc": 1 - 0.15 * t / 3600 / 3.0})  # fmt: skip
+    out = resample(native, 1.0)
+    assert len(out) == 601
+    np.testing.assert_allclose(
+        out["voltage_v"][1:], 3.0 + (out["time_s"][1:] - 0.5) / 600, atol=1e-12
+    )
+    np.testing.assert_allclose(out["soc"], 1 - 0.15 * out["time_s"] / 3600 / 3.0, atol=1e-12)
+
+
+@pytest.mark.realdata
+def test_real_panasonic_drive_cycle_soc_follows_the_ah_counter(panasonic_dir, tmp_path):
+    from scipy.io import loadmat
+
+    source = next(panasonic_dir.glob("n20degC/*n20degC_HWFET_Pan18650PF.mat"))
+    dataset = ingest(source, _options(), name="real", command="test").dataset
+    cycle = dataset.cycles[0]
+    meas = loadmat(source)["meas"][0, 0]
+    time_s, ah = meas["Time"].ravel(), meas["Ah"].ravel()
+    assert cycle.meta.extra["rest_trimmed_s"] > 7000  # the 2 h cooling soak
+    frame = cycle.frame
+    assert frame["soc"].iloc[0] == 1.0 and frame["soc"].is_monotonic_decreasing
+    expected = 1 + np.interp(frame["time_s"] + cycle.meta.extra["rest_trimmed_s"], time_s, ah) / 2.9
+    np.testing.assert_allclose(frame["soc"], expected, atol=1e-4)
+    assert frame["soc"].iloc[-1] == pytest.approx(1 - 1.74 / 2.9, abs=1e-3)  # 60 % DOD cut-off
+    assert cycle.meta.ambient_c == -20.0 and cycle.meta.split == "val"
+    out = dataset.save(tmp_path / "d")
+    assert json.loads((out / "manifest.json").read_text())["cycles"][0]["capacity_ah"] == 2.9
+
+
+@pytest.mark.realdata
+def test_real_c20_ocv_test_spans_full_soc(panasonic_dir):
+    source = next(panasonic_dir.glob("capacity_tests/*/*C20 OCV*.mat"))
+    cycle = ingest(source, _options(), name="ocv", command="test").dataset.cycles[0]
+    assert (cycle.meta.profile, cycle.meta.split) == ("ocv", "train")
+    assert cycle.frame["soc"].min() == pytest.approx(0.0, abs=1e-9)
+    assert cycle.frame["soc"].max() == 1.0
+    assert cycle.meta.capacity_ah == pytest.approx(3.0, abs=0.01)  # SOURCE.md: C/20 = 3.00 Ah
+    assert cycle.meta.extra["cut_at_gap"]["rows_dropped"] == 1

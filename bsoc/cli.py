@@ -36,9 +36,17 @@ from bsoc.commands import ekf as _ekf_commands  # noqa: E402
 
 _ekf_commands.register(app)
 
+from bsoc.commands import model as _model_commands  # noqa: E402
+
+_model_commands.register(app)
+
 from bsoc.commands import bench as _bench_commands  # noqa: E402
 
 _bench_commands.register(app)
+
+from bsoc.commands import pipeline as _pipeline_commands  # noqa: E402
+
+_pipeline_commands.register(app)
 
 
 def _version(value: bool) -> None:

@@ -101,7 +101,9 @@ def degrade_samples(
     return out
 
 
-def measured_convergence_s(time_s: np.ndarray, error_pct: np.ndarray, band_pct: float) -> float | None:
+def measured_convergence_s(
+    time_s: np.ndarray, error_pct: np.ndarray, band_pct: float
+) -> float | None:
     """Time after which |error| stays below ``band_pct`` to the end; None if it never does."""
     outside = np.flatnonzero(np.abs(error_pct) >= band_pct)
     if len(outside) == 0:
@@ -224,7 +226,9 @@ def evaluate(
     return evaluate_runs(estimator, cycles, settings, scenarios)[0]
 
 
-def plot_runs(runs: dict[str, list[CycleRun]], path: Path, *, title: str = "", limit: int = 12) -> Path:
+def plot_runs(
+    runs: dict[str, list[CycleRun]], path: Path, *, title: str = "", limit: int = 12
+) -> Path:
     """Estimated vs true SOC per cycle (from start, cold start, degraded) into a PNG."""
     from matplotlib.figure import Figure
 

@@ -2,8 +2,8 @@
 
 ``toy_dataset`` is a tiny, fast, deterministic dataset from a first-order equivalent
 circuit (numpy only) so that model tests never wait for PyBaMM; the physics-based
-simulated data has its own tests. ``panasonic_dir`` is the shared real data, skipped
-when that folder is absent.
+simulated data has its own tests. ``panasonic_dir`` is the shared real data (``../shared`` beside
+the checkout, or ``$BSOC_PANASONIC_DIR``), skipped when that folder is absent.
 """
 
 from __future__ import annotations
@@ -20,7 +20,12 @@ from bsoc.data.schema import Cycle, CycleMeta, coulomb_soc
 
 os.environ.setdefault("PYBAMM_DISABLE_TELEMETRY", "true")
 
-PANASONIC_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "panasonic-18650pf"
+PANASONIC_DIR = Path(
+    os.environ.get(
+        "BSOC_PANASONIC_DIR",
+        Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "panasonic-18650pf",
+    )
+)
 
 
 @pytest.fixture(scope="session")

@@ -78,17 +78,17 @@ def test_predict_equals_streaming(tables: EcmTables, samples: np.ndarray) -> Non
     np.testing.assert_array_equal(np.array(stepped), estimator.predict(samples))
 
 
-def test_initialises_from_rest_voltage_else_from_half_with_wide_covariance(
-    tables: EcmTables,
-) -> None:
+def test_initialises_from_ir_corrected_voltage_wider_under_load(tables: EcmTables) -> None:
     estimator = EkfSocEstimator(tables, NOISE)
-    ocv_at_70 = float(tables.lookup(np.array([0.7]), np.array([25.0])).ocv[0])
+    at = tables.lookup(np.array([0.7, 0.5]), np.array([25.0, 25.0]))
+    loaded_v = float(at.ocv[0] + at.r0[1] * -2.0)  # OCV(70 %) minus the IR drop R0(50 %) * 2 A
     soc, state = estimator.step_batch(
-        np.array([[0.0, ocv_at_70, 0.0, 25.0], [0.0, 3.5, -2.0, 25.0]]),
-        np.stack([estimator.initial_state()] * 2),
+        np.array([[0.0, at.ocv[0], 0.0, 25.0], [0.0, loaded_v, -2.0, 25.0], [0.0, 9.0, -2.0, 25.0]]),
+        np.stack([estimator.initial_state()] * 3),
     )
     assert soc[0] == pytest.approx(0.7, abs=0.01)
-    assert soc[1] == pytest.approx(0.5, abs=0.1)
+    assert soc[1] == pytest.approx(0.7, abs=0.01)  # OCV^-1(V - R0 I), not a blind 50 %
+    assert soc[2] == 0.5  # no usable voltage: the "unknown" SOC
     assert state[1, 3] > state[0, 3]  # SOC variance: wide when started under load
     assert (state[:, STATUS] == RUNNING).all()
 

@@ -236,3 +236,18 @@ def test_batch_of_streams_equals_individual_streams(ekf: EkfSocEstimator, truth:
         together[t], states = ekf.step_batch(np.stack([s[t] for s in samples]), states)
     for k in range(len(samples)):
         np.testing.assert_allclose(together[:, k], alone[k], rtol=0, atol=1e-12)
+
+
+def test_linear_recursion_equals_the_scalar_loop() -> None:
+    """The blocked closed form of x_k = a_k x_{k-1} + b_k (time-varying tau) equals the loop."""
+    from bsoc.ekf.ecm import linear_recursion
+
+    rng = np.random.default_rng(3)
+    a = np.exp(-rng.uniform(0.01, 0.6, 5000))
+    a[100] = 0.0  # a gap far longer than tau: the state resets
+    b = rng.normal(size=5000)
+    expected, x = np.empty(5000), 0.0
+    for k in range(5000):
+        x = a[k] * x + b[k]
+        expected[k] = x
+    np.testing.assert_allclose(linear_recursion(a, b), expected, rtol=0, atol=1e-9)

@@ -191,12 +191,12 @@ def summary_table(result: dict[str, Any]) -> list[dict[str, Any]]:
     for m in result["models"]:
         rows.append({
             "model": m["name"], "kind": m["kind"], "learnables": m["learnables"],
-            "rmse_pct": m["rmse_pct"],
-            "cold_start_rmse_pct": m["scenarios"]["cold_start"]["rmse_pct"],
-            "degraded_rmse_pct": m["scenarios"]["degraded_sensors"]["rmse_pct"],
-            "step_latency_us": m["step_latency_us"],
-            "throughput_samples_per_s": m["throughput_samples_per_s"],
-            "step_speedup": m["ratios_to_reference"]["step_speedup"],
+            "RMSE %": m["rmse_pct"],
+            "cold %": m["scenarios"]["cold_start"]["rmse_pct"],
+            "degraded %": m["scenarios"]["degraded_sensors"]["rmse_pct"],
+            "step µs": m["step_latency_us"],
+            "samples/s": m["throughput_samples_per_s"],
+            "speedup": m["ratios_to_reference"]["step_speedup"],
         })
     return rows
 

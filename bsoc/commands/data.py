@@ -51,6 +51,13 @@ def ingest(
         "panasonic/lg-hg2: 'HWFET|HWFTb'). Everything else is train.",
         show_default=False,
     ),
+    exclude_pattern: str | None = typer.Option(
+        None,
+        "--exclude-pattern",
+        help="Regex on file paths below PATH to leave out (default panasonic: 'end_of_tests', "
+        "the aged cell's capacity runs). Pass '' to keep every file.",
+        show_default=False,
+    ),
     column_map: str | None = typer.Option(
         None,
         "--column-map",
@@ -105,7 +112,7 @@ def ingest(
 
     Example: bsoc data ingest /data/panasonic-18650pf --format panasonic --out data/pan
     """
-    from bsoc.data.ingest import IngestOptions
+    from bsoc.data.ingest import IngestOptions, excluded_files
     from bsoc.data.ingest import ingest as run_ingest
     from bsoc.data.inspect import split_names
     from bsoc.data.readers import find_files
@@ -139,10 +146,11 @@ def ingest(
         trim_rest=trim_rest,
         test_pattern=test_pattern,
         val_pattern=val_pattern,
+        exclude_pattern=exclude_pattern,
         spec=spec,
         max_gap_s=max_gap,
     )
-    files = find_files(path, fmt)
+    files = excluded_files(find_files(path, fmt), path, options)[0]
     # The full option set is recorded in the manifest's provenance.options.
     command = shlex.join(["bsoc", "data", "ingest", str(path), "--format", fmt, "--out", str(out)])
     with progress(transient=True) as bar:

@@ -45,6 +45,10 @@ DEFAULT_SPLIT_PATTERNS: dict[str, tuple[str | None, str | None]] = {
     "panasonic": ("UDDS|LA92", "HWFET|HWFTb"),
     "lg-hg2": ("UDDS|LA92", "HWFET|HWFTb"),
 }
+# Files left out by default, matched on their path below PATH. Panasonic's end-of-tests
+# capacity runs are of the cell aged by ~110 cycles (2.4 Ah instead of 2.8): with the
+# fresh cell's Q their SOC labels would contradict every other cycle's.
+DEFAULT_EXCLUDE_PATTERNS: dict[str, str] = {"panasonic": "end_of_tests"}
 REST_CURRENT_A = 0.005  # |I| at or below this is rest for trimming
 SOC_OVERSHOOT_LIMIT = 0.02  # above 1 + this, "starts full" is wrong: an error, not a clip
 ROUNDING = 1e-9
@@ -60,6 +64,7 @@ class IngestOptions:
     trim_rest: bool = True
     test_pattern: str | None = None
     val_pattern: str | None = None
+    exclude_pattern: str | None = None
     spec: TableSpec = field(default_factory=TableSpec)
     max_gap_s: float = 3600.0
 
@@ -87,9 +92,12 @@ class IngestOptions:
         default_test, default_val = DEFAULT_SPLIT_PATTERNS.get(self.fmt, (None, None))
         self.test_pattern = self.test_pattern if self.test_pattern is not None else default_test
         self.val_pattern = self.val_pattern if self.val_pattern is not None else default_val
+        if self.exclude_pattern is None:
+            self.exclude_pattern = DEFAULT_EXCLUDE_PATTERNS.get(self.fmt)
         for option, pattern in (
             ("--test-pattern", self.test_pattern),
             ("--val-pattern", self.val_pattern),
+            ("--exclude-pattern", self.exclude_pattern),
         ):
             try:
                 re.compile(pattern or "")
@@ -110,6 +118,7 @@ class IngestOptions:
             "trim_rest": self.trim_rest,
             "test_pattern": self.test_pattern,
             "val_pattern": self.val_pattern,
+            "exclude_pattern": self.exclude_pattern,
             "column_map": self.spec.columns,
             "units": self.spec.units,
             "current_sign": self.spec.current_sign or "discharge-negative",
@@ -124,6 +133,26 @@ class IngestResult:
     dataset: Dataset
     notes: list[str]
     seconds: float
+
+
+def excluded_files(
+    files: list[Path], root: Path, options: IngestOptions
+) -> tuple[list[Path], list[str]]:
+    """Split ``files`` into those to read and the paths (below ``root``) the exclude pattern drops."""
+    if not options.exclude_pattern:
+        return files, []
+    base = root if root.is_dir() else root.parent
+    keep, dropped = [], []
+    for file in files:
+        relative = str(file.relative_to(base))
+        if re.search(options.exclude_pattern, relative):
+            dropped.append(relative)
+        else:
+            keep.append(file)
+    if not keep:
+        raise ConfigError(f"--exclude-pattern '{options.exclude_pattern}' leaves no files",
+                          remedy="loosen the pattern, or pass --exclude-pattern ''")
+    return keep, dropped
 
 
 def split_for(name: str, options: IngestOptions) -> str:
@@ -354,8 +383,11 @@ def ingest(
     """Read every file under ``path`` and return the dataset (not yet saved) and log notes."""
     started = time.perf_counter()
     path = Path(path)
-    files = readers.find_files(path, options.fmt)
+    files, excluded = excluded_files(readers.find_files(path, options.fmt), path, options)
     notes = [f"converting {note}, as asked" for *_, note in conversions(options.spec)]
+    if excluded:
+        notes.append(f"left out {len(excluded)} files matching --exclude-pattern "
+                     f"'{options.exclude_pattern}': {', '.join(excluded)}")
     cycles: list[Cycle] = []
     for file in files:
         digest = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
@@ -380,6 +412,7 @@ def ingest(
         "bsoc_version": __version__,
         "source": str(path.resolve()),
         "options": options.to_dict(),
+        "excluded_files": excluded,
         "resampling": METHOD,
         "conversions": [n for n in notes if n.startswith("converting ")],
         "sign_convention": "current_a discharge negative; soc fraction 0..1",

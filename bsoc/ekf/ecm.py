@@ -12,8 +12,10 @@ exact solution for a current held at ``Ibar_k``. The capacitances are ``Ci = tau
 
 All parameters live in :class:`EcmTables`: OCV on a fine uniform SOC grid, R0/R1/R2 on a coarse
 uniform SOC grid, tau1/tau2 and the usable capacity per table temperature. Look-ups interpolate
-bilinearly in (T, SOC) -- OCV linearly, resistances and time constants in log space (Arrhenius-
-like in T, always positive) -- and clamp outside the grids, so the functions are continuous
+bilinearly in (1/T, SOC) with T the *measured cell temperature* of each sample (absolute, in
+kelvin): OCV linearly, resistances and time constants in log space, so that between two table
+temperatures ``log R`` is linear in ``1/T`` -- an Arrhenius law with a locally fitted activation
+energy, always positive. Outside the grids the look-ups clamp, so the functions are continuous
 everywhere and every look-up is vectorised over any number of streams.
 """
 
@@ -129,11 +131,8 @@ class EcmTables:
         )
 
     def _t_weights(self, temperature_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Row index and weight of each temperature (held at the end rows)."""
-        grid = self._t_grid
-        j = np.clip(np.searchsorted(grid, temperature_c, side="right") - 1, 0, len(grid) - 2)
-        w = np.clip((temperature_c - grid[j]) / (grid[j + 1] - grid[j]), 0.0, 1.0)
-        return j, w
+        """Row index and weight of each temperature, linear in 1/T (held at the end rows)."""
+        return temperature_weights(self._t_grid, temperature_c)
 
     @staticmethod
     def _bilinear(stack: np.ndarray, j: np.ndarray, w: np.ndarray, soc: np.ndarray) -> np.ndarray:
@@ -167,8 +166,9 @@ class EcmTables:
         )
 
     def capacity(self, temperature_c: np.ndarray) -> np.ndarray:
-        """Usable capacity (Ah) at the given temperatures (linear in T, clamped)."""
-        return np.interp(temperature_c, self._t_grid, self._per_t[2])
+        """Usable capacity (Ah) at the given temperatures (linear in 1/T, clamped)."""
+        j, w = self._t_weights(np.asarray(temperature_c, dtype=np.float64))
+        return self._per_t[2, j] * (1 - w) + self._per_t[2, j + 1] * w
 
     def ocv_inverse(self, voltage_v: np.ndarray, temperature_c: np.ndarray) -> np.ndarray:
         """SOC whose OCV at ``temperature_c`` equals ``voltage_v`` (clamped to [0, 1])."""
@@ -193,19 +193,13 @@ class EcmTables:
         p = self.lookup(soc, temperature_c)
         dt = np.diff(time_s, prepend=time_s[0])
         ibar = 0.5 * (current_a + np.concatenate([current_a[:1], current_a[:-1]]))
-        drive = []
+        v = p.ocv + p.r0 * current_a
         for r, tau in ((p.r1, p.tau1), (p.r2, p.tau2)):
             r_prev = np.concatenate([r[:1], r[:-1]])
             tau_prev = np.concatenate([tau[:1], tau[:-1]])
             a = np.exp(-dt / tau_prev)
-            drive.append((a, r_prev * (1 - a) * ibar))
-        v_rc = np.zeros((2, len(time_s)))
-        for n, (a, b) in enumerate(drive):
-            out, previous = v_rc[n], 0.0
-            for k in range(1, len(time_s)):  # first-order recursion: cheap scalar loop
-                previous = a[k] * previous + b[k]
-                out[k] = previous
-        return p.ocv + p.r0 * current_a + v_rc[0] + v_rc[1]
+            v = v + linear_recursion(a, r_prev * (1 - a) * ibar)
+        return v
 
     def to_json(self) -> dict[str, Any]:
         return {f: getattr(self, f).tolist() for f in TABLE_FIELDS}
@@ -213,6 +207,44 @@ class EcmTables:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> EcmTables:
         return cls(**{f: data[f] for f in TABLE_FIELDS if f in data})
+
+
+KELVIN = 273.15
+
+
+def temperature_weights(grid_c: np.ndarray, temperature_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Interval index j and weight w of each temperature on ``grid_c`` (>= 2 increasing points).
+
+    The weight is linear in the inverse absolute temperature (Arrhenius coordinate) and clamped
+    to [0, 1], so a quantity interpolated as ``q[j] (1 - w) + q[j + 1] w`` is held at the end rows.
+    """
+    grid_c = np.asarray(grid_c, dtype=np.float64)
+    j = np.clip(np.searchsorted(grid_c, temperature_c, side="right") - 1, 0, len(grid_c) - 2)
+    inverse = 1.0 / (grid_c + KELVIN)
+    w = (1.0 / (temperature_c + KELVIN) - inverse[j]) / (inverse[j + 1] - inverse[j])
+    return j, np.clip(w, 0.0, 1.0)
+
+
+def linear_recursion(a: np.ndarray, b: np.ndarray, max_decay: float = 200.0) -> np.ndarray:
+    """``x_k = a_k x_{k-1} + b_k`` from ``x_{-1} = 0`` for ``a`` in (0, 1], vectorised.
+
+    The RC voltages with time-varying coefficients (tau follows the cell temperature), which
+    ``scipy.signal.lfilter`` cannot do. Closed form ``x_k = e^{L_k} sum_{j<=k} e^{-L_j} b_j``
+    with ``L = cumsum(log a)``, evaluated in blocks over which ``L`` falls by at most
+    ``max_decay`` so that ``e^{-L}`` never overflows; the state is carried between blocks.
+    """
+    with np.errstate(divide="ignore"):  # a = 0 (a long gap): log a = -inf, clamped
+        log_a = np.maximum(np.log(a), -max_decay)
+    level = np.cumsum(log_a)
+    out = np.empty(len(b), dtype=np.float64)
+    start, carry = 0, 0.0
+    while start < len(b):
+        base = level[start] - log_a[start]  # L_{start-1}
+        stop = max(start + 1, int(np.searchsorted(-level, max_decay - base, side="right")))
+        relative = level[start:stop] - base  # in [-max_decay, 0]
+        out[start:stop] = np.exp(relative) * (carry + np.cumsum(np.exp(-relative) * b[start:stop]))
+        carry, start = out[stop - 1], stop
+    return out
 
 
 def simulate_cycle(

@@ -8,9 +8,9 @@
    it. A single-branch curve is corrected for its IR drop once the resistances are known
    (``OCV = V - (R0 + R1 + R2) I``, then the group is refitted). Without any low-rate cycle a
    pseudo-OCV (voltage minus an initial ``R0 I``, binned by SOC) is the starting point.
-2. **Dynamics, per ambient temperature.** The pulse/drive cycles of one ambient form a group;
-   ``scipy.optimize.least_squares`` fits R0, R1, R2 on a coarse SOC grid (log-parameters,
-   linear in SOC), tau1 < tau2, and the group's OCV as
+2. **Dynamics, per ambient temperature (start).** The pulse/drive cycles of one ambient form
+   a group; ``scipy.optimize.least_squares`` fits R0, R1, R2 on a coarse SOC grid
+   (log-parameters, linear in SOC), tau1 < tau2, and the group's OCV as
    ``OCV_g(s) = OCV_ref(1 - k (1 - s)) + D(s)`` with ``OCV_ref`` the group's own low-rate OCV,
    else the one nearest 25 degC: ``k`` absorbs a capacity convention or ageing difference
    between the low-rate test and the drive data (fixed at 1 against a pseudo-OCV); ``D``
@@ -18,15 +18,24 @@
    absorbs the mean hysteresis offset of discharge-dominated drive data. Residual: model minus
    measured voltage with the *reference* SOC of the data, plus weak smoothness rows so SOC
    ranges without data stay well-posed.
-3. **Tables.** Each group becomes one table row at the group's current-weighted mean *cell*
-   temperature (what the filter measures); capacity per row is the cycles' declared capacity
-   (``capacity_ah``, else nominal), so a temperature dependence in the data carries over.
+3. **Joint fit over all temperatures.** A cell warms by 15 degC or more during a cold drive,
+   so constant parameters per group are the wrong model. Starting from the group fits, all
+   groups are refitted at once with every parameter interpolated to *each sample's measured
+   cell temperature* between nodes at the ambient temperatures -- log R and log tau linear in
+   1/T (Arrhenius), exactly as :meth:`EcmTables.lookup` does for the filter -- plus weak
+   curvature rows across the nodes. The RC voltages then have time-varying coefficients
+   (:func:`~bsoc.ekf.ecm.linear_recursion`); the Jacobian uses grouped finite differences on
+   the sparsity pattern of the parameters (:meth:`_EcmModel.sparsity`).
+4. **Tables.** The joint fit's nodes become the table rows; capacity per row is the cycles'
+   declared capacity (``capacity_ah``, else nominal), so a temperature dependence in the data
+   carries over.
 
 ``report_`` holds the voltage RMSE per temperature of the final tables on the training cycles.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from bsoc.data.schema import Cycle
-from bsoc.ekf.ecm import EcmTables
+from bsoc.ekf.ecm import EcmTables, linear_recursion, temperature_weights
 from bsoc.errors import ConfigError
 
 OCV_PROFILE = "ocv"
@@ -64,6 +73,7 @@ class _Series:
     current: np.ndarray
     soc: np.ndarray
     voltage: np.ndarray
+    temperature: np.ndarray
 
 
 def _uniform(cycle: Cycle) -> _Series:
@@ -71,9 +81,16 @@ def _uniform(cycle: Cycle) -> _Series:
     t = frame["time_s"].to_numpy()
     dt = float(np.median(np.diff(t))) if len(t) > 1 else 1.0
     grid = t[0] + dt * np.arange(int(np.floor((t[-1] - t[0]) / dt)) + 1)
-    column = {c: np.interp(grid, t, frame[c].to_numpy()) for c in ("current_a", "soc", "voltage_v")}
+    column = {
+        c: np.interp(grid, t, frame[c].to_numpy())
+        for c in ("current_a", "soc", "voltage_v", "temperature_c")
+    }
     return _Series(
-        dt=dt, current=column["current_a"], soc=column["soc"], voltage=column["voltage_v"]
+        dt=dt,
+        current=column["current_a"],
+        soc=column["soc"],
+        voltage=column["voltage_v"],
+        temperature=column["temperature_c"],
     )
 
 
@@ -119,11 +136,13 @@ def ocv_from_low_rate(cycles: Sequence[Cycle], n_points: int) -> tuple[np.ndarra
                     frame["soc"].to_numpy()[mask], frame["voltage_v"].to_numpy()[mask], n_points
                 )
                 branches[sign].append((curve, float(current[mask].mean())))
-    means = {
-        sign: (np.nanmean([c for c, _ in found], axis=0), float(np.mean([i for _, i in found])))
-        for sign, found in branches.items()
-        if found
-    }
+    with warnings.catch_warnings():  # SOC bins no cycle reaches stay NaN (filled below)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = {
+            sign: (np.nanmean([c for c, _ in found], axis=0), float(np.mean([i for _, i in found])))
+            for sign, found in branches.items()
+            if found
+        }
     if not means:
         raise ConfigError(
             "the low-rate ('ocv') cycles carry no usable current",
@@ -150,87 +169,214 @@ def _r0_guess(series: Sequence[_Series], capacity_ah: float) -> float:
 
 
 @dataclass
-class _GroupFit:
-    log_r: np.ndarray  # (3, N_P): log R0, R1, R2 at the SOC nodes
-    tau1: float
-    tau2: float
-    scale_k: float
-    correction: np.ndarray  # (N_D,) OCV correction D at its SOC nodes
+class _Fit:
+    """Identified parameters at the temperature nodes of an :class:`_EcmModel`."""
+
+    theta: np.ndarray  # the least-squares vector (node-major)
+    log_r: np.ndarray  # (N_T, 3, N_P): log R0, R1, R2 at the SOC nodes
+    tau: np.ndarray  # (N_T, 2): tau1, tau2
+    scale_k: np.ndarray  # (N_T,)
+    correction: np.ndarray  # (N_T, N_D) OCV correction D at its SOC nodes
     rmse_v: float
 
 
-class _GroupModel:
-    """The voltage model of one ambient group as a function of its parameter vector."""
+@dataclass
+class _Prepared:
+    """Per-sample interpolation indices of one series, fixed during the fit."""
+
+    series: _Series
+    dt: np.ndarray  # 0 at the first sample (RC voltages start relaxed), else the step
+    ibar: np.ndarray  # mean current over (t_{k-1}, t_k]
+    j: np.ndarray  # lower temperature node
+    j1: np.ndarray  # upper temperature node
+    w: np.ndarray  # weight of the upper node (linear in 1/T, as EcmTables)
+    i: np.ndarray  # lower SOC node of the R grid
+    f: np.ndarray
+    ic: np.ndarray  # lower SOC node of the correction grid
+    fc: np.ndarray
+
+
+def _grid_position(soc: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    pos = np.clip(soc, 0.0, 1.0) * (n - 1)
+    i = np.minimum(pos.astype(np.int64), n - 2)
+    return i, pos - i
+
+
+class _EcmModel:
+    """The ECM voltage of a set of series as a function of one parameter vector.
+
+    Parameters live at temperature nodes ``nodes_c`` and are interpolated to every sample's
+    *measured cell temperature* exactly as :meth:`EcmTables.lookup` does (linear in 1/T; log
+    space for R and tau), so identification and filter use the same model. With one node this
+    is a constant-parameter fit of one ambient group. Per node the vector holds log R0/R1/R2 at
+    the SOC nodes, log tau1, log(tau2/tau1), the OCV capacity scale k (when free) and the OCV
+    correction D; OCV at a node is ``OCV_ref(1 - k (1 - s)) + D(s)``.
+    """
 
     def __init__(
         self,
         series: Sequence[_Series],
+        nodes_c: Sequence[float],
         ocv_ref: np.ndarray,
         *,
         n_nodes: int,
         n_correction: int,
         free_scale: bool,
         smoothness: tuple[float, float, float],
+        smooth_t: float,
     ) -> None:
-        self.series, self.ocv_ref = series, ocv_ref
+        self.nodes_c = np.asarray(nodes_c, dtype=np.float64)
+        self.ocv_ref = np.atleast_2d(ocv_ref)  # (N_T, N_ocv)
+        self.n_nodes, self.n_correction = n_nodes, n_correction
         self.free_scale = free_scale
-        self.ref_grid = np.linspace(0.0, 1.0, len(ocv_ref))
-        self.nodes = np.linspace(0.0, 1.0, n_nodes)
-        self.correction_nodes = np.linspace(0.0, 1.0, n_correction)
         self.smooth_r, self.smooth_ocv, self.level_ocv = smoothness
+        self.smooth_t = smooth_t
+        self.per_node = 3 * n_nodes + 2 + int(free_scale) + n_correction
+        self.prepared = [self._prepare(s) for s in series]
         self.n_samples = sum(len(s.voltage) for s in series)
 
-    def unpack(self, theta: np.ndarray) -> tuple[np.ndarray, float, float, float, np.ndarray]:
-        n = len(self.nodes)
-        log_r = theta[: 3 * n].reshape(3, n)
-        tau1 = float(np.exp(theta[3 * n]))
-        tau2 = tau1 * float(np.exp(theta[3 * n + 1]))
-        k = float(theta[3 * n + 2]) if self.free_scale else 1.0
-        correction = theta[3 * n + 2 + int(self.free_scale) :]
-        return log_r, tau1, tau2, k, correction
-
-    def ocv(self, soc: np.ndarray, k: float, correction: np.ndarray) -> np.ndarray:
-        mapped = np.clip(1.0 - k * (1.0 - soc), 0.0, 1.0)
-        return np.interp(mapped, self.ref_grid, self.ocv_ref) + np.interp(
-            soc, self.correction_nodes, correction
-        )
-
-    def voltage(self, theta: np.ndarray, s: _Series) -> np.ndarray:
-        from scipy.signal import lfilter
-
-        log_r, tau1, tau2, k, correction = self.unpack(theta)
-        r = np.exp(np.stack([np.interp(s.soc, self.nodes, row) for row in log_r]))  # (3, T)
+    def _prepare(self, s: _Series) -> _Prepared:
+        n_t = len(self.nodes_c)
+        if n_t == 1:
+            j = np.zeros(len(s.soc), dtype=np.int64)
+            j1, w = j, np.zeros(len(s.soc))
+        else:
+            j, w = temperature_weights(self.nodes_c, s.temperature)
+            j1 = j + 1
+        dt = np.full(len(s.soc), s.dt)
+        dt[0] = 0.0
+        i, f = _grid_position(s.soc, self.n_nodes)
+        ic, fc = _grid_position(s.soc, self.n_correction)
         ibar = 0.5 * (s.current + np.concatenate([s.current[:1], s.current[:-1]]))
-        v = self.ocv(s.soc, k, correction) + r[0] * s.current
-        for rc, tau in ((r[1], tau1), (r[2], tau2)):
-            drive = np.concatenate([[0.0], rc[:-1] * ibar[1:]])  # R at the previous SOC
-            a = np.exp(-s.dt / tau)
-            v = v + lfilter([1.0 - a], [1.0, -a], drive)
+        return _Prepared(s, dt, ibar, j, j1, w, i, f, ic, fc)
+
+    def unpack(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(log R (N_T, 3, N_P), log tau (N_T, 2), k (N_T,), D (N_T, N_D))."""
+        node = theta.reshape(len(self.nodes_c), self.per_node)
+        n = 3 * self.n_nodes
+        log_r = node[:, :n].reshape(-1, 3, self.n_nodes)
+        log_tau = np.stack([node[:, n], node[:, n] + node[:, n + 1]], axis=1)
+        k = node[:, n + 2] if self.free_scale else np.ones(len(node))
+        return log_r, log_tau, k, node[:, n + 2 + int(self.free_scale) :]
+
+    def _ocv_at_node(
+        self, p: _Prepared, jj: np.ndarray, k: np.ndarray, correction: np.ndarray
+    ) -> np.ndarray:
+        mapped = np.clip(1.0 - k[jj] * (1.0 - p.series.soc), 0.0, 1.0)
+        i, f = _grid_position(mapped, self.ocv_ref.shape[1])
+        row = np.minimum(jj, len(self.ocv_ref) - 1)  # (a single shared curve is allowed)
+        base = self.ocv_ref[row, i] * (1 - f) + self.ocv_ref[row, i + 1] * f
+        return base + correction[jj, p.ic] * (1 - p.fc) + correction[jj, p.ic + 1] * p.fc
+
+    def voltage(self, theta: np.ndarray, p: _Prepared) -> np.ndarray:
+        log_r, log_tau, k, correction = self.unpack(theta)
+        w = p.w[:, None]
+        at_soc = [log_r[jj, :, p.i] * (1 - p.f)[:, None] + log_r[jj, :, p.i + 1] * p.f[:, None]
+                  for jj in (p.j, p.j1)]  # (T, 3) each
+        r = np.exp(at_soc[0] * (1 - w) + at_soc[1] * w)
+        tau = np.exp(log_tau[p.j] * (1 - w) + log_tau[p.j1] * w)  # (T, 2)
+        ocv = self._ocv_at_node(p, p.j, k, correction) * (1 - p.w) + self._ocv_at_node(
+            p, p.j1, k, correction
+        ) * p.w
+        v = ocv + r[:, 0] * p.series.current
+        for n in (1, 2):  # RC pairs driven with R and tau at the previous sample
+            r_prev = np.concatenate([r[:1, n], r[:-1, n]])
+            a = np.exp(-p.dt / np.concatenate([tau[:1, n - 1], tau[:-1, n - 1]]))
+            v = v + linear_recursion(a, r_prev * (1 - a) * p.ibar)
         return v
 
     def residuals(self, theta: np.ndarray) -> np.ndarray:
+        """Voltage errors of every sample (scaled to an RMSE), then the regularisation rows."""
         scale = 1.0 / np.sqrt(self.n_samples)
-        parts = [(self.voltage(theta, s) - s.voltage) * scale for s in self.series]
-        log_r, _, _, _, correction = self.unpack(theta)
-        parts.append(self.smooth_r * np.diff(log_r, n=2, axis=1).reshape(-1))
-        parts.append(self.smooth_ocv * np.diff(correction, n=2))
-        parts.append(self.level_ocv * correction)
+        parts = [(self.voltage(theta, p) - p.series.voltage) * scale for p in self.prepared]
+        return np.concatenate([*parts, self.regularisation(theta)])
+
+    def regularisation(self, theta: np.ndarray) -> np.ndarray:
+        """Smoothness in SOC (and in temperature over >= 3 nodes) and a weak pull of D to 0."""
+        log_r, log_tau, _, correction = self.unpack(theta)
+        parts = []
+        parts.append(self.smooth_r * np.diff(log_r, n=2, axis=2).reshape(-1))
+        parts.append(self.smooth_ocv * np.diff(correction, n=2, axis=1).reshape(-1))
+        parts.append(self.level_ocv * correction.reshape(-1))
+        if len(self.nodes_c) >= 3:  # smooth in temperature too (nodes with little data)
+            for values in (log_r, log_tau, correction):
+                parts.append(self.smooth_t * np.diff(values, n=2, axis=0).reshape(-1))
         return np.concatenate(parts)
 
-    def fit(self, r0_guess: float, min_tau_s: float, max_nfev: int) -> _GroupFit:
-        from scipy.optimize import least_squares
+    def sparsity(self) -> Any:
+        """Which residual rows each parameter can move (for grouped finite differences).
 
-        n = len(self.nodes)
+        A parameter at temperature node j and SOC node m only acts on samples that use both
+        nodes; R0 only under current, R1/R2 and tau from the first such sample on (RC memory),
+        k and D at every sample that uses the node. With the cells' slow temperature drift this
+        cuts the Jacobian's cost by the number of nodes or more. The regularisation rows are
+        linear in theta, so their pattern is read off one finite-difference Jacobian.
+        """
+        from scipy.sparse import coo_matrix, csr_matrix
+
+        n_p, n_d, per = self.n_nodes, self.n_correction, self.per_node
+        rows: list[np.ndarray] = []
+        cols: list[np.ndarray] = []
+
+        def add(mask: np.ndarray, offset: int, column: int) -> None:
+            hit = np.flatnonzero(mask)
+            rows.append(hit + offset)
+            cols.append(np.full(len(hit), column))
+
+        def from_first(mask: np.ndarray) -> np.ndarray:
+            out = np.zeros(len(mask), dtype=bool)
+            if mask.any():
+                out[max(int(np.argmax(mask)) - 1, 0) :] = True
+            return out
+
+        offset = 0
+        for p in self.prepared:
+            loaded = p.ibar != 0.0
+            for node in range(len(self.nodes_c)):
+                base = node * per
+                uses = ((p.j == node) & (p.w < 1.0)) | ((p.j1 == node) & (p.w > 0.0))
+                tau_rows = from_first(uses & loaded)
+                for col in (3 * n_p, 3 * n_p + 1):
+                    add(tau_rows, offset, base + col)
+                if self.free_scale:
+                    add(uses, offset, base + 3 * n_p + 2)
+                for m in range(n_p):
+                    near = uses & ((p.i == m) | (p.i + 1 == m))
+                    add(near & loaded, offset, base + m)
+                    for q in (1, 2):
+                        add(from_first(near & loaded), offset, base + q * n_p + m)
+                for c in range(n_d):
+                    add(uses & ((p.ic == c) | (p.ic + 1 == c)), offset, base + per - n_d + c)
+            offset += len(p.series.voltage)
+        theta = np.zeros(per * len(self.nodes_c))
+        regular = self.regularisation(theta)
+        pattern = np.zeros((len(regular), len(theta)), dtype=bool)
+        for c in range(len(theta)):
+            step = theta.copy()
+            step[c] = 1.0
+            pattern[:, c] = self.regularisation(step) != regular
+        reg_rows, reg_cols = np.nonzero(pattern)
+        rows.append(reg_rows + offset)
+        cols.append(reg_cols)
+        r, c = np.concatenate(rows), np.concatenate(cols)
+        shape = (offset + len(regular), len(theta))
+        return csr_matrix(coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=shape))
+
+    def start_and_bounds(
+        self, r0_guess: float, min_tau_s: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A neutral start and the bounds of one node's block, tiled over the nodes."""
+        n, n_rest = self.n_nodes, self.n_correction
+        free = [1.0] if self.free_scale else []
         start = np.concatenate(
             [
                 np.full(n, np.log(r0_guess)),
                 np.full(2 * n, np.log(r0_guess / 2.0)),
                 [np.log(max(10.0, 2 * min_tau_s)), np.log(20.0)],
-                [1.0] if self.free_scale else [],
-                np.zeros(len(self.correction_nodes)),
+                free,
+                np.zeros(n_rest),
             ]
         )
-        n_rest = len(start) - 3 * n - 2 - int(self.free_scale)
         low = np.concatenate(
             [
                 np.full(3 * n, np.log(1e-5)),
@@ -247,21 +393,40 @@ class _GroupModel:
                 np.full(n_rest, 0.3),
             ]
         )
+        return tuple(np.tile(x, len(self.nodes_c)) for x in (start, low, high))  # type: ignore[return-value]
+
+    def fit(
+        self,
+        start: np.ndarray,
+        low: np.ndarray,
+        high: np.ndarray,
+        max_nfev: int,
+        *,
+        sparse: bool = False,
+    ) -> _Fit:
+        """Bounded least squares; ``sparse`` uses :meth:`sparsity` (worth it over many nodes)."""
+        from scipy.optimize import least_squares
+
         result = least_squares(
             self.residuals,
             np.clip(start, low + 1e-9, high - 1e-9),
             bounds=(low, high),
             x_scale="jac",
             max_nfev=max_nfev,
+            jac_sparsity=self.sparsity() if sparse else None,
         )
-        log_r, tau1, tau2, k, correction = self.unpack(result.x)
-        error = np.concatenate([self.voltage(result.x, s) - s.voltage for s in self.series])
-        return _GroupFit(
+        return self.evaluate(result.x)
+
+    def evaluate(self, theta: np.ndarray) -> _Fit:
+        """The parameters held in ``theta`` and their voltage RMSE on the series."""
+        log_r, log_tau, k, correction = self.unpack(theta)
+        error = np.concatenate([self.voltage(theta, p) - p.series.voltage for p in self.prepared])
+        return _Fit(
+            theta=theta.copy(),
             log_r=log_r.copy(),
-            tau1=tau1,
-            tau2=tau2,
-            scale_k=k,
-            correction=np.asarray(correction, dtype=np.float64).copy(),
+            tau=np.exp(log_tau),
+            scale_k=np.asarray(k, dtype=np.float64).copy(),
+            correction=correction.copy(),
             rmse_v=float(np.sqrt(np.mean(error**2))),
         )
 
@@ -294,7 +459,9 @@ class EcmIdentifier:
     Hyper-parameters: ``ocv_points`` (fine SOC grid of the OCV table), ``param_points``
     (coarse SOC grid of R0/R1/R2), ``correction_points`` (nodes of the OCV correction D),
     ``smoothness`` (weights, in volts, of the R-curvature, D-curvature and D-level rows),
-    ``max_nfev`` (least-squares evaluations per group).
+    ``smooth_t`` (weight of the curvature across temperature nodes in the joint fit),
+    ``max_nfev`` (least-squares evaluations per group), ``joint_nfev`` (evaluations of the
+    joint fit over all temperatures; 0 keeps the per-group parameters).
 
     Learned: ``tables_``, ``report_`` (per temperature: source of the OCV, k, RMSE),
     ``traces_`` (one cycle per temperature: time, measured and modelled voltage, for figures).
@@ -307,20 +474,29 @@ class EcmIdentifier:
         param_points: int = 6,
         correction_points: int = 11,
         smoothness: tuple[float, float, float] = (2e-3, 1.0, 0.05),
+        smooth_t: float = 2e-3,
         max_nfev: int = 100,
+        joint_nfev: int = 12,
     ) -> None:
         self.ocv_points = ocv_points
         self.param_points = param_points
         self.correction_points = correction_points
         self.smoothness = smoothness
+        self.smooth_t = smooth_t
         self.max_nfev = max_nfev
+        self.joint_nfev = joint_nfev
 
     def fit(
         self,
         cycles: Sequence[Cycle],
         on_group: Callable[[float], None] | None = None,
     ) -> EcmIdentifier:
-        """Identify from training cycles; ``on_group(ambient)`` is called after each group."""
+        """Identify from training cycles; ``on_group(ambient)`` is called after each group.
+
+        Per ambient group first (constant parameters: a robust start), then one joint fit of
+        all groups with every parameter a function of each sample's measured cell temperature
+        (table nodes at the ambient temperatures), which is the model the filter runs.
+        """
         low_rate = [c for c in cycles if c.meta.profile == OCV_PROFILE]
         groups: dict[float, list[Cycle]] = defaultdict(list)
         for cycle in cycles:
@@ -345,7 +521,7 @@ class EcmIdentifier:
         def nearest(keys: Sequence[float]) -> float:
             return min(keys, key=lambda a: (abs(a - REFERENCE_TEMPERATURE_C), -a))
 
-        fits: dict[float, _GroupFit] = {}
+        fits: dict[float, _Fit] = {}
         sources: dict[float, str] = {}
         if own_ocv:
             ref_ambient = nearest(list(own_ocv))
@@ -360,7 +536,7 @@ class EcmIdentifier:
             fit = self._fit_group(series[ambient], curve, bool(own_ocv), capacity[ambient])
             if own is not None and own[1] is not None:
                 # Single-branch low-rate curve: remove its IR drop with the fitted R, refit.
-                r_dc = np.exp(fit.log_r).sum(axis=0)
+                r_dc = np.exp(fit.log_r[0]).sum(axis=0)
                 soc = np.linspace(0.0, 1.0, self.ocv_points)
                 nodes = np.linspace(0.0, 1.0, self.param_points)
                 curve = _monotone(curve - np.interp(soc, nodes, r_dc) * own[1])
@@ -384,26 +560,34 @@ class EcmIdentifier:
             )
             if on_group is not None:
                 on_group(ambient)
-        self.tables_ = self._tables(groups, fits, own_ocv, ref_curve, capacity)
+        ambients = sorted(groups)
+        curves = np.stack([own_ocv[a][0] if a in own_ocv else ref_curve for a in ambients])
+        joint = self._fit_joint(ambients, series, curves, fits, bool(own_ocv))
+        self.tables_ = self._tables(ambients, joint, curves, capacity)
         final = {
             row["ambient_c"]: row for row in voltage_rmse_by_temperature(self.tables_, list(cycles))
         }
         self.report_ = {
             "ocv_cycles": [c.meta.name for c in low_rate],
+            "temperature_model": "parameters at the ambient nodes, interpolated per sample at the "
+            "measured cell temperature (log R, log tau linear in 1/T; held beyond the end nodes)",
+            "joint_fit_rmse_mv": 1e3 * joint.rmse_v,
             "by_temperature": [
                 {
                     "ambient_c": ambient,
                     "table_temperature_c": float(t),
                     "cycles": [c.meta.name for c in groups[ambient]],
                     "ocv_source": sources[ambient],
-                    "ocv_capacity_scale_k": fits[ambient].scale_k,
+                    "ocv_capacity_scale_k": float(k),
                     "group_fit_rmse_mv": 1e3 * fits[ambient].rmse_v,
                     "voltage_rmse_mv": final[ambient]["voltage_rmse_mv"],
                 }
-                for ambient, t in zip(sorted(groups), self.tables_.temperature_c, strict=True)
+                for ambient, t, k in zip(
+                    ambients, self.tables_.temperature_c, joint.scale_k, strict=True
+                )
             ],
         }
-        self.traces_ = [self._trace(groups[a][0]) for a in sorted(groups)]
+        self.traces_ = [self._trace(groups[a][0]) for a in ambients]
         return self
 
     def _pseudo_ocv(
@@ -417,67 +601,77 @@ class EcmIdentifier:
             v += [s.voltage - r0 * s.current for s in found]
         return _monotone(_filled(_binned(np.concatenate(soc), np.concatenate(v), self.ocv_points)))
 
+    def _model(
+        self, series: Sequence[_Series], nodes_c: Sequence[float], curves: np.ndarray, free: bool
+    ) -> _EcmModel:
+        return _EcmModel(
+            series,
+            nodes_c,
+            curves,
+            n_nodes=self.param_points,
+            n_correction=self.correction_points,
+            free_scale=free,
+            smoothness=self.smoothness,
+            smooth_t=self.smooth_t,
+        )
+
     def _fit_group(
         self,
         series: Sequence[_Series],
         curve: np.ndarray,
         free_scale: bool,
         capacity_ah: float,
-    ) -> _GroupFit:
+    ) -> _Fit:
         """Fit one group; the scale k is free only against a low-rate (not pseudo) OCV."""
-        model = _GroupModel(
-            series,
-            curve,
-            n_nodes=self.param_points,
-            n_correction=self.correction_points,
-            free_scale=free_scale,
-            smoothness=self.smoothness,
-        )
+        model = self._model(series, [0.0], curve, free_scale)
         min_tau = max(1.0, max(s.dt for s in series))
-        return model.fit(_r0_guess(series, capacity_ah), min_tau, self.max_nfev)
+        start, low, high = model.start_and_bounds(_r0_guess(series, capacity_ah), min_tau)
+        return model.fit(start, low, high, self.max_nfev)
+
+    def _fit_joint(
+        self,
+        ambients: list[float],
+        series: dict[float, list[_Series]],
+        curves: np.ndarray,
+        fits: dict[float, _Fit],
+        free_scale: bool,
+    ) -> _Fit:
+        """All groups at once with per-sample temperature, started from the group fits."""
+        every = [s for a in ambients for s in series[a]]
+        model = self._model(every, ambients, curves, free_scale)
+        min_tau = max(1.0, max(s.dt for s in every))
+        _, low, high = model.start_and_bounds(1e-2, min_tau)
+        start = np.concatenate([fits[a].theta for a in ambients])
+        if self.joint_nfev <= 0:
+            return model.evaluate(start)
+        return model.fit(start, low, high, self.joint_nfev, sparse=True)
 
     def _tables(
         self,
-        groups: dict[float, list[Cycle]],
-        fits: dict[float, _GroupFit],
-        own_ocv: dict[float, tuple[np.ndarray, float | None]],
-        ref_curve: np.ndarray,
+        ambients: list[float],
+        fit: _Fit,
+        curves: np.ndarray,
         capacity: dict[float, float],
     ) -> EcmTables:
-        ambients = sorted(groups)
-        load_temperature = []
-        for ambient in ambients:
-            frames = [c.frame for c in groups[ambient]]
-            weight = np.concatenate([np.abs(f["current_a"].to_numpy()) for f in frames])
-            temp = np.concatenate([f["temperature_c"].to_numpy() for f in frames])
-            load_temperature.append(
-                float(np.average(temp, weights=weight)) if weight.sum() > 0 else float(temp.mean())
-            )
-        grid = np.array(load_temperature)
-        if len(grid) > 1 and not (np.diff(grid) > 0).all():
-            grid = np.array(ambients)  # cell temperatures overlap: fall back to the ambients
         soc = np.linspace(0.0, 1.0, self.ocv_points)
         ocv_rows = []
-        for ambient in ambients:
-            fit = fits[ambient]
-            own = own_ocv.get(ambient)
-            base = own[0] if own else ref_curve
-            mapped = np.clip(1.0 - fit.scale_k * (1.0 - soc), 0.0, 1.0)
-            row = np.interp(mapped, soc, base) + np.interp(
-                soc, np.linspace(0.0, 1.0, self.correction_points), fit.correction
+        for n in range(len(ambients)):
+            mapped = np.clip(1.0 - fit.scale_k[n] * (1.0 - soc), 0.0, 1.0)
+            row = np.interp(mapped, soc, curves[n]) + np.interp(
+                soc, np.linspace(0.0, 1.0, self.correction_points), fit.correction[n]
             )
             ocv_rows.append(_monotone(row))
-        r = np.exp(np.stack([fits[a].log_r for a in ambients]))  # (N_T, 3, N_P)
+        r = np.exp(fit.log_r)  # (N_T, 3, N_P)
         return EcmTables(
-            temperature_c=grid,
+            temperature_c=ambients,
             soc_grid=soc,
             ocv_v=np.stack(ocv_rows),
             param_soc_grid=np.linspace(0.0, 1.0, self.param_points),
             r0_ohm=r[:, 0],
             r1_ohm=r[:, 1],
             r2_ohm=r[:, 2],
-            tau1_s=[fits[a].tau1 for a in ambients],
-            tau2_s=[fits[a].tau2 for a in ambients],
+            tau1_s=fit.tau[:, 0],
+            tau2_s=fit.tau[:, 1],
             capacity_ah=[capacity[a] for a in ambients],
         )
 

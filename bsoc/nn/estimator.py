@@ -83,7 +83,8 @@ class LstmSocEstimator(SocEstimator):
         if samples.ndim != 2 or samples.shape[1] != 4:
             raise BsocError(f"predict needs samples (T, 4), got {samples.shape}",
                             remedy="pass rows of [time_s, voltage_v, current_a, temperature_c]")
-        features = torch.from_numpy(np.ascontiguousarray(samples[None, :, 1:4], np.float32))  # (1,T,3)
+        features = torch.from_numpy(np.ascontiguousarray(samples[None, :, 1:4], np.float32))
+        # features: (1, T, 3)
         with torch.inference_mode():
             soc, _ = self.network(features)
         return soc[0].numpy().astype(np.float64)

@@ -32,6 +32,8 @@ from bsoc.errors import ModelFileError
 # type name -> "module:Class"; the compression package adds its maps here.
 MAP_CLASSES: dict[str, str] = {
     "dense": "bsoc.nn.layers:DenseMap",
+    "projected": "bsoc.compress.maps:ProjectedMap",
+    "low-rank": "bsoc.compress.maps:LowRankMap",
 }
 
 LstmState = tuple[Tensor, Tensor]  # (h, c), each (B, H)
@@ -79,7 +81,9 @@ class DenseMap(WeightMap):
 
     type_name = "dense"
 
-    def __init__(self, in_features: int, out_features: int, *, init_scale: float | None = None) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, *, init_scale: float | None = None
+    ) -> None:
         super().__init__(in_features, out_features)
         self.weights = nn.Parameter(torch.empty(out_features, in_features))
         bound = init_scale if init_scale is not None else 1.0 / math.sqrt(in_features)
@@ -155,7 +159,8 @@ class Lstm(nn.Module):
         self.hidden_size = hidden_size
         init = 1.0 / math.sqrt(hidden_size)  # PyTorch's LSTM initialisation
         self.input_map = input_map or DenseMap(input_size, 4 * hidden_size, init_scale=init)
-        self.recurrent_map = recurrent_map or DenseMap(hidden_size, 4 * hidden_size, init_scale=init)
+        self.recurrent_map = recurrent_map or DenseMap(hidden_size, 4 * hidden_size,
+                                                       init_scale=init)
         self.bias = nn.Parameter(torch.empty(4 * hidden_size).uniform_(-init, init))
         self.register_buffer("_zero_bias", torch.zeros(4 * hidden_size), persistent=False)
         for role in ("input_map", "recurrent_map"):
@@ -208,7 +213,8 @@ class Lstm(nn.Module):
         params = [self.input_weights, self.recurrent_weights, self.bias, self._zero_bias]
         y, h_n, c_n = torch.lstm(
             x, (h0.unsqueeze(0), c0.unsqueeze(0)), params,
-            True, 1, 0.0, self.training, False, True,  # biases, layers, dropout, train, bidir, batch_first
+            # has_biases, num_layers, dropout, train, bidirectional, batch_first
+            True, 1, 0.0, self.training, False, True,
         )
         return y, (h_n.squeeze(0), c_n.squeeze(0))
 
@@ -220,7 +226,9 @@ class Lstm(nn.Module):
 class FullyConnected(nn.Module):
     """``y = weight_map(x) + bias``; learnables ``weights`` (out, in) and ``bias`` (out)."""
 
-    def __init__(self, in_features: int, out_features: int, *, weight_map: WeightMap | None = None) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, *, weight_map: WeightMap | None = None
+    ) -> None:
         super().__init__()
         bound = 1.0 / math.sqrt(in_features)  # nn.Linear's initialisation
         self.weight_map = weight_map or DenseMap(in_features, out_features, init_scale=bound)

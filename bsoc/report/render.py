@@ -40,7 +40,10 @@ class Section:
     figures: list[tuple[str, str, Figure]] = field(default_factory=list)  # (file, caption, fig)
 
 
-def load_benchmark(directory: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict | None]:
+def load_benchmark(
+    directory: Path, sweep_path: Path | None = None
+) -> tuple[dict[str, Any], dict[str, np.ndarray], dict | None]:
+    """A benchmark's JSON, its traces, and its sweep (given, or ``sweep.json`` beside it)."""
     path = directory / "benchmark.json" if directory.is_dir() else directory
     if not path.is_file():
         raise ReportInputError(
@@ -49,7 +52,7 @@ def load_benchmark(directory: Path) -> tuple[dict[str, Any], dict[str, np.ndarra
     bench = json.loads(path.read_text())
     traces_path = path.parent / bench.get("traces_file", "traces.npz")
     traces = dict(np.load(traces_path, allow_pickle=False)) if traces_path.is_file() else {}
-    sweep_path = path.parent / "sweep.json"
+    sweep_path = sweep_path or path.parent / "sweep.json"
     sweep = json.loads(sweep_path.read_text()) if sweep_path.is_file() else None
     return bench, traces, sweep
 
@@ -105,8 +108,8 @@ def _pick_cycles(bench: dict[str, Any], limit: int = 4) -> dict[str, float]:
     return {cycle: temperature for temperature, cycle in chosen}
 
 
-def build_section(directory: Path) -> Section:
-    bench, traces, sweep = load_benchmark(directory)
+def build_section(directory: Path, sweep_path: Path | None = None) -> Section:
+    bench, traces, sweep = load_benchmark(directory, sweep_path)
     header, rows = summary_rows(bench)
     machine = bench.get("machine", {})
     title = f"{bench['dataset']} ({bench['cycles']} test cycles)"
@@ -164,15 +167,28 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def write_report(
     benchmarks: list[Path], out_dir: Path, *, title: str = "bsoc comparison report",
-    force: bool = False,
+    sweeps: list[Path] | None = None, force: bool = False,
 ) -> Path:
-    """Write report.md, report.html and figures/ into ``out_dir``; returns the HTML path."""
+    """Write report.md, report.html and figures/ into ``out_dir``; returns the HTML path.
+
+    ``sweeps[i]`` is the compression sweep (sweep.json) of ``benchmarks[i]``, for its Pareto
+    figure; without it, a ``sweep.json`` beside the benchmark is used if there is one.
+    """
+    sweeps = list(sweeps or [])
+    if len(sweeps) > len(benchmarks):
+        raise ReportInputError(f"{len(sweeps)} sweeps for {len(benchmarks)} benchmarks",
+                               remedy="give at most one --sweep per benchmark, in order")
+    for sweep in sweeps:
+        if not Path(sweep).is_file():
+            raise ReportInputError(f"sweep file {sweep} not found",
+                                   remedy="run 'bsoc compress MODEL --sweep' first")
     html_path = out_dir / "report.html"
     if html_path.exists() and not force:
         raise OverwriteRefusedError(
             f"a report already exists at {html_path}", remedy="pass --force or another --out"
         )
-    sections = [build_section(Path(b)) for b in benchmarks]
+    padded = sweeps + [None] * (len(benchmarks) - len(sweeps))
+    sections = [build_section(Path(b), s and Path(s)) for b, s in zip(benchmarks, padded)]
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
     md = [f"# {title}", ""]
     body = [f"<h1>{html.escape(title)}</h1>"]

@@ -1,0 +1,188 @@
+"""``bsoc train`` and ``bsoc evaluate``: the LSTM estimator's training and any model's accuracy.
+
+Heavy imports (torch, matplotlib) happen inside the commands so ``bsoc --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from bsoc.console import emit_json, err_console, progress
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+def _command_line(ctx: typer.Context) -> str:
+    """The running command with every parameter's value, as a shell line (for provenance).
+
+    Rebuilt from the parsed parameters rather than ``sys.argv``, so it is right however
+    the command was invoked (console script, ``python -m``, tests calling ``main``).
+    """
+    words = ["bsoc", str(ctx.info_name)]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value is False:
+            continue
+        if param.param_type_name == "argument":
+            words.append(str(value))
+        elif value is True:
+            words.append(param.opts[0])
+        else:
+            words += [param.opts[0], str(value)]
+    return shlex.join(words)
+
+
+def train(
+    ctx: typer.Context,
+    data: Path = typer.Option(..., "--data", help="Dataset folder (manifest.json + cycles/) "
+                              "with train and val splits."),
+    out: Path = typer.Option(..., "--out", help="Model folder to write, e.g. models/lstm."),
+    profile: str = typer.Option("quick", "--profile", help="tiny (tests, seconds), quick "
+                                "(demo, ~3-4 min on 2 cores) or full (best accuracy, <= 1 h)."),
+    epochs: int = typer.Option(None, "--epochs", min=1, help="Override the profile's epochs."),
+    max_minutes: float = typer.Option(None, "--max-minutes", help="Stop after this many "
+                                      "minutes of training (the best weights so far are kept)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for initialisation, windows and dropout."),
+    threads: int = typer.Option(None, "--threads", min=1, help="Torch threads [default: the "
+                                "profile's, 2 for quick/full]. Use 1 on a busy machine: threads "
+                                "fighting for oversubscribed cores run several times slower."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint/ (kept "
+                                "after an interruption or a --max-minutes stop) with the same "
+                                "options (--max-minutes may differ)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing model or checkpoint "
+                               "at --out."),
+    json_output: bool = typer.Option(False, "--json", help="Print the training summary as JSON."),
+) -> None:
+    """Train the LSTM SOC network on a dataset (early stopping on its val split).
+
+    Writes OUT/model.safetensors and OUT/config.json (architecture, normalisation, data
+    fingerprint, seed, training history, validation metrics). A checkpoint is kept in
+    OUT/checkpoint/ after every epoch, so an interrupted run continues with --resume.
+    """
+    from bsoc.data.dataset import Dataset
+    from bsoc.errors import OverwriteRefusedError
+    from bsoc.estimator import prepare_model_dir
+    from bsoc.train import train_model
+
+    checkpoint = out / CHECKPOINT_DIR
+    has_checkpoint = (checkpoint / "checkpoint.json").exists()
+    # Resuming continues the model in OUT, so it may replace it; anything else must not.
+    prepare_model_dir(out, force=force or (resume and has_checkpoint))
+    if has_checkpoint and not (resume or force):
+        raise OverwriteRefusedError(
+            f"an unfinished training run has a checkpoint in {checkpoint}",
+            remedy="pass --resume to continue it or --force to start afresh",
+        )
+    dataset = Dataset.load(data)
+    with progress() as bar:
+        task = bar.add_task("training", total=None, info="")
+
+        def on_step(info: dict[str, Any]) -> None:
+            bar.update(task, completed=info["step"], total=info["total_steps"],
+                       info=f"epoch {info['epoch']} loss {100 * info['loss'] ** 0.5:.2f} % "
+                            f"val {info['val_rmse_pct']:.2f} %")
+
+        estimator, result = train_model(
+            dataset, profile=profile, epochs=epochs, max_minutes=max_minutes, seed=seed,
+            threads=threads, checkpoint_dir=checkpoint, resume=resume, name=out.name,
+            command=_command_line(ctx), on_step=on_step,
+        )
+    estimator.save(out, force=True)
+    if not result.stopped.startswith("time budget"):
+        shutil.rmtree(checkpoint, ignore_errors=True)  # finished: nothing left to resume
+    validation = estimator.metadata["validation"]
+    summary = {
+        "model": str(out),
+        "kind": estimator.kind,
+        "learnables": estimator.learnables(),
+        "epochs_run": len(result.history),
+        "best_epoch": result.best_epoch,
+        "stopped": result.stopped,
+        "seconds": result.seconds,
+        "val_rmse_pct": validation["rmse_pct"],
+        "val_cold_start_rmse_pct": validation["scenarios"]["cold_start"]["rmse_pct"],
+    }
+    if json_output:
+        emit_json(summary)
+        return
+    err_console.print(f"[bold green]model written to {out}[/] ({summary['learnables']:,} "
+                      f"learnables, best epoch {result.best_epoch}, {result.stopped})")
+    err_console.print(f"  validation RMSE from start {summary['val_rmse_pct']:.2f} %, "
+                      f"cold start {summary['val_cold_start_rmse_pct']:.2f} %")
+
+
+def evaluate(
+    ctx: typer.Context,
+    model: Path = typer.Argument(..., help="Model folder of any kind (lstm, projected-lstm, "
+                                 "ekf, ...)."),
+    dataset: Path = typer.Argument(..., help="Dataset folder to evaluate on."),
+    split: str = typer.Option("test", "--split", help="Which split: train, val or test."),
+    out: Path = typer.Option(None, "--out", help="Folder for evaluation.json and the figure "
+                             "[default: MODEL/evaluation-<dataset>-<split>]."),
+    start_fraction: float = typer.Option(0.25, "--start-fraction", help="Cold start: where in "
+                                         "the cycle the estimator is switched on."),
+    convergence_s: float = typer.Option(300.0, "--convergence-s", help="Cold start: error "
+                                        "counted only after this many seconds."),
+    json_output: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Accuracy of any model on a dataset split: RMSE, MAE, max |error| in SOC %.
+
+    Overall, per cycle and per temperature, in three scenarios: from the first sample,
+    cold start (switched on 25 % into the cycle) and degraded sensors (current offset,
+    voltage noise, lagging temperature). Writes evaluation.json and soc_per_cycle.png.
+    """
+    import json
+
+    from rich.table import Table
+
+    from bsoc import __version__
+    from bsoc.data.dataset import Dataset
+    from bsoc.estimator import load_estimator
+    from bsoc.evaluate import SCENARIOS, ScenarioSettings, evaluate_runs, plot_runs
+
+    estimator = load_estimator(model)
+    data = Dataset.load(dataset)
+    cycles = data.split(split)
+    settings = ScenarioSettings(start_fraction=start_fraction, convergence_s=convergence_s)
+    with progress(transient=True) as bar:
+        task = bar.add_task("evaluating", total=len(cycles) * len(SCENARIOS), info="")
+        result, runs = evaluate_runs(estimator, cycles, settings,
+                                     on_cycle=lambda name: bar.update(task, advance=1, info=name))
+    out = out or model / f"evaluation-{Path(data.name).name}-{split}"
+    out.mkdir(parents=True, exist_ok=True)
+    figure = plot_runs(runs, out / "soc_per_cycle.png", title=f"{estimator.name} on {data.name}")
+    report = {
+        "model": str(model), "name": estimator.name, "kind": estimator.kind,
+        "learnables": estimator.learnables(), "bytes": estimator.weight_bytes(),
+        "macs_per_sample": estimator.macs_per_sample(),
+        "dataset": data.name, "data_fingerprint": data.fingerprint(), "split": split,
+        **result,
+        "figure": str(figure), "command": _command_line(ctx), "bsoc_version": __version__,
+    }
+    (out / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
+    if json_output:
+        emit_json(report)
+        return
+    table = Table(title=f"{estimator.name} ({estimator.kind}) on {data.name} [{split}], "
+                        f"{len(cycles)} cycles, SOC error in %")
+    for column in ("scenario", "RMSE", "MAE", "max |err|", "convergence [s]"):
+        table.add_column(column, justify="left" if column == "scenario" else "right")
+    for name, scenario in result["scenarios"].items():
+        convergence = scenario.get("convergence_s")
+        shown = "-" if "convergence_s" not in scenario else (
+            "not within band" if convergence is None else f"{convergence:.0f}")
+        table.add_row(name, *(f"{scenario[k]:.2f}" for k in ("rmse_pct", "mae_pct",
+                                                              "max_abs_err_pct")), shown)
+    err_console.print(table)
+    err_console.print(f"results in {out / 'evaluation.json'}, figure {figure}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train`` and ``evaluate`` to the root app."""
+    app.command("train")(train)
+    app.command("evaluate")(evaluate)

@@ -1,0 +1,138 @@
+"""Normalisation statistics and training windows for sequence models.
+
+The network runs live from a zero state at whatever sample a stream starts with, and a
+cell is rarely switched on at full charge. Training windows mirror that:
+
+* *random windows* start anywhere in a cycle (SOC unknown to the network) with a zero
+  state; the loss ignores their first ``warmup`` steps, the time any estimator needs to
+  find its bearings from the voltage;
+* *start windows* begin at a cycle's first sample, exactly like the "from start" use,
+  and count from the first step.
+
+Windows are drawn with probability proportional to a cycle's length, so every sample is
+equally likely to be trained on. Lengths are in samples (datasets are 1 Hz by convention).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bsoc.data.schema import FEATURE_COLUMNS, Cycle
+from bsoc.errors import DataValidationError
+
+MIN_STD = 1e-3  # a feature constant in the training data (one temperature) is only centred
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """Per-feature mean and standard deviation of the training split."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def fit(cls, cycles: list[Cycle]) -> Normalisation:
+        if not cycles:
+            raise DataValidationError("no cycles to compute normalisation statistics from",
+                                      remedy="give the dataset a non-empty train split")
+        features = np.concatenate([c.features().astype(np.float64) for c in cycles])
+        std = features.std(axis=0)
+        std = np.where(std < MIN_STD, 1.0, std)
+        return cls(tuple(features.mean(axis=0).tolist()), tuple(std.tolist()))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"features": list(FEATURE_COLUMNS), "mean": list(self.mean), "std": list(self.std)}
+
+
+@dataclass
+class SequenceSet:
+    """Cycles as arrays: features (T, 3) float32 in physical units, SOC (T,), time (T,) s."""
+
+    features: list[np.ndarray]
+    soc: list[np.ndarray]
+    time_s: list[np.ndarray]
+    names: list[str]
+
+    @classmethod
+    def from_cycles(cls, cycles: list[Cycle]) -> SequenceSet:
+        return cls(
+            features=[c.features() for c in cycles],
+            soc=[c.soc().astype(np.float32) for c in cycles],
+            time_s=[c.frame["time_s"].to_numpy(np.float64) for c in cycles],
+            names=[c.meta.name for c in cycles],
+        )
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.array([len(s) for s in self.soc])
+
+    def tail(self, start_fraction: float) -> SequenceSet:
+        """Every sequence from ``start_fraction`` of its length on (a cold start there)."""
+        first = [int(start_fraction * len(s)) for s in self.soc]
+        return SequenceSet(
+            features=[f[k:] for f, k in zip(self.features, first)],
+            soc=[s[k:] for s, k in zip(self.soc, first)],
+            time_s=[t[k:] - t[k] for t, k in zip(self.time_s, first)],
+            names=list(self.names),
+        )
+
+    def padded(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """All sequences zero-padded at the end: x (N, T_max, 3), y (N, T_max), mask (N, T_max).
+
+        End padding never changes a causal network's outputs on the real samples.
+        """
+        length = int(self.lengths.max())
+        x = np.zeros((len(self), length, self.features[0].shape[1]), np.float32)
+        y = np.zeros((len(self), length), np.float32)
+        mask = np.zeros((len(self), length), bool)
+        for n, (feat, soc) in enumerate(zip(self.features, self.soc)):
+            x[n, : len(soc)], y[n, : len(soc)], mask[n, : len(soc)] = feat, soc, True
+        return x, y, mask
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """How training windows are cut: ``length`` samples, ``warmup`` not counted (random ones)."""
+
+    length: int = 600
+    warmup: int = 60
+    from_start_fraction: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.length < 2 or not 0 <= self.warmup < self.length:
+            raise DataValidationError(
+                f"window length {self.length} / warm-up {self.warmup} are inconsistent",
+                remedy="use length >= 2 and 0 <= warmup < length",
+            )
+        if not 0.0 <= self.from_start_fraction <= 1.0:
+            raise DataValidationError("from_start_fraction must be within 0..1",
+                                      remedy="pass a fraction such as 0.25")
+
+
+def sample_windows(
+    data: SequenceSet, plan: WindowPlan, count: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``count`` windows: x (N, L, 3), y (N, L), loss mask (N, L).
+
+    Cycles shorter than the window give their whole length, padded and masked.
+    """
+    lengths = data.lengths
+    cycles = rng.choice(len(data), size=count, p=lengths / lengths.sum())
+    from_start = rng.random(count) < plan.from_start_fraction
+    x = np.zeros((count, plan.length, data.features[0].shape[1]), np.float32)
+    y = np.zeros((count, plan.length), np.float32)
+    mask = np.zeros((count, plan.length), bool)
+    for n, (cycle, at_start) in enumerate(zip(cycles, from_start)):
+        total = int(lengths[cycle])
+        start = 0 if at_start else int(rng.integers(0, max(total - plan.length, 0) + 1))
+        stop = min(start + plan.length, total)
+        x[n, : stop - start] = data.features[cycle][start:stop]
+        y[n, : stop - start] = data.soc[cycle][start:stop]
+        mask[n, 0 if at_start else plan.warmup : stop - start] = True
+    return x, y, mask

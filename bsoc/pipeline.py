@@ -1,0 +1,147 @@
+"""``bsoc pipeline``: from nothing to a report in one command.
+
+simulate (or a given dataset) -> train -> compress by projection -> fine-tune -> SVD baseline
+at equal learnables -> fine-tune it -> projection/SVD sweep -> EKF fit -> benchmark -> report.
+
+Every step is an ordinary ``bsoc`` command, run in-process and printed first, so any step
+can be rerun by hand with exactly the same effect. A step is skipped when its output was
+made from the same inputs (parameters plus content fingerprints of what it reads, see
+:mod:`bsoc.pipeline_steps`); change the data and everything downstream reruns.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bsoc.errors import ConfigError, OverwriteRefusedError
+from bsoc.pipeline_steps import STEP_FILE, fingerprint_path, run_step
+
+PROFILES = ("tiny", "quick", "full")
+
+
+@dataclass(frozen=True)
+class PipelinePlan:
+    """Where everything goes and how hard each step works."""
+
+    profile: str
+    run: str
+    data: Path
+    simulate: bool
+    seed: int = 0
+    learnables_reduction: float = 0.9
+    root: Path = Path(".")
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models" / self.run
+
+    @property
+    def report(self) -> Path:
+        return self.root / "reports" / self.run
+
+    @property
+    def benchmark(self) -> Path:
+        return self.report / "benchmark"
+
+
+@dataclass
+class Step:
+    name: str
+    output: Path
+    argv: list[str]
+    reads: list[Path] = field(default_factory=list)
+    artefact: str = "config.json"  # the file in ``output`` that the step writes
+
+    def overwrites_foreign_output(self) -> bool:
+        """True when ``output`` holds an artefact this pipeline did not make (a user's)."""
+        return (self.output / self.artefact).exists() and not (self.output / STEP_FILE).exists()
+
+
+def plan_steps(plan: PipelinePlan) -> list[Step]:
+    """The commands of one pipeline run, in order."""
+    data, models, profile = str(plan.data), plan.models, plan.profile
+    lstm, projected, svd = models / "lstm", models / "projected", models / "svd"
+    projected_ft, svd_ft, ekf = models / "projected-ft", models / "svd-ft", models / "ekf"
+    sweep = plan.report / "sweep"
+    steps = []
+    if plan.simulate:
+        steps.append(Step("simulate", plan.data, ["data", "simulate", "--profile", profile,
+                                                  "--seed", str(plan.seed), "--out", data],
+                          artefact="manifest.json"))
+    finetune_epochs = {"tiny": "2", "quick": "4", "full": "15"}[profile]
+    steps += [
+        Step("train", lstm, ["train", "--data", data, "--out", str(lstm), "--profile", profile,
+                             "--seed", str(plan.seed)], [plan.data]),
+        Step("compress (projection)", projected,
+             ["compress", str(lstm), "--data", data, "--out", str(projected),
+              "--learnables-reduction", str(plan.learnables_reduction)], [plan.data, lstm]),
+        Step("fine-tune (projection)", projected_ft,
+             ["finetune", str(projected), "--data", data, "--out", str(projected_ft),
+              "--epochs", finetune_epochs, "--seed", str(plan.seed)], [plan.data, projected]),
+        Step("compress (SVD, same learnables)", svd,
+             ["compress", str(lstm), "--data", data, "--out", str(svd), "--method", "svd",
+              "--match-learnables", str(projected)], [plan.data, lstm, projected]),
+        Step("fine-tune (SVD)", svd_ft,
+             ["finetune", str(svd), "--data", data, "--out", str(svd_ft),
+              "--epochs", finetune_epochs, "--seed", str(plan.seed)], [plan.data, svd]),
+        Step("sweep (projection vs SVD)", sweep,
+             ["compress", str(lstm), "--data", data, "--sweep", "--out", str(sweep)],
+             [plan.data, lstm], artefact="sweep.json"),
+        Step("EKF fit", ekf, ["ekf", "fit", data, "--out", str(ekf)], [plan.data]),
+    ]
+    benchmark_models = [lstm, projected, projected_ft, svd, svd_ft, ekf]
+    bench_args = ["benchmark", "--data", data, "--out", str(plan.benchmark)]
+    for model in benchmark_models:
+        bench_args += ["--models", str(model)]
+    if profile != "full":
+        bench_args.append("--quick")
+    steps += [
+        Step("benchmark", plan.benchmark, bench_args, [plan.data, *benchmark_models],
+             artefact="benchmark.json"),
+        Step("report", plan.report, ["report", str(plan.benchmark), "--out", str(plan.report),
+                                     "--sweep", str(sweep / "sweep.json"),
+                                     "--title", f"bsoc report: {plan.run}"],
+             [plan.benchmark, sweep], artefact="report.html"),
+    ]
+    return steps
+
+
+def _fingerprint(path: Path) -> str:
+    manifest = path / "manifest.json"
+    return fingerprint_path(manifest) if manifest.is_file() else fingerprint_path(path)
+
+
+def run_pipeline(
+    plan: PipelinePlan,
+    invoke: Callable[[list[str]], None],
+    log: Callable[[str], None],
+    *,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Run the steps through ``invoke(argv)`` (the CLI), skipping those that are up to date."""
+    if plan.profile not in PROFILES:
+        raise ConfigError(f"unknown profile '{plan.profile}'", remedy=f"use one of {PROFILES}")
+    timings: dict[str, float] = {}
+    for step in plan_steps(plan):
+        if step.overwrites_foreign_output() and not force:
+            raise OverwriteRefusedError(
+                f"{step.output} exists and was not made by this pipeline",
+                remedy="move it away, choose another --run, or pass --force",
+            )
+        inputs = {"argv": step.argv, "reads": {str(p): _fingerprint(p) for p in step.reads}}
+        argv = [*step.argv, "--force"]
+        started = time.perf_counter()
+
+        def action(argv: list[str] = argv) -> None:
+            log(f"[cyan]$ bsoc {shlex.join(argv)}[/]")
+            invoke(argv)
+
+        if run_step(step.name, step.output, inputs, action, log):
+            timings[step.name] = round(time.perf_counter() - started, 1)
+    return {"report": str(plan.report / "report.html"), "benchmark":
+            str(plan.benchmark / "benchmark.json"), "seconds_per_step": timings}

@@ -1,0 +1,403 @@
+"""Training and fine-tuning: one loop, :func:`fit`, for any :class:`~bsoc.nn.network.SocNetwork`.
+
+``fit`` takes a network (fresh, trained or compressed) and improves it on training windows
+(:mod:`bsoc.data.windows`): random windows with a zero state and a masked warm-up, plus
+windows from the cycle start, so the model is trained exactly as it runs live. Each epoch
+it validates on the validation split's *whole* cycles, both from the first sample and
+from a cold start 25 % in (:class:`bsoc.evaluate.ScenarioSettings`), and keeps the weights
+with the best mean of the two RMSEs (early stopping).
+
+Reproducible and resumable: epoch ``e`` draws its windows and dropout masks from seeds
+``(seed, e)``, and the learning rate is a pure function of the step, so a checkpoint
+(``checkpoint.safetensors`` + ``checkpoint.json``: weights, best weights, AdamW moments,
+history; no pickle) written after every epoch lets ``resume=True`` continue as if never
+stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from bsoc.data.dataset import Dataset
+from bsoc.data.schema import Cycle
+from bsoc.data.windows import Normalisation, SequenceSet, WindowPlan, sample_windows
+from bsoc.errors import ConfigError, ModelFileError
+from bsoc.evaluate import ScenarioSettings
+from bsoc.nn.network import NetworkConfig, SocNetwork
+
+if TYPE_CHECKING:
+    from bsoc.nn.estimator import LstmSocEstimator
+
+CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
+CHECKPOINT_STATE = "checkpoint.json"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one :func:`fit` run (recorded in the model's config.json)."""
+
+    epochs: int = 40
+    batch_size: int = 32
+    windows_per_epoch: int | None = None  # None: as many windows as cover the train split once
+    window: WindowPlan = field(default_factory=WindowPlan)
+    learning_rate: float = 3e-3
+    min_lr_fraction: float = 0.05  # cosine decay ends at this fraction of the peak
+    warmup_fraction: float = 0.03  # linear learning-rate warm-up, fraction of all steps
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    patience: int = 8  # epochs without validation improvement before stopping
+    max_minutes: float | None = None
+    seed: int = 0
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
+            raise ConfigError(f"invalid training config: epochs={self.epochs}, "
+                              f"batch_size={self.batch_size}, lr={self.learning_rate}",
+                              remedy="use positive epochs, batch size and learning rate")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError("--max-minutes must be positive", remedy="e.g. --max-minutes 5")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainConfig:
+        return cls(**{**data, "window": WindowPlan(**data["window"])})
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A named pair of network and training configurations."""
+
+    network: NetworkConfig
+    train: TrainConfig
+    description: str
+
+
+PROFILES: dict[str, Profile] = {
+    "tiny": Profile(
+        NetworkConfig(hidden_sizes=(16, 8)),
+        TrainConfig(epochs=3, batch_size=8, windows_per_epoch=32, patience=3, threads=1,
+                    window=WindowPlan(length=64, warmup=8)),
+        "tests: a 16/8 network, seconds (one thread: too small to share)",
+    ),
+    "quick": Profile(
+        NetworkConfig(),
+        TrainConfig(epochs=30, window=WindowPlan(length=500, warmup=50), patience=6,
+                    max_minutes=4.0),
+        "demo: Table-1 network, about 3-4 minutes on 2 cores",
+    ),
+    "full": Profile(
+        NetworkConfig(),
+        TrainConfig(epochs=150, window=WindowPlan(length=1000, warmup=100), patience=15,
+                    learning_rate=2e-3, max_minutes=60.0),
+        "best accuracy: Table-1 network, up to an hour on 2 cores",
+    ),
+}
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` did: per-epoch history, the epoch kept, and why it stopped."""
+
+    history: list[dict[str, Any]]
+    initial_validation: dict[str, float]  # of the weights fit was given (epoch 0)
+    best_epoch: int  # 0: no epoch beat the weights fit was given, which are kept
+    best_validation: dict[str, float]
+    stopped: str
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def learning_rate_at(step: int, total_steps: int, config: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_fraction`` of the peak (pure in ``step``)."""
+    warmup = max(1, int(config.warmup_fraction * total_steps))
+    if step < warmup:
+        return config.learning_rate * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    floor = config.min_lr_fraction
+    return config.learning_rate * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return ((prediction - target) ** 2 * mask).sum() / mask.sum().clamp(min=1)
+
+
+def _rmse_pct(network: SocNetwork, data: SequenceSet, counted_after_s: float = 0.0) -> float:
+    x, y, mask = data.padded()
+    for n, time_s in enumerate(data.time_s):
+        mask[n, : len(time_s)] &= time_s >= counted_after_s
+    with torch.no_grad():
+        prediction, _ = network(torch.from_numpy(x))
+    error = (prediction.numpy() - y)[mask]
+    return float(100.0 * np.sqrt(np.mean(error.astype(np.float64) ** 2)))
+
+
+def validate(network: SocNetwork, val: SequenceSet, settings: ScenarioSettings) -> dict[str, float]:
+    """Validation RMSEs (percent) from the first sample and after a cold start; ``score`` = mean."""
+    was_training = network.training
+    network.eval()
+    from_start = _rmse_pct(network, val)
+    cold = _rmse_pct(network, val.tail(settings.start_fraction), settings.convergence_s)
+    network.train(was_training)
+    return {"from_start_rmse_pct": from_start, "cold_start_rmse_pct": cold,
+            "score": 0.5 * (from_start + cold)}
+
+
+def _resumable(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings a resumed run must share with the checkpoint (all but time and threads)."""
+    free = ("max_minutes", "threads")
+    return json.loads(json.dumps({k: v for k, v in config.items() if k not in free}))
+
+
+class _Checkpoint:
+    """Safetensors (weights, best weights, AdamW moments) + JSON (everything else)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def exists(self) -> bool:
+        return (self.directory / CHECKPOINT_STATE).is_file()
+
+    def save(self, network: SocNetwork, best: dict[str, torch.Tensor],
+             optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tensors = {f"model.{k}": v.detach().clone() for k, v in network.state_dict().items()}
+        tensors.update({f"best.{k}": v.clone() for k, v in best.items()})
+        optim_state = optimizer.state_dict()
+        for index, moments in optim_state["state"].items():
+            for key, value in moments.items():
+                tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).reshape(-1).clone()
+        state = {**state, "param_groups": optim_state["param_groups"]}
+        save_file(tensors, str(self.directory / (CHECKPOINT_WEIGHTS + ".tmp")))
+        (self.directory / (CHECKPOINT_STATE + ".tmp")).write_text(json.dumps(state, indent=1))
+        for name in (CHECKPOINT_WEIGHTS, CHECKPOINT_STATE):  # both complete, then both swapped
+            (self.directory / (name + ".tmp")).replace(self.directory / name)
+
+    def load(self, network: SocNetwork, optimizer: torch.optim.Optimizer,
+             config: TrainConfig) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        state = json.loads((self.directory / CHECKPOINT_STATE).read_text())
+        if _resumable(state["config"]) != _resumable(config.to_json()) or state[
+            "architecture"
+        ] != network.architecture():
+            raise ConfigError(
+                f"the checkpoint in {self.directory} was made with other settings",
+                remedy="resume with the same profile/options, or train afresh with --force",
+            )
+        tensors = load_file(str(self.directory / CHECKPOINT_WEIGHTS))
+        network.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+        moments: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, name = key.split(".", 2)
+                moments.setdefault(int(index), {})[name] = (
+                    value.reshape(()) if name == "step" else value.reshape(-1)
+                )
+        shapes = [p.shape for p in network.parameters()]
+        optimizer.load_state_dict({
+            "state": {i: {k: (v if k == "step" else v.reshape(shapes[i])) for k, v in m.items()}
+                      for i, m in moments.items()},
+            "param_groups": state["param_groups"],
+        })
+        return best, state
+
+
+def fit(
+    network: SocNetwork,
+    train: list[Cycle] | SequenceSet,
+    val: list[Cycle] | SequenceSet,
+    config: TrainConfig,
+    *,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    settings: ScenarioSettings | None = None,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+) -> FitResult:
+    """Train ``network`` in place; on return it holds the best weights seen on validation.
+
+    The network's normalisation must already be set (:meth:`SocNetwork.set_normalisation`).
+    ``on_step`` receives ``{"step", "total_steps", "epoch", "loss", "val_rmse_pct"}`` after
+    every batch (for progress bars). ``resume`` continues from ``checkpoint_dir``.
+
+    Fine-tuning (e.g. a projected network) is the same call with a config of few epochs
+    and a lower learning rate; ``initial_validation`` is then the score before, and the
+    weights kept are never worse on validation than those given (epoch 0 counts).
+    """
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _fit(network, train, val, config, checkpoint_dir, resume,
+                    settings or ScenarioSettings(), on_step)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _fit(
+    network: SocNetwork,
+    train: list[Cycle] | SequenceSet,
+    val: list[Cycle] | SequenceSet,
+    config: TrainConfig,
+    checkpoint_dir: Path | None,
+    resume: bool,
+    settings: ScenarioSettings,
+    on_step: Callable[[dict[str, Any]], None] | None,
+) -> FitResult:
+    started = time.monotonic()
+    train = train if isinstance(train, SequenceSet) else SequenceSet.from_cycles(train)
+    val = val if isinstance(val, SequenceSet) else SequenceSet.from_cycles(val)
+    if len(train) == 0 or len(val) == 0:
+        raise ConfigError("training needs cycles in both the train and the val split",
+                          remedy="re-split the dataset so that val holds at least one cycle")
+    windows = config.windows_per_epoch or max(
+        config.batch_size, int(train.lengths.sum()) // config.window.length)
+    steps_per_epoch = math.ceil(windows / config.batch_size)
+    total_steps = config.epochs * steps_per_epoch
+    optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
+    checkpoint = _Checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+    history: list[dict[str, Any]] = []
+    best_state = copy.deepcopy(network.state_dict())
+    initial = validate(network, val, settings)
+    best: dict[str, Any] = {"epoch": 0, "validation": initial}
+    start_epoch, bad_epochs = 0, 0
+    if resume:
+        if checkpoint is None or not checkpoint.exists():
+            raise ModelFileError(f"no checkpoint to resume from in {checkpoint_dir}",
+                                 remedy="train without --resume first")
+        best_state, saved = checkpoint.load(network, optimizer, config)
+        history, best, bad_epochs = saved["history"], saved["best"], saved["bad_epochs"]
+        initial = saved["initial_validation"]
+        start_epoch = saved["next_epoch"]
+    stopped = "epochs done"
+    last_val = history[-1]["val"]["score"] if history else float("nan")
+    for epoch in range(start_epoch, config.epochs):
+        if bad_epochs >= config.patience:
+            stopped = f"early stopping: no improvement for {config.patience} epochs"
+            break
+        rng = np.random.default_rng([config.seed, epoch])
+        torch.manual_seed(config.seed * 1_000_003 + epoch)
+        x, y, mask = (torch.from_numpy(a)
+                      for a in sample_windows(train, config.window, windows, rng))
+        order = torch.from_numpy(rng.permutation(windows))
+        network.train()
+        losses = []
+        out_of_time = False
+        for batch in range(steps_per_epoch):
+            step = epoch * steps_per_epoch + batch
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate_at(step, total_steps, config)
+            index = order[batch * config.batch_size : (batch + 1) * config.batch_size]
+            prediction, _ = network(x[index])
+            loss = _masked_mse(prediction, y[index], mask[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(network.parameters(), config.grad_clip)
+            optimizer.step()
+            losses.append(loss.item())
+            if on_step is not None:
+                on_step({"step": step + 1, "total_steps": total_steps, "epoch": epoch + 1,
+                         "loss": losses[-1], "val_rmse_pct": last_val})
+            elapsed = time.monotonic() - started
+            if config.max_minutes is not None and elapsed > 60 * config.max_minutes:
+                out_of_time = True
+                break
+        validation = validate(network, val, settings)
+        last_val = validation["score"]
+        history.append({"epoch": epoch + 1, "train_rmse_pct": 100 * math.sqrt(np.mean(losses)),
+                        "val": validation, "lr": optimizer.param_groups[0]["lr"],
+                        "batches": len(losses), "seconds": round(time.monotonic() - started, 1)})
+        if validation["score"] < best["validation"]["score"]:
+            best = {"epoch": epoch + 1, "validation": validation}
+            best_state = copy.deepcopy(network.state_dict())
+            bad_epochs = 0
+        else:
+            bad_epochs += 1
+        if checkpoint is not None:
+            checkpoint.save(network, best_state, optimizer, {
+                "config": config.to_json(), "architecture": network.architecture(),
+                "next_epoch": epoch + 1, "history": history, "best": best,
+                "initial_validation": initial,
+                "bad_epochs": bad_epochs,
+            })
+        if out_of_time:
+            stopped = f"time budget of {config.max_minutes:g} min reached"
+            break
+    network.load_state_dict(best_state)
+    network.eval()
+    return FitResult(history, initial, best["epoch"], best["validation"], stopped,
+                     round(time.monotonic() - started, 1))
+
+
+def with_overrides(config: TrainConfig, **overrides: Any) -> TrainConfig:
+    """``config`` with the given fields replaced; ``None`` values leave a field as it is."""
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def new_network(network_config: NetworkConfig, train: list[Cycle], seed: int) -> SocNetwork:
+    """A freshly initialised network (seeded) with the train split's normalisation."""
+    torch.manual_seed(seed)
+    network = SocNetwork(network_config)
+    stats = Normalisation.fit(train)
+    network.set_normalisation(np.array(stats.mean), np.array(stats.std))
+    return network
+
+
+def train_model(
+    data: Dataset,
+    *,
+    profile: str = "quick",
+    epochs: int | None = None,
+    max_minutes: float | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    name: str = "lstm",
+    command: str = "",
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[LstmSocEstimator, FitResult]:
+    """Train a new network of ``profile`` on ``data``'s train split; early-stop on its val split.
+
+    Returns the estimator (not yet saved) whose metadata records data name and fingerprint,
+    seed, profile, training config and history, validation metrics and ``command``.
+    """
+    from bsoc.evaluate import evaluate
+    from bsoc.nn.estimator import LstmSocEstimator
+
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}", remedy=f"use one of {sorted(PROFILES)}")
+    chosen = PROFILES[profile]
+    config = with_overrides(chosen.train, epochs=epochs, max_minutes=max_minutes, seed=seed,
+                            threads=threads)
+    train, val = data.split("train"), data.split("val")
+    network = new_network(chosen.network, train, seed)
+    result = fit(network, train, val, config, checkpoint_dir=checkpoint_dir, resume=resume,
+                 on_step=on_step)
+    estimator = LstmSocEstimator(network, name=name)
+    validation = evaluate(estimator, val, scenarios=("from_start", "cold_start"))
+    estimator.metadata = {
+        "data": {"name": data.name, "fingerprint": data.fingerprint(),
+                 "train_cycles": [c.meta.name for c in train],
+                 "val_cycles": [c.meta.name for c in val]},
+        "seed": seed,
+        "training": {"profile": profile, "config": config.to_json(), **result.to_json()},
+        "validation": validation,
+        "learnables_table": network.learnables_table(),
+        "command": command,
+    }
+    return estimator, result

@@ -32,6 +32,10 @@ from bsoc.commands import data as _data_commands  # noqa: E402
 
 _data_commands.register(data_app)
 
+from bsoc.commands import simulate as _simulate_commands  # noqa: E402
+
+_simulate_commands.register(data_app)
+
 from bsoc.commands import ekf as _ekf_commands  # noqa: E402
 
 _ekf_commands.register(app)
@@ -43,6 +47,10 @@ _model_commands.register(app)
 from bsoc.commands import bench as _bench_commands  # noqa: E402
 
 _bench_commands.register(app)
+
+from bsoc.commands import compress as _compress_commands  # noqa: E402
+
+_compress_commands.register(app)
 
 from bsoc.commands import pipeline as _pipeline_commands  # noqa: E402
 

@@ -95,7 +95,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "quick": Profile(
         NetworkConfig(),
-        TrainConfig(epochs=30, window=WindowPlan(length=500, warmup=50), patience=6,
+        TrainConfig(epochs=40, window=WindowPlan(length=500, warmup=50), patience=10,
                     max_minutes=4.0),
         "demo: Table-1 network, about 3-4 minutes on 2 cores",
     ),

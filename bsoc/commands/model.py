@@ -60,9 +60,10 @@ def train(
 ) -> None:
     """Train the LSTM SOC network on a dataset (early stopping on its val split).
 
-    Writes OUT/model.safetensors and OUT/config.json (architecture, normalisation, data
-    fingerprint, seed, training history, validation metrics). A checkpoint is kept in
-    OUT/checkpoint/ after every epoch, so an interrupted run continues with --resume.
+    Writes OUT/model.safetensors and OUT/config.json (architecture,
+    normalisation, data fingerprint, seed, training history, validation
+    metrics). A checkpoint is kept in OUT/checkpoint/ after every epoch,
+    so an interrupted run continues with --resume.
     """
     from bsoc.data.dataset import Dataset
     from bsoc.errors import OverwriteRefusedError
@@ -123,7 +124,8 @@ def evaluate(
     dataset: Path = typer.Argument(..., help="Dataset folder to evaluate on."),
     split: str = typer.Option("test", "--split", help="Which split: train, val or test."),
     out: Path = typer.Option(None, "--out", help="Folder for evaluation.json and the figure "
-                             "[default: MODEL/evaluation-<dataset>-<split>]."),
+                             "[default: reports/evaluate-<model>-<dataset>-<split>]; the model "
+                             "folder itself is never written to."),
     start_fraction: float = typer.Option(0.25, "--start-fraction", help="Cold start: where in "
                                          "the cycle the estimator is switched on."),
     convergence_s: float = typer.Option(300.0, "--convergence-s", help="Cold start: error "
@@ -132,9 +134,10 @@ def evaluate(
 ) -> None:
     """Accuracy of any model on a dataset split: RMSE, MAE, max |error| in SOC %.
 
-    Overall, per cycle and per temperature, in three scenarios: from the first sample,
-    cold start (switched on 25 % into the cycle) and degraded sensors (current offset,
-    voltage noise, lagging temperature). Writes evaluation.json and soc_per_cycle.png.
+    Overall, per cycle and per temperature, in three scenarios: from the
+    first sample, cold start (switched on 25 % into the cycle) and degraded
+    sensors (current offset, voltage noise, lagging temperature). Writes
+    evaluation.json and soc_per_cycle.png.
     """
     import json
 
@@ -153,7 +156,7 @@ def evaluate(
         task = bar.add_task("evaluating", total=len(cycles) * len(SCENARIOS), info="")
         result, runs = evaluate_runs(estimator, cycles, settings,
                                      on_cycle=lambda name: bar.update(task, advance=1, info=name))
-    out = out or model / f"evaluation-{Path(data.name).name}-{split}"
+    out = out or Path("reports") / f"evaluate-{model.name}-{Path(data.name).name}-{split}"
     out.mkdir(parents=True, exist_ok=True)
     figure = plot_runs(runs, out / "soc_per_cycle.png", title=f"{estimator.name} on {data.name}")
     report = {

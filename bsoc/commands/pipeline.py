@@ -20,8 +20,9 @@ def pipeline(
     run: str = typer.Option(None, "--run", help="Name of the run: models/RUN and reports/RUN "
                             "(default: the profile, or the dataset folder's name)."),
     seed: int = typer.Option(0, "--seed", help="Seed for simulation, training and fine-tuning."),
-    learnables_reduction: float = typer.Option(0.9, "--learnables-reduction", min=0.0, max=0.999,
-                                               help="Compression goal for the projected model."),
+    learnables_reduction: float = typer.Option(
+        None, "--learnables-reduction", min=0.0, max=0.999,
+        help="Compression goal for the projected model (default 0.9; 0.5 for tiny)."),
     force: bool = typer.Option(False, "--force", help="Overwrite outputs at the run's paths "
                                "that were not made by the pipeline."),
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),

@@ -1,0 +1,322 @@
+"""Compress a network by projection: goals, ranks, the learnables count, absorbing projectors.
+
+A layer is projected map by map. Each map ``x -> W x`` of a *slot* (``lstm_k.input``: the
+input weights; ``lstm_k.output``: the recurrent weights, which read the layer's own hidden
+state; ``fc.input``) becomes ``W_in (Q^T x)`` with ``W_in = W Q`` (absorbed, nothing
+re-learnt), and the constant the projection removes, ``W (I - Q Q^T) mu``, is added to the
+layer's bias (zero when the basis is not centred). The cell equations are untouched: the
+layer keeps its class and width, only its maps change (:mod:`bsoc.nn.layers`).
+
+The basis comes from a :class:`Basis`: neuron PCA (this module, the product) or the
+weights' own SVD (:mod:`bsoc.compress.svd`, the data-free baseline). Ranks come from a
+:class:`Goal`, as MATLAB's ``compressNetworkUsingProjection`` offers:
+
+* explained variance: per slot, the smallest rank whose cumulative ratio meets the level;
+* learnables reduction: the single level (searched over every breakpoint of every curve,
+  highest first) whose ranks bring the whole network to the requested size;
+* explicit ranks per layer, e.g. ``lstm_1=(3, 11)``.
+
+A layer whose ranks would not reduce its learnables is left as it is, and the record says so.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from bsoc.compress.maps import ProjectedMap
+from bsoc.compress.neuron_pca import NeuronPCA
+from bsoc.errors import ConfigError
+from bsoc.nn.network import SocNetwork
+
+# slot suffix -> the map it compresses, per layer type
+_LSTM_SLOTS = (("input", "input_map"), ("output", "recurrent_map"))
+_FC_SLOTS = (("input", "weight_map"),)
+
+
+class Basis(Protocol):
+    """Where projectors come from: a spectrum per slot, its top vectors, the centring point."""
+
+    def curve(self, slot: str) -> np.ndarray:
+        """Cumulative kept fraction by rank (index r-1 -> rank r), ending at 1."""
+
+    def projector(self, slot: str, rank: int) -> np.ndarray:
+        """Orthonormal columns Q (in, rank)."""
+
+    def offset(self, slot: str) -> np.ndarray:
+        """Point the projection is centred on (zero for an uncentred basis)."""
+
+
+@dataclass(frozen=True)
+class Goal:
+    """Exactly one of: explained-variance level, learnables-reduction fraction, explicit ranks.
+
+    ``ranks`` maps a layer to its ranks: ``{"lstm_1": (b_in, b_out), "fc": (b_in,)}``.
+    """
+
+    explained_variance: float | None = None
+    learnables_reduction: float | None = None
+    ranks: dict[str, tuple[int, ...]] | None = None
+
+    def __post_init__(self) -> None:
+        given = [v is not None for v in (self.explained_variance, self.learnables_reduction, self.ranks)]
+        if sum(given) != 1:
+            raise ConfigError("give exactly one compression goal",
+                              remedy="--explained-variance, --learnables-reduction or --ranks")
+        if self.explained_variance is not None and not 0 < self.explained_variance <= 1:
+            raise ConfigError(f"explained variance {self.explained_variance} must be in (0, 1]",
+                              remedy="e.g. --explained-variance 0.99")
+        if self.learnables_reduction is not None and not 0 < self.learnables_reduction < 1:
+            raise ConfigError(f"learnables reduction {self.learnables_reduction} must be in (0, 1)",
+                              remedy="e.g. --learnables-reduction 0.9 for 90 % fewer learnables")
+
+    @classmethod
+    def parse_ranks(cls, texts: list[str]) -> Goal:
+        """``["lstm_1=3,11 lstm_2=11,8", "fc=4"]`` (space- or option-separated) -> a ranks goal."""
+        ranks: dict[str, tuple[int, ...]] = {}
+        for item in " ".join(texts).split():
+            layer, _, values = item.partition("=")
+            try:
+                ranks[layer] = tuple(int(v) for v in values.split(","))
+            except ValueError:
+                raise ConfigError(f"cannot read ranks {item!r}",
+                                  remedy="write LAYER=B_IN,B_OUT, e.g. lstm_1=3,11") from None
+            if not layer or not ranks[layer]:
+                raise ConfigError(f"cannot read ranks {item!r}",
+                                  remedy="write LAYER=B_IN,B_OUT, e.g. lstm_1=3,11")
+        return cls(ranks=ranks)
+
+    def to_json(self) -> dict[str, Any]:
+        if self.ranks is not None:
+            return {"ranks": {k: list(v) for k, v in self.ranks.items()}}
+        if self.explained_variance is not None:
+            return {"explained_variance": self.explained_variance}
+        return {"learnables_reduction": self.learnables_reduction}
+
+    def describe(self) -> str:
+        if self.ranks is not None:
+            return " ".join(f"{k}={','.join(map(str, v))}" for k, v in self.ranks.items())
+        if self.explained_variance is not None:
+            return f"explained variance {self.explained_variance:g}"
+        return f"learnables reduction {self.learnables_reduction:g}"
+
+
+@dataclass
+class LayerPlan:
+    """What happens to one layer: its ranks per slot, its size before/after, or why it stays."""
+
+    layer: str
+    ranks: dict[str, int]  # slot suffix ("input", "output") -> rank
+    learnables_before: int
+    learnables_projected: int
+    projected: bool
+    kept_fraction: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def learnables_after(self) -> int:
+        return self.learnables_projected if self.projected else self.learnables_before
+
+    def to_json(self) -> dict[str, Any]:
+        entry = {**asdict(self), "learnables_after": self.learnables_after}
+        if not self.projected:
+            entry["note"] = (f"not projected: ranks {self.ranks} would give "
+                             f"{self.learnables_projected:,} learnables, not fewer than "
+                             f"{self.learnables_before:,}")
+        return entry
+
+
+@dataclass
+class CompressionRecord:
+    """Everything a compressed model's config.json says about how it was made."""
+
+    method: str  # "projection" or "svd"
+    goal: Goal
+    level: float | None  # the explained-variance level used (goal's, or found by the search)
+    plans: dict[str, LayerPlan]
+    learnables_before: int
+    learnables_after: int
+    curves: dict[str, np.ndarray]
+    curve_key: str  # "explained_variance" (neuron PCA) or "singular_value_energy" (SVD)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ranks(self) -> dict[str, tuple[int, ...]]:
+        """Ranks of the projected layers, as a :class:`Goal` takes them (to reproduce a size)."""
+        return {name: tuple(plan.ranks.values()) for name, plan in self.plans.items() if plan.projected}
+
+    def skipped(self) -> list[str]:
+        return [plan.to_json()["note"] for plan in self.plans.values() if not plan.projected]
+
+    def to_json(self) -> dict[str, Any]:
+        curves = {}
+        for slot, curve in self.curves.items():
+            layer, _, suffix = slot.partition(".")
+            plan = self.plans.get(layer)
+            rank = plan.ranks.get(suffix) if plan is not None and plan.projected else None
+            curves[slot] = {"explained_variance_curve": [round(float(v), 7) for v in curve],
+                            "rank": rank}
+        return {
+            "method": self.method,
+            "goal": self.goal.to_json(),
+            "level": self.level,
+            "ranks": {k: list(v) for k, v in self.ranks.items()},
+            "layers": {name: plan.to_json() for name, plan in self.plans.items()},
+            "learnables_before": self.learnables_before,
+            "learnables_after": self.learnables_after,
+            "learnables_reduction": 1.0 - self.learnables_after / self.learnables_before,
+            self.curve_key: curves,
+            **self.details,
+        }
+
+
+def layer_slots(network: SocNetwork, layer: str) -> tuple[tuple[str, str], ...]:
+    """The (slot suffix, map role) pairs of a learnable layer."""
+    if layer in network.lstm_names:
+        return _LSTM_SLOTS
+    if layer == "fc":
+        return _FC_SLOTS
+    raise ConfigError(f"no projectable layer {layer!r}",
+                      remedy=f"choose from {list(network.learnable_layers())}")
+
+
+def rank_for_level(curve: np.ndarray, level: float) -> int:
+    """The smallest rank whose cumulative explained variance meets ``level`` (all at level >= 1)."""
+    if level >= 1.0:
+        return len(curve)
+    return int(np.searchsorted(curve, level, side="left")) + 1
+
+
+def _learnables(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def plan_layer(network: SocNetwork, layer: str, ranks: dict[str, int], *,
+               only_if_smaller: bool = True) -> LayerPlan:
+    """Size of ``layer`` before and with the given ranks (each map costs rank * (in + out)).
+
+    The layer is to be projected when that makes it smaller (or always, if not ``only_if_smaller``).
+    """
+    module = network.get_submodule(layer)
+    after = _learnables(module)
+    for suffix, role in layer_slots(network, layer):
+        layer_map = getattr(module, role)
+        rank = ranks[suffix]
+        if not 1 <= rank <= layer_map.in_features:
+            raise ConfigError(f"rank {rank} for {layer}.{suffix} is out of range",
+                              remedy=f"use 1..{layer_map.in_features} (the number of neurons)")
+        after += rank * (layer_map.in_features + layer_map.out_features) - _learnables(layer_map)
+    before = _learnables(module)
+    return LayerPlan(layer, dict(ranks), before, after, after < before or not only_if_smaller)
+
+
+def _plans_at_level(network: SocNetwork, basis: Basis, layers: list[str], level: float,
+                    only_if_smaller: bool) -> dict[str, LayerPlan]:
+    return {layer: plan_layer(network, layer, {
+        suffix: rank_for_level(basis.curve(f"{layer}.{suffix}"), level)
+        for suffix, _ in layer_slots(network, layer)}, only_if_smaller=only_if_smaller)
+        for layer in layers}
+
+
+def _total(network: SocNetwork, plans: dict[str, LayerPlan]) -> int:
+    return network.learnables() + sum(p.learnables_after - p.learnables_before for p in plans.values())
+
+
+def choose_plans(network: SocNetwork, basis: Basis, goal: Goal, layers: list[str], *,
+                 only_if_smaller: bool = True) -> tuple[dict[str, LayerPlan], float | None]:
+    """Per-layer plans meeting ``goal``, and the level used (None for explicit ranks)."""
+    if goal.ranks is not None:
+        unknown = sorted(set(goal.ranks) - set(layers))
+        if unknown:
+            raise ConfigError(f"ranks given for {unknown}, which are not among the layers to "
+                              f"project {layers}", remedy="check --ranks and --layers")
+        plans = {}
+        for layer, ranks in goal.ranks.items():
+            suffixes = [suffix for suffix, _ in layer_slots(network, layer)]
+            if len(ranks) != len(suffixes):
+                raise ConfigError(f"{layer} needs {len(suffixes)} ranks ({', '.join(suffixes)}), "
+                                  f"got {list(ranks)}", remedy="e.g. lstm_1=3,11 fc=4")
+            plans[layer] = plan_layer(network, layer, dict(zip(suffixes, ranks)),
+                                      only_if_smaller=only_if_smaller)
+        return plans, None
+    if goal.explained_variance is not None:
+        level = goal.explained_variance
+        return _plans_at_level(network, basis, layers, level, only_if_smaller), level
+    budget = math.floor((1.0 - goal.learnables_reduction) * network.learnables())
+    levels = sorted({1.0, *(float(v) for layer in layers for suffix, _ in layer_slots(network, layer)
+                            for v in basis.curve(f"{layer}.{suffix}"))}, reverse=True)
+    for level in levels:  # learnables fall as the level falls: the first that fits keeps most
+        plans = _plans_at_level(network, basis, layers, level, only_if_smaller)
+        if _total(network, plans) <= budget:
+            return plans, level
+    smallest = _total(network, _plans_at_level(network, basis, layers, 0.0, True))
+    raise ConfigError(
+        f"a {goal.learnables_reduction:.1%} reduction is out of reach: projecting {layers} at "
+        f"rank 1 leaves {smallest:,} of {network.learnables():,} learnables",
+        remedy="ask for a smaller reduction or project more layers (--layers)")
+
+
+def folded_bias(weight: np.ndarray, projector: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """``W (I - Q Q^T) mu``: what projecting around ``mu`` removes from ``W x``, for the bias."""
+    return weight @ (offset - projector @ (projector.T @ offset))
+
+
+def apply_plans(network: SocNetwork, basis: Basis, plans: dict[str, LayerPlan],
+                map_class: type[ProjectedMap] = ProjectedMap) -> SocNetwork:
+    """A projected copy of ``network``: projectors absorbed, the removed constant in the bias."""
+    compressed = copy.deepcopy(network)
+    for plan in plans.values():
+        if not plan.projected:
+            continue
+        module = compressed.get_submodule(plan.layer)
+        bias = module.bias.detach().double().numpy().copy()
+        for suffix, role in layer_slots(compressed, plan.layer):
+            slot = f"{plan.layer}.{suffix}"
+            weight = getattr(module, role).dense_weight().detach().double().numpy()  # (out, in)
+            projector = basis.projector(slot, plan.ranks[suffix])
+            bias += folded_bias(weight, projector, basis.offset(slot))
+            module.set_map(role, map_class.absorb(weight, projector))
+            plan.kept_fraction[suffix] = float(basis.curve(slot)[plan.ranks[suffix] - 1])
+        with torch.no_grad():
+            module.bias.copy_(torch.from_numpy(bias.astype(np.float32)))
+    return compressed
+
+
+def compress_with_basis(network: SocNetwork, basis: Basis, goal: Goal, layers: list[str] | None,
+                        *, method: str, curve_key: str, map_class: type[ProjectedMap] = ProjectedMap,
+                        only_if_smaller: bool = True) -> tuple[SocNetwork, CompressionRecord]:
+    """Choose ranks for ``goal`` from ``basis``, apply them; the network itself is not changed."""
+    layers = list(layers or network.learnable_layers())
+    for layer in layers:
+        layer_slots(network, layer)  # validates the name
+    plans, level = choose_plans(network, basis, goal, layers, only_if_smaller=only_if_smaller)
+    compressed = apply_plans(network, basis, plans, map_class)
+    curves = {f"{layer}.{suffix}": basis.curve(f"{layer}.{suffix}")
+              for layer in network.learnable_layers() for suffix, _ in layer_slots(network, layer)}
+    record = CompressionRecord(method, goal, level, plans, network.learnables(),
+                               compressed.learnables(), curves, curve_key)
+    return compressed, record
+
+
+def compress_network_using_projection(
+    network: SocNetwork, pca: NeuronPCA, goal: Goal, *, layers: list[str] | None = None,
+    only_if_smaller: bool = True,
+) -> tuple[SocNetwork, CompressionRecord]:
+    """Project ``layers`` (default: all: lstm_1, lstm_2, fc) of ``network`` onto ``pca``'s eigen-neurons.
+
+    Returns the projected network (a copy) and the record for its config.json. A layer
+    whose ranks would not make it smaller stays as it is, unless ``only_if_smaller`` is
+    False (then, at explained variance 1, every projector is a full orthogonal basis and
+    the projected network computes the original function: the limit the article names).
+    """
+    compressed, record = compress_with_basis(network, pca, goal, layers, method="projection",
+                                             curve_key="explained_variance",
+                                             only_if_smaller=only_if_smaller)
+    record.details["mean_handling"] = pca.mean_handling
+    record.details["pca_samples"] = int(pca.n_samples_)
+    return compressed, record

@@ -69,7 +69,8 @@ def test_table1_ranks_give_exactly_the_articles_shapes_and_32394_learnables() ->
     assert compressed.learnables() == record.learnables_after == 32_394
     shapes = {(row["layer"], row["parameter"]): tuple(row["shape"])
               for row in compressed.learnables_table()}
-    assert shapes == {  # Table 1: InputWeights, RecurrentWeights, Bias, InputProjector, OutputProjector
+    # Table 1: InputWeights, RecurrentWeights, Bias, InputProjector, OutputProjector
+    assert shapes == {
         ("lstm_1", "input_map.weights"): (1024, 3), ("lstm_1", "recurrent_map.weights"): (1024, 11),
         ("lstm_1", "bias"): (1024,), ("lstm_1", "input_map.projector"): (3, 3),
         ("lstm_1", "recurrent_map.projector"): (256, 11),
@@ -168,7 +169,8 @@ def test_learnables_reduction_goal_is_met_with_the_highest_level_that_fits() -> 
 def test_layers_that_would_not_shrink_are_left_alone_and_reported() -> None:
     network, data = _network(), _sequences()
     pca = NeuronPCA().fit(network, data)
-    compressed, record = compress_network_using_projection(network, pca, Goal(explained_variance=0.9))
+    compressed, record = compress_network_using_projection(network, pca,
+                                                           Goal(explained_variance=0.9))
     assert not record.plans["fc"].projected  # 8 -> 1: any rank b costs 9b >= 8
     assert isinstance(compressed.fc.weight_map, DenseMap)
     assert any(note.startswith("not projected") for note in record.skipped())
@@ -184,11 +186,12 @@ def test_layers_that_would_not_shrink_are_left_alone_and_reported() -> None:
 
 
 def test_projection_beats_svd_at_equal_rank_on_correlated_activations() -> None:
-    """The data live near a 3-d affine subspace the weights do not favour: PCA finds it, SVD cannot."""
+    """Data near a 3-d affine subspace the weights do not favour: PCA finds it, SVD cannot."""
     rng = np.random.default_rng(7)
     network = _network()
     width, rank = network.lstm_2.input_size, 3
-    activations = (rng.normal(0.3, 0.2, width) + rng.normal(size=(600, rank)) @ rng.normal(size=(rank, width))
+    subspace = rng.normal(size=(rank, width))
+    activations = (rng.normal(0.3, 0.2, width) + rng.normal(size=(600, rank)) @ subspace
                    + 0.01 * rng.normal(size=(600, width)))
     weight = network.lstm_2.input_map.weights.detach().double().numpy()
     exact = activations @ weight.T
@@ -197,7 +200,8 @@ def test_projection_beats_svd_at_equal_rank_on_correlated_activations() -> None:
     errors = {}
     for name, basis in (("projection", pca), ("svd", svd)):
         q = basis.projector("lstm_2.input", rank)
-        approx = activations @ q @ (weight @ q).T + folded_bias(weight, q, basis.offset("lstm_2.input"))
+        offset = basis.offset("lstm_2.input")
+        approx = activations @ q @ (weight @ q).T + folded_bias(weight, q, offset)
         errors[name] = np.sqrt(np.mean((approx - exact) ** 2))
     assert errors["projection"] < 0.1 * errors["svd"]
 
@@ -205,7 +209,8 @@ def test_projection_beats_svd_at_equal_rank_on_correlated_activations() -> None:
 def test_svd_at_the_projection_ranks_has_the_same_learnables() -> None:
     network, data = _network(), _sequences()
     pca = NeuronPCA().fit(network, data)
-    projected, record = compress_network_using_projection(network, pca, Goal(explained_variance=0.95))
+    projected, record = compress_network_using_projection(network, pca,
+                                                          Goal(explained_variance=0.95))
     svd_network, svd_record = compress_network_using_svd(network, Goal(ranks=record.ranks))
     assert svd_network.learnables() == projected.learnables() < network.learnables()
     assert isinstance(svd_network.lstm_1.recurrent_map, LowRankMap)

@@ -47,8 +47,9 @@ def test_compress_then_finetune_records_everything(
     assert set(compression["explained_variance"]) == {
         "lstm_1.input", "lstm_1.output", "lstm_2.input", "lstm_2.output", "fc.input"}
     curve = compression["explained_variance"]["lstm_1.output"]
-    assert len(curve["explained_variance_curve"]) == 16 and curve["rank"] == compression["ranks"]["lstm_1"][1]
-    assert compression["layers"]["lstm_1"]["kept_fraction"]["output"] == pytest.approx(
+    assert len(curve["explained_variance_curve"]) == 16
+    assert curve["rank"] == compression["ranks"]["lstm_1"][1]
+    assert compression["layers"]["lstm_1"]["explained_variance_kept"]["output"] == pytest.approx(
         curve["explained_variance_curve"][curve["rank"] - 1], abs=1e-6)
     assert "bsoc compress" in config["command"] and config["validation"]["rmse_pct"] > 0
     assert config["data"]["fingerprint"] == Dataset.load(toy_dataset).fingerprint()

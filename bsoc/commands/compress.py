@@ -132,9 +132,11 @@ def _compress(model: Path, dataset: Any, out: Path, goal: Any, method: str,
     for column in ("layer", "ranks (in, out)", "kept", "learnables before", "after"):
         table.add_column(column, justify="left" if column == "layer" else "right")
     for name, plan in record.plans.items():
-        kept = ", ".join(f"{v:.4f}" for v in plan.kept_fraction.values()) if plan.projected else "-"
-        ranks = ", ".join(map(str, plan.ranks.values())) if plan.projected else "not projected"
-        table.add_row(name, ranks, kept, f"{plan.learnables_before:,}", f"{plan.learnables_after:,}")
+        kept = ", ".join(f"{v:.4f}" for v in plan.explained_variance_kept.values())
+        ranks = ", ".join(map(str, plan.ranks.values()))
+        table.add_row(name, ranks if plan.projected else "not projected",
+                      kept if plan.projected else "-", f"{plan.learnables_before:,}",
+                      f"{plan.learnables_after:,}")
     err_console.print(table)
     for note in summary["skipped"]:
         err_console.print(f"  [yellow]note:[/] {note}")
@@ -142,8 +144,8 @@ def _compress(model: Path, dataset: Any, out: Path, goal: Any, method: str,
     err_console.print(
         f"[bold green]{estimator.kind} written to {out}[/]: {record.learnables_before:,} -> "
         f"{record.learnables_after:,} learnables ({summary['learnables_reduction']:.1%} fewer); "
-        f"val RMSE {'?' if before is None else f'{before:.2f}'} % -> {summary['val_rmse_pct']:.2f} % "
-        "(before fine-tuning)")
+        f"val RMSE {'?' if before is None else f'{before:.2f}'} % -> "
+        f"{summary['val_rmse_pct']:.2f} % (before fine-tuning)")
 
 
 def _analyze(model: Path, dataset: Any, out: Path, layers: list[str] | None,
@@ -161,8 +163,8 @@ def _analyze(model: Path, dataset: Any, out: Path, layers: list[str] | None,
                       _pca_progress(bar, "neuron PCA"))
     result = analyze(source.network, pca)
     shown = [row for row in result["layers"] if layers is None or row["layer"] in layers]
-    result.update(model=str(model), data={"name": dataset.name, "fingerprint": dataset.fingerprint()},
-                  command=command_line())
+    result.update(model=str(model), command=command_line(),
+                  data={"name": dataset.name, "fingerprint": dataset.fingerprint()})
     out.mkdir(parents=True, exist_ok=True)
     figure = out / "explained_variance.png"
     explained_variance(result["explained_variance"]).savefig(figure, dpi=110)
@@ -183,7 +185,8 @@ def _analyze(model: Path, dataset: Any, out: Path, layers: list[str] | None,
         for level in levels:
             at = row["levels"][level]
             mark = "" if at["projected"] else " (skip)"
-            cells.append(f"{','.join(map(str, at['ranks'].values()))} -> {at['learnables']:,}{mark}")
+            ranks = ",".join(map(str, at["ranks"].values()))
+            cells.append(f"{ranks} -> {at['learnables']:,}{mark}")
         table.add_row(row["layer"], ", ".join(map(str, row["neurons"].values())),
                       f"{row['learnables']:,}", *cells)
     table.add_row("network", "", f"{result['network_learnables']:,}",

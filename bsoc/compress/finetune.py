@@ -34,7 +34,8 @@ def finetune_config(source: LstmSocEstimator, *, epochs: int | None = None,
         base, epochs=epochs or FINETUNE_EPOCHS,
         learning_rate=learning_rate or FINETUNE_LR_FRACTION * base.learning_rate, seed=seed,
     )
-    return replace(tuned, max_minutes=max_minutes)  # the training run's time budget does not carry over
+    # the training run's time budget does not carry over
+    return replace(tuned, max_minutes=max_minutes)
 
 
 def finetune_model(

@@ -28,7 +28,7 @@ from bsoc.nn.layers import WeightMap
 
 
 class ProjectedMap(WeightMap):
-    """``x -> weights @ (projector^T x)``; learnables ``projector`` (in, rank), ``weights`` (out, rank)."""
+    """``x -> weights @ (projector^T x)``: ``projector`` (in, rank), ``weights`` (out, rank)."""
 
     type_name = "projected"
 
@@ -40,7 +40,7 @@ class ProjectedMap(WeightMap):
 
     @classmethod
     def absorb(cls, weight: np.ndarray, projector: np.ndarray) -> ProjectedMap:
-        """The map ``W Q Q^T`` from a dense ``weight`` (out, in) and a ``projector`` Q (in, rank)."""
+        """The map ``W Q Q^T`` from a dense ``weight`` (out, in) and a projector Q (in, rank)."""
         out_features, in_features = weight.shape
         layer_map = cls(in_features, out_features, projector.shape[1])
         with torch.no_grad():
@@ -61,6 +61,6 @@ class ProjectedMap(WeightMap):
 
 
 class LowRankMap(ProjectedMap):
-    """A truncated-SVD map: ``projector`` = V_k (top right-singular vectors), ``weights`` = U_k S_k."""
+    """Truncated SVD: ``projector`` = V_k (top right-singular vectors), ``weights`` = U_k S_k."""
 
     type_name = "low-rank"

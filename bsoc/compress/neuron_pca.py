@@ -41,7 +41,7 @@ MEAN_HANDLINGS: tuple[str, ...] = ("fold-into-bias", "second-moment")
 
 
 def site_aliases(network: SocNetwork) -> dict[str, str]:
-    """Every site name -> the distinct activation it reads (``lstm_2.input`` -> ``lstm_1.output``)."""
+    """Every site -> the distinct activation it reads (``lstm_2.input`` -> ``lstm_1.output``)."""
     names = network.lstm_names
     aliases = {f"{names[0]}.input": f"{names[0]}.input"}
     for k, name in enumerate(names):
@@ -98,8 +98,10 @@ class NeuronPCA:
             raise ConfigError("neuron PCA needs at least one sequence",
                               remedy="give it the training split (or a non-empty subset)")
         aliases = site_aliases(network)
-        widths = {**{f"{n}.input": network.get_submodule(n).input_size for n in network.lstm_names},
-                  **{f"{n}.output": network.get_submodule(n).hidden_size for n in network.lstm_names}}
+        widths = {}
+        for name in network.lstm_names:
+            lstm = network.get_submodule(name)
+            widths[f"{name}.input"], widths[f"{name}.output"] = lstm.input_size, lstm.hidden_size
         moments = {source: _Moments(widths[source]) for source in sorted(set(aliases.values()))}
         was_training = network.training
         network.eval()
@@ -117,8 +119,9 @@ class NeuronPCA:
         for site, rows in activations.items():
             rows = np.asarray(rows)
             if rows.ndim != 2 or len(rows) < 2:
-                raise ConfigError(f"activations of {site!r} must be (N >= 2, neurons), got {rows.shape}",
-                                  remedy="pass one row per observation")
+                raise ConfigError(
+                    f"activations of {site!r} must be (N >= 2, neurons), got {rows.shape}",
+                    remedy="pass one row per observation")
             moments[site] = _Moments(rows.shape[1])
             moments[site].add(rows)
         self._decompose(moments)
@@ -129,10 +132,12 @@ class NeuronPCA:
             raise ConfigError(f"unknown mean handling {self.mean_handling!r}",
                               remedy=f"use one of {MEAN_HANDLINGS}")
         if self.batch_size < 1 or self.chunk_steps < 1:
-            raise ConfigError("batch_size and chunk_steps must be positive", remedy="e.g. 8 and 2048")
+            raise ConfigError("batch_size and chunk_steps must be positive",
+                              remedy="e.g. 8 and 2048")
 
     def _stream(self, network: SocNetwork, sequences: SequenceSet,
-                moments: dict[str, _Moments], on_progress: Callable[[int, int], None] | None) -> None:
+                moments: dict[str, _Moments],
+                on_progress: Callable[[int, int], None] | None) -> None:
         captured: dict[str, torch.Tensor] = {}
 
         def keep_input(name: str) -> Callable:
@@ -160,7 +165,8 @@ class NeuronPCA:
                     for t0 in range(0, x.shape[1], self.chunk_steps):
                         chunk = torch.from_numpy(x[:, t0 : t0 + self.chunk_steps])  # (B, T, 3)
                         _, states = network(chunk, states)
-                        valid = (t0 + np.arange(chunk.shape[1]))[None, :] < lengths[:, None]  # (B, T)
+                        steps = t0 + np.arange(chunk.shape[1])
+                        valid = steps[None, :] < lengths[:, None]  # (B, T): not padding
                         for source, accumulator in moments.items():
                             accumulator.add(captured[source].numpy()[valid])
                         done += int(valid.sum())
@@ -222,6 +228,6 @@ class NeuronPCA:
         return components[:, :rank]
 
     def offset(self, site: str) -> np.ndarray:
-        """The point the projection is centred on: the mean (fold-into-bias) or zero (second moment)."""
+        """Where the projection is centred: the mean (fold-into-bias) or zero (second moment)."""
         mean = self.mean_[self._site(site)]
         return mean if self.mean_handling == "fold-into-bias" else np.zeros_like(mean)

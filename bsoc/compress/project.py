@@ -65,7 +65,8 @@ class Goal:
     ranks: dict[str, tuple[int, ...]] | None = None
 
     def __post_init__(self) -> None:
-        given = [v is not None for v in (self.explained_variance, self.learnables_reduction, self.ranks)]
+        goals = (self.explained_variance, self.learnables_reduction, self.ranks)
+        given = [v is not None for v in goals]
         if sum(given) != 1:
             raise ConfigError("give exactly one compression goal",
                               remedy="--explained-variance, --learnables-reduction or --ranks")
@@ -109,14 +110,18 @@ class Goal:
 
 @dataclass
 class LayerPlan:
-    """What happens to one layer: its ranks per slot, its size before/after, or why it stays."""
+    """What happens to one layer: its ranks per slot, its size before/after, or why it stays.
+
+    ``explained_variance_kept`` (per slot, once applied) is the basis curve at the rank: the
+    neurons' variance kept for neuron PCA, the squared-singular-value energy kept for SVD.
+    """
 
     layer: str
     ranks: dict[str, int]  # slot suffix ("input", "output") -> rank
     learnables_before: int
     learnables_projected: int
     projected: bool
-    kept_fraction: dict[str, float] = field(default_factory=dict)
+    explained_variance_kept: dict[str, float] = field(default_factory=dict)
 
     @property
     def learnables_after(self) -> int:
@@ -148,7 +153,8 @@ class CompressionRecord:
     @property
     def ranks(self) -> dict[str, tuple[int, ...]]:
         """Ranks of the projected layers, as a :class:`Goal` takes them (to reproduce a size)."""
-        return {name: tuple(plan.ranks.values()) for name, plan in self.plans.items() if plan.projected}
+        return {name: tuple(plan.ranks.values())
+                for name, plan in self.plans.items() if plan.projected}
 
     def skipped(self) -> list[str]:
         return [plan.to_json()["note"] for plan in self.plans.values() if not plan.projected]
@@ -224,7 +230,8 @@ def _plans_at_level(network: SocNetwork, basis: Basis, layers: list[str], level:
 
 
 def _total(network: SocNetwork, plans: dict[str, LayerPlan]) -> int:
-    return network.learnables() + sum(p.learnables_after - p.learnables_before for p in plans.values())
+    change = sum(p.learnables_after - p.learnables_before for p in plans.values())
+    return network.learnables() + change
 
 
 def choose_plans(network: SocNetwork, basis: Basis, goal: Goal, layers: list[str], *,
@@ -248,8 +255,8 @@ def choose_plans(network: SocNetwork, basis: Basis, goal: Goal, layers: list[str
         level = goal.explained_variance
         return _plans_at_level(network, basis, layers, level, only_if_smaller), level
     budget = math.floor((1.0 - goal.learnables_reduction) * network.learnables())
-    levels = sorted({1.0, *(float(v) for layer in layers for suffix, _ in layer_slots(network, layer)
-                            for v in basis.curve(f"{layer}.{suffix}"))}, reverse=True)
+    slots = [f"{layer}.{suffix}" for layer in layers for suffix, _ in layer_slots(network, layer)]
+    levels = sorted({1.0, *(float(v) for slot in slots for v in basis.curve(slot))}, reverse=True)
     for level in levels:  # learnables fall as the level falls: the first that fits keeps most
         plans = _plans_at_level(network, basis, layers, level, only_if_smaller)
         if _total(network, plans) <= budget:
@@ -281,14 +288,15 @@ def apply_plans(network: SocNetwork, basis: Basis, plans: dict[str, LayerPlan],
             projector = basis.projector(slot, plan.ranks[suffix])
             bias += folded_bias(weight, projector, basis.offset(slot))
             module.set_map(role, map_class.absorb(weight, projector))
-            plan.kept_fraction[suffix] = float(basis.curve(slot)[plan.ranks[suffix] - 1])
+            plan.explained_variance_kept[suffix] = float(basis.curve(slot)[plan.ranks[suffix] - 1])
         with torch.no_grad():
             module.bias.copy_(torch.from_numpy(bias.astype(np.float32)))
     return compressed
 
 
 def compress_with_basis(network: SocNetwork, basis: Basis, goal: Goal, layers: list[str] | None,
-                        *, method: str, curve_key: str, map_class: type[ProjectedMap] = ProjectedMap,
+                        *, method: str, curve_key: str,
+                        map_class: type[ProjectedMap] = ProjectedMap,
                         only_if_smaller: bool = True) -> tuple[SocNetwork, CompressionRecord]:
     """Choose ranks for ``goal`` from ``basis``, apply them; the network itself is not changed."""
     layers = list(layers or network.learnable_layers())
@@ -307,7 +315,7 @@ def compress_network_using_projection(
     network: SocNetwork, pca: NeuronPCA, goal: Goal, *, layers: list[str] | None = None,
     only_if_smaller: bool = True,
 ) -> tuple[SocNetwork, CompressionRecord]:
-    """Project ``layers`` (default: all: lstm_1, lstm_2, fc) of ``network`` onto ``pca``'s eigen-neurons.
+    """Project ``layers`` (default: lstm_1, lstm_2, fc) of ``network`` onto ``pca``'s eigen-neurons.
 
     Returns the projected network (a copy) and the record for its config.json. A layer
     whose ranks would not make it smaller stays as it is, unless ``only_if_smaller`` is

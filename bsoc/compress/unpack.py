@@ -17,7 +17,7 @@ from bsoc.nn.network import SocNetwork
 
 
 def unpack_network(network: SocNetwork) -> SocNetwork:
-    """A copy of ``network`` whose every weight map is dense (outputs equal up to float rounding)."""
+    """A copy of ``network`` with every weight map dense (outputs equal to float rounding)."""
     plain = copy.deepcopy(network)
     for address, layer_map in plain.weight_maps().items():
         if isinstance(layer_map, DenseMap):

@@ -93,7 +93,7 @@ def compress_model(
     svd_ranks: str = "matched", command: str = "", force: bool = False,
     on_progress: Progress | None = None,
 ) -> tuple[LstmSocEstimator, CompressionRecord]:
-    """Compress the model folder ``model`` and write the result to ``out`` (kind projected/svd-lstm)."""
+    """Compress the model folder ``model``; write the result (projected/svd-lstm) to ``out``."""
     source = LstmSocEstimator.load(model)
     compressed, record = compress(source, data, goal, method=method, layers=layers,
                                   mean_handling=mean_handling, svd_ranks=svd_ranks,
@@ -141,7 +141,7 @@ def analyze(network: SocNetwork, pca: NeuronPCA,
                                            "projected": plan.projected}
             totals[str(level)] += plan.learnables_after - plan.learnables_before
         layers.append(entry)
-    readers: dict[str, list[str]] = {}  # one curve per distinct activation, named by all its readers
+    readers: dict[str, list[str]] = {}  # one curve per distinct activation, named by its readers
     for site, source in site_aliases(network).items():
         readers.setdefault(source, []).append(site)
     curves = {" = ".join(sites): {"explained_variance_curve": [round(float(v), 7)
@@ -155,7 +155,8 @@ def analyze(network: SocNetwork, pca: NeuronPCA,
 def sweep(
     source: LstmSocEstimator, data: Dataset, *, levels: tuple[float, ...] = SWEEP_LEVELS,
     layers: list[str] | None = None, mean_handling: MeanHandling = "fold-into-bias",
-    on_progress: Progress | None = None, on_point: Callable[[str, dict[str, Any]], None] | None = None,
+    on_progress: Progress | None = None,
+    on_point: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """RMSE (from the first sample, val split, no fine-tuning) against learnables.
 

@@ -1,0 +1,66 @@
+"""The one-command pipeline, end to end on the toy dataset (tiny profile)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bsoc.cli import main
+from bsoc.pipeline import PipelinePlan, plan_steps
+from bsoc.pipeline_steps import STEP_FILE
+
+
+def run_cli(args: list[str]) -> int:
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    return int(done.value.code)
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(toy_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("pipeline")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        assert run_cli(["pipeline", "--profile", "tiny", "--data", str(toy_dataset),
+                        "--run", "toy"]) == 0
+    return root
+
+
+def test_pipeline_produces_report_and_all_models(pipeline_run: Path):
+    bench = json.loads((pipeline_run / "reports/toy/benchmark/benchmark.json").read_text())
+    kinds = {m["name"]: m["kind"] for m in bench["models"]}
+    assert kinds == {"lstm": "lstm", "projected": "projected-lstm",
+                     "projected-ft": "projected-lstm", "svd": "svd-lstm",
+                     "svd-ft": "svd-lstm", "ekf": "ekf"}
+    by_name = {m["name"]: m for m in bench["models"]}
+    assert by_name["projected"]["learnables"] <= 0.5 * by_name["lstm"]["learnables"]
+    assert by_name["svd"]["learnables"] <= by_name["projected"]["learnables"]
+    assert (pipeline_run / "reports/toy/report.html").stat().st_size > 10_000
+    assert json.loads((pipeline_run / "reports/toy/sweep/sweep.json").read_text())["projection"]
+
+
+def test_second_run_skips_every_step(pipeline_run: Path, toy_dataset: Path, capsys):
+    stamps = {p: p.stat().st_mtime_ns for p in (pipeline_run / "models/toy").rglob("config.json")}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(pipeline_run)
+        assert run_cli(["pipeline", "--profile", "tiny", "--data", str(toy_dataset),
+                        "--run", "toy", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["seconds_per_step"] == {}
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_pipeline_refuses_to_overwrite_a_users_model(tmp_path: Path, toy_dataset: Path):
+    plan = PipelinePlan(profile="tiny", run="mine", data=toy_dataset, simulate=False,
+                        root=tmp_path)
+    first_model = plan_steps(plan)[0].output
+    first_model.mkdir(parents=True)
+    (first_model / "config.json").write_text("{}")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        assert run_cli(["pipeline", "--profile", "tiny", "--data", str(toy_dataset),
+                        "--run", "mine"]) == 2
+    assert (first_model / "config.json").read_text() == "{}"
+    assert not (first_model / STEP_FILE).exists()

@@ -57,10 +57,16 @@ def run_step(
         log(f"[dim]{name}: up to date ({output})[/]")
         return False
     log(f"[bold]{name}[/] -> {output}")
+    # Claim the folder first: if the step fails half-way, the next run knows the partial
+    # output is the pipeline's own (to redo), not a user's (to protect).
+    _record(output, name, inputs, done=False)
     action()
-    output.mkdir(parents=True, exist_ok=True)
-    (output / STEP_FILE).write_text(
-        json.dumps({"step": name, "inputs_hash": inputs_hash(inputs), "inputs": inputs}, indent=2,
-                   default=str)
-    )
+    _record(output, name, inputs, done=True)
     return True
+
+
+def _record(output: Path, name: str, inputs: dict[str, Any], *, done: bool) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    record = {"step": name, "inputs_hash": inputs_hash(inputs) if done else None,
+              "status": "done" if done else "started", "inputs": inputs}
+    (output / STEP_FILE).write_text(json.dumps(record, indent=2, default=str))

@@ -64,3 +64,22 @@ def test_pipeline_refuses_to_overwrite_a_users_model(tmp_path: Path, toy_dataset
                         "--run", "mine"]) == 2
     assert (first_model / "config.json").read_text() == "{}"
     assert not (first_model / STEP_FILE).exists()
+
+
+def test_failed_step_leaves_its_output_claimed_not_done(tmp_path: Path):
+    from bsoc.pipeline import Step
+    from bsoc.pipeline_steps import is_up_to_date, run_step
+
+    step = Step("train", tmp_path / "model", ["train"])
+    inputs = {"argv": step.argv}
+
+    def crash() -> None:
+        (step.output / "config.json").write_text("{}")
+        raise RuntimeError("solver blew up")
+
+    with pytest.raises(RuntimeError):
+        run_step(step.name, step.output, inputs, crash, log=lambda _: None)
+    assert not is_up_to_date(step.output, inputs)
+    assert not step.overwrites_foreign_output()  # the next run may redo it
+    assert run_step(step.name, step.output, inputs, lambda: None, log=lambda _: None)
+    assert is_up_to_date(step.output, inputs)

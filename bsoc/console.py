@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
@@ -49,6 +50,17 @@ def progress(transient: bool = False) -> Progress:
         console=err_console,
         transient=transient,
     )
+
+
+def training_progress(bar: Progress, task: Any) -> Callable[[dict[str, Any]], None]:
+    """The ``on_step`` callback of :func:`bsoc.train.fit` that drives a progress bar."""
+
+    def on_step(info: dict[str, Any]) -> None:
+        bar.update(task, completed=info["step"], total=info["total_steps"],
+                   info=f"epoch {info['epoch']} loss {100 * info['loss'] ** 0.5:.2f} % "
+                        f"val {info['val_rmse_pct']:.2f} %")
+
+    return on_step
 
 
 def emit_json(payload: Any) -> None:

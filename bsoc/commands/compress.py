@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from bsoc.console import command_line, emit_json, err_console, progress
+from bsoc.console import command_line, emit_json, err_console, progress, training_progress
 
 SWEEP_FILE = "sweep.json"
 SWEEP_META_FILE = "sweep.meta.json"
@@ -257,12 +257,7 @@ def finetune(
     prepare_model_dir(out, force=force)
     dataset = Dataset.load(data)
     with progress() as bar:
-        task = bar.add_task("fine-tuning", total=None, info="")
-
-        def on_step(info: dict[str, Any]) -> None:
-            bar.update(task, completed=info["step"], total=info["total_steps"],
-                       info=f"epoch {info['epoch']} loss {100 * info['loss'] ** 0.5:.2f} % "
-                            f"val {info['val_rmse_pct']:.2f} %")
+        on_step = training_progress(bar, bar.add_task("fine-tuning", total=None, info=""))
 
         estimator, result, record = finetune_model(
             model, dataset, out, epochs=epochs, learning_rate=lr, max_minutes=max_minutes,

@@ -8,11 +8,10 @@ from __future__ import annotations
 import shlex
 import shutil
 from pathlib import Path
-from typing import Any
 
 import typer
 
-from bsoc.console import emit_json, err_console, progress
+from bsoc.console import emit_json, err_console, progress, training_progress
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -81,12 +80,7 @@ def train(
         )
     dataset = Dataset.load(data)
     with progress() as bar:
-        task = bar.add_task("training", total=None, info="")
-
-        def on_step(info: dict[str, Any]) -> None:
-            bar.update(task, completed=info["step"], total=info["total_steps"],
-                       info=f"epoch {info['epoch']} loss {100 * info['loss'] ** 0.5:.2f} % "
-                            f"val {info['val_rmse_pct']:.2f} %")
+        on_step = training_progress(bar, bar.add_task("training", total=None, info=""))
 
         estimator, result = train_model(
             dataset, profile=profile, epochs=epochs, max_minutes=max_minutes, seed=seed,

@@ -36,6 +36,10 @@ from bsoc.commands import simulate as _simulate_commands  # noqa: E402
 
 _simulate_commands.register(data_app)
 
+from bsoc.commands import serve as _serve_commands  # noqa: E402
+
+_serve_commands.register(app)
+
 from bsoc.commands import ekf as _ekf_commands  # noqa: E402
 
 _ekf_commands.register(app)

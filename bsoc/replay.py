@@ -1,0 +1,308 @@
+"""Replay a dataset's cycles to a running service, as many concurrent cells, and score it.
+
+Each of N streams replays one cycle of the chosen split (stream i gets cycle i mod the
+number of cycles) with the cycle's own timestamps, paced at ``rate_hz`` requests per second
+per stream (0 = as fast as the service answers). Stream starts are spread evenly over one
+period so a fleet does not arrive in lock-step. Every answer is compared with the cycle's
+true SOC, and every request's round-trip time is recorded, so one run is both the demo
+and the load test: served-SOC error, latency percentiles, sustained samples/s, errors.
+
+A stream waits for each answer before sending its next request (answers must come in
+order for the state to be right); if the service falls behind, requests go out late,
+which shows up as ``max_lag_s`` and an achieved rate below the target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bsoc.data.dataset import Dataset
+from bsoc.data.schema import Cycle
+from bsoc.errors import ConfigError, DatasetNotFoundError
+from bsoc.estimator import SAMPLE_FIELDS
+
+TRANSPORTS = ("ws", "http")
+
+
+@dataclass
+class ReplayConfig:
+    url: str = "http://127.0.0.1:8000"
+    streams: int = 1
+    rate_hz: float = 1.0  # requests per second per stream; 0 = closed loop, max rate
+    batch: int = 1  # samples per request
+    max_seconds: float | None = None
+    api_key: str | None = None
+    prefix: str = ""  # stream id prefix; empty = "replay-<random>"
+    transport: str = "ws"
+    connect_concurrency: int = 64
+    timeout_s: float = 30.0
+
+
+@dataclass
+class _Tally:
+    """Everything the streams record, shared (all on one event loop)."""
+
+    latencies: list[float] = field(default_factory=list)
+    served: list[float] = field(default_factory=list)
+    truth: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    sent: int = 0
+    ok: int = 0
+    max_lag_s: float = 0.0
+
+
+def load_cycles(dataset_dir: str | Path, split: str) -> list[Cycle]:
+    cycles = Dataset.load(dataset_dir).split(split)
+    if not cycles:
+        raise DatasetNotFoundError(
+            f"dataset {dataset_dir} has no '{split}' cycles", remedy="choose another --split"
+        )
+    return cycles
+
+
+def replay(
+    cycles: list[Cycle],
+    config: ReplayConfig,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Run the replay and return its report (see :func:`summarise`)."""
+    _check(config)
+    return asyncio.run(_replay(cycles, config, on_progress))
+
+
+def _check(config: ReplayConfig) -> None:
+    if config.transport not in TRANSPORTS:
+        raise ConfigError(
+            f"unknown transport {config.transport!r}", remedy=f"use one of {TRANSPORTS}"
+        )
+    if config.streams < 1 or config.batch < 1 or config.rate_hz < 0:
+        raise ConfigError(
+            "--streams and --batch must be at least 1 and --rate not negative",
+            remedy="e.g. --streams 10 --rate 1",
+        )
+    if not config.url.startswith(("http://", "https://")):
+        raise ConfigError(f"--url {config.url!r} must start with http:// or https://")
+
+
+async def _replay(
+    cycles: list[Cycle], config: ReplayConfig, on_progress: Callable[[int, int], None] | None
+) -> dict[str, Any]:
+    prefix = config.prefix or f"replay-{secrets.token_hex(3)}"
+    tally = _Tally()
+    plans = [_plan(cycles[i % len(cycles)], config) for i in range(config.streams)]
+    planned = sum(len(rows) for rows, _ in plans)
+    gate = asyncio.Semaphore(config.connect_concurrency)
+    headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+    started = time.monotonic()
+    deadline = started + config.max_seconds if config.max_seconds else float("inf")
+    period = config.batch / config.rate_hz if config.rate_hz > 0 else 0.0
+    client = _HttpClient(config, headers) if config.transport == "http" else None
+
+    async def one(i: int) -> None:
+        rows, truth = plans[i]
+        stream_id = f"{prefix}-{i:05d}"
+        first = started + period * i / config.streams
+        try:
+            async with gate:
+                sender = await (
+                    client.for_stream(stream_id)
+                    if client
+                    else _open_socket(config, headers, stream_id)
+                )
+            async with sender:
+                for k in range(0, len(rows), config.batch):
+                    due = first + period * (k // config.batch)
+                    now = time.monotonic()
+                    if due > now:
+                        await asyncio.sleep(due - now)
+                    if time.monotonic() >= deadline:
+                        return
+                    if period:  # closed loop (rate 0) has no schedule to lag behind
+                        tally.max_lag_s = max(tally.max_lag_s, time.monotonic() - due)
+                    chunk = rows[k : k + config.batch]
+                    tally.sent += len(chunk)
+                    sent_at = time.perf_counter()
+                    socs, error = await sender.send(chunk)
+                    tally.latencies.append(time.perf_counter() - sent_at)
+                    if error is not None:
+                        tally.errors[error] += len(chunk)
+                        continue
+                    tally.ok += len(chunk)
+                    tally.served.extend(socs)
+                    tally.truth.extend(truth[k : k + config.batch])
+        except (OSError, asyncio.TimeoutError, _ConnectionLost) as failure:
+            tally.errors[f"connection: {type(failure).__name__} {failure}".strip()[:120]] += 1
+
+    async def report_progress() -> None:
+        while on_progress is not None:
+            on_progress(tally.sent, planned)
+            await asyncio.sleep(0.5)
+
+    reporter = asyncio.create_task(report_progress())
+    try:
+        await asyncio.gather(*(one(i) for i in range(config.streams)))
+    finally:
+        reporter.cancel()
+        if client:
+            await client.close()
+    if on_progress is not None:
+        on_progress(tally.sent, planned)
+    return summarise(tally, config, prefix, cycles, time.monotonic() - started)
+
+
+def _plan(cycle: Cycle, config: ReplayConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The rows a stream will send (cut to what fits in --max-seconds) and their true SOC."""
+    rows = cycle.frame[list(SAMPLE_FIELDS)].to_numpy(dtype=np.float64)
+    truth = cycle.soc()
+    if config.max_seconds and config.rate_hz > 0:
+        keep = int(np.ceil(config.max_seconds * config.rate_hz)) * config.batch
+        rows, truth = rows[:keep], truth[:keep]
+    return rows, truth
+
+
+def summarise(
+    tally: _Tally, config: ReplayConfig, prefix: str, cycles: list[Cycle], elapsed_s: float
+) -> dict[str, Any]:
+    """The replay report: throughput, latency percentiles (ms), served-SOC error (%)."""
+    latency_ms = np.asarray(tally.latencies) * 1e3
+    error_pct = (np.asarray(tally.served) - np.asarray(tally.truth)) * 100.0
+    pct = (lambda q: float(np.percentile(latency_ms, q))) if len(latency_ms) else (lambda q: None)
+    return {
+        "url": config.url,
+        "transport": config.transport,
+        "streams": config.streams,
+        "stream_prefix": prefix,
+        "rate_hz": config.rate_hz,
+        "batch": config.batch,
+        "cycles": sorted({c.meta.name for c in cycles[: config.streams]}),
+        "elapsed_s": round(elapsed_s, 3),
+        "requests": len(latency_ms),
+        "samples_sent": tally.sent,
+        "samples_ok": tally.ok,
+        "errors": dict(tally.errors),
+        "error_count": int(sum(tally.errors.values())),
+        "samples_per_s": tally.ok / elapsed_s if elapsed_s > 0 else 0.0,
+        "target_samples_per_s": config.streams * config.rate_hz * config.batch or None,
+        "max_lag_s": round(tally.max_lag_s, 4) if config.rate_hz > 0 else None,
+        "latency_ms": {
+            "p50": pct(50),
+            "p90": pct(90),
+            "p99": pct(99),
+            "max": float(latency_ms.max()) if len(latency_ms) else None,
+        },
+        "soc_error_pct": {
+            "rmse": float(np.sqrt(np.mean(error_pct**2))) if len(error_pct) else None,
+            "mae": float(np.mean(np.abs(error_pct))) if len(error_pct) else None,
+            "max_abs": float(np.max(np.abs(error_pct))) if len(error_pct) else None,
+        },
+    }
+
+
+class _ConnectionLost(Exception):
+    pass
+
+
+def _samples_json(chunk: np.ndarray) -> list[dict[str, float]]:
+    return [dict(zip(SAMPLE_FIELDS, map(float, row))) for row in chunk]
+
+
+class _SocketSender:
+    """One WebSocket per stream: send a batch (or one sample), read its answer."""
+
+    def __init__(self, connection: Any, timeout_s: float) -> None:
+        self.connection, self.timeout_s = connection, timeout_s
+
+    async def __aenter__(self) -> _SocketSender:
+        return self
+
+    async def __aexit__(self, *_: Any) -> None:
+        await self.connection.close()
+
+    async def send(self, chunk: np.ndarray) -> tuple[list[float], str | None]:
+        samples = _samples_json(chunk)
+        try:
+            await self.connection.send(json.dumps(samples[0] if len(samples) == 1 else samples))
+            answer = json.loads(await asyncio.wait_for(self.connection.recv(), self.timeout_s))
+        except Exception as error:  # websockets raises its own ConnectionClosed family
+            if isinstance(error, asyncio.TimeoutError):
+                raise
+            raise _ConnectionLost(str(error)) from error
+        if "error" in answer:
+            return [], str(answer["error"])
+        estimates = answer["estimates"] if len(samples) > 1 else [answer]
+        return [e["soc"] for e in estimates], None
+
+
+async def _open_socket(config: ReplayConfig, headers: dict[str, str], stream_id: str) -> Any:
+    from websockets.asyncio.client import connect
+
+    base = config.url.replace("http", "ws", 1).rstrip("/")
+    try:
+        connection = await connect(
+            f"{base}/v1/streams/{stream_id}",
+            additional_headers=headers,
+            max_size=None,
+            open_timeout=config.timeout_s,
+        )
+    except (OSError, asyncio.TimeoutError):
+        raise
+    except Exception as error:  # handshake refused (e.g. HTTP 403 for a wrong key)
+        raise _ConnectionLost(str(error)) from error
+    return _SocketSender(connection, config.timeout_s)
+
+
+class _HttpClient:
+    """One shared keep-alive HTTP client; each stream POSTs its batches in order."""
+
+    def __init__(self, config: ReplayConfig, headers: dict[str, str]) -> None:
+        import httpx
+
+        self.base = config.url.rstrip("/")
+        self.client = httpx.AsyncClient(
+            headers=headers,
+            timeout=config.timeout_s,
+            limits=httpx.Limits(max_connections=min(config.streams, 512)),
+        )
+
+    async def for_stream(self, stream_id: str) -> _HttpStream:
+        return _HttpStream(self, stream_id)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class _HttpStream:
+    def __init__(self, owner: _HttpClient, stream_id: str) -> None:
+        self.owner, self.url = owner, f"{owner.base}/v1/streams/{stream_id}/samples"
+
+    async def __aenter__(self) -> _HttpStream:
+        return self
+
+    async def __aexit__(self, *_: Any) -> None:
+        return None
+
+    async def send(self, chunk: np.ndarray) -> tuple[list[float], str | None]:
+        import httpx
+
+        try:
+            response = await self.owner.client.post(self.url, json=_samples_json(chunk))
+        except httpx.TimeoutException as error:
+            raise asyncio.TimeoutError(str(error)) from error
+        except httpx.TransportError as error:
+            raise _ConnectionLost(str(error)) from error
+        if response.status_code != 200:
+            try:
+                return [], str(response.json().get("error", response.status_code))
+            except ValueError:
+                return [], f"http {response.status_code}"
+        return [e["soc"] for e in response.json()["estimates"]], None

@@ -185,7 +185,7 @@ def test_save_load_round_trip_without_pickle(
 
 def test_fit_uses_only_the_training_split(toy_dataset: Path) -> None:
     dataset = Dataset.load(toy_dataset)
-    tuner = NoiseTuner(soc_std=(1e-5,), rc_std=(1e-4,), voltage_std=(5e-3, 2e-2), refine=False)
+    tuner = NoiseTuner(soc_std=(1e-5,), rc_std=(1e-4,), voltage_factor=(1.0, 4.0), refine=False)
     estimator, _ = fit_ekf(dataset, tuner=tuner)
     train = {c.meta.name for c in dataset.split("train")}
     assert set(estimator.metadata["data"]["train_cycles"]) == train

@@ -8,6 +8,8 @@ within 3 % after at most 600 s and stays there.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -144,6 +146,28 @@ def test_identification_recovers_parameters(truth: EcmTables, identified: EcmIde
         assert row["ocv_source"] == "own low-rate cycle"
 
 
+def test_one_ocv_capacity_scale_is_shared_by_all_temperatures(truth: EcmTables) -> None:
+    """Drive SOC counted against 0.97 Ah, the low-rate test against 1 Ah (as the Panasonic
+    data's 2.9 against 2.997 Ah): k = 0.97 is found once and maps every temperature's OCV;
+    the time constants stay inside their bounds."""
+    scale = 0.97
+    cycles = []
+    for cycle in synthetic_train(truth):
+        if cycle.meta.profile != "ocv":
+            frame = cycle.frame.assign(soc=1.0 - (1.0 - cycle.frame["soc"]) / scale)
+            meta = replace(cycle.meta, capacity_ah=scale, nominal_capacity_ah=scale)
+            cycle = Cycle(frame=frame, meta=meta)
+        cycles.append(cycle)
+    identifier = EcmIdentifier(tau_ranges_s=((1.0, 60.0), (60.0, 350.0))).fit(cycles)
+    assert identifier.report_["ocv_capacity_scale_k"] == pytest.approx(scale, abs=0.005)
+    soc = identifier.tables_.soc_grid
+    expected = [np.interp(1.0 - scale * (1.0 - soc), soc, row) for row in truth.ocv_v]
+    interior = slice(5, 96)
+    assert np.abs(identifier.tables_.ocv_v - expected)[:, interior].max() < 0.004
+    assert (identifier.tables_.tau2_s <= 350.0 + 1e-9).all()  # truth at 10 degC: 400 s
+    assert (identifier.tables_.tau1_s <= 60.0 + 1e-9).all()
+
+
 def test_identification_without_low_rate_cycles_falls_back_to_pseudo_ocv(truth: EcmTables) -> None:
     drives = [c for c in synthetic_train(truth) if c.meta.profile != "ocv"]
     fitted = EcmIdentifier().fit(drives)
@@ -173,13 +197,14 @@ def test_identified_ecm_equals_truth_model_voltage(
 @pytest.fixture(scope="module")
 def tuner(truth: EcmTables, identified: EcmIdentifier) -> NoiseTuner:
     """Noise tuned on the synthetic training cycles (a small grid keeps the test quick)."""
+    model_error_v = [r["voltage_rmse_mv"] / 1e3 for r in identified.report_["by_temperature"]]
     return NoiseTuner(
         soc_std=(1e-6, 1e-5),
         rc_std=(1e-4, 1e-3),
-        voltage_std=(2e-3, 5e-3, 1e-2),
+        voltage_factor=(1.0, 2.5, 5.0),
         refine=False,
         cycles_per_temperature=1,
-    ).fit(identified.tables_, synthetic_train(truth))
+    ).fit(identified.tables_, synthetic_train(truth), model_error_v)
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +217,10 @@ def test_tuning_searches_the_grid_on_training_cycles(tuner: NoiseTuner) -> None:
     assert tuner.cycles_ == ["drive_10_0", "drive_25_0"]
     assert tuner.objective_pct_ == min(r["objective_pct"] for r in tuner.results_)
     assert tuner.objective_pct_ < 1.0
+    best = tuner.results_[0]  # the voltage noise is the factor times the ECM error per T
+    np.testing.assert_allclose(
+        tuner.best_.voltage_std, best["voltage_factor"] * tuner.model_error_v_, rtol=1e-12
+    )
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,8 @@ def fit(
 ) -> None:
     """Identify OCV, R0/R1/R2 and tau1/tau2 per temperature from the TRAIN split, tune the
     EKF noise on the TRAIN split, and write config.json plus voltage-fit figures."""
+    import numpy as np
+
     from bsoc.data.dataset import Dataset
     from bsoc.ekf.fit import fit_ekf, save_ekf
     from bsoc.estimator import prepare_model_dir
@@ -68,7 +70,8 @@ def fit(
     noise = summary["noise"]
     err_console.print(
         f"  noise: soc {noise['soc_std']:.1e}/sqrt(s), rc {noise['rc_std']:.1e} V/sqrt(s), "
-        f"voltage {noise['voltage_std']:.1e} V; train SOC RMSE (objective) "
+        f"voltage {', '.join(f'{1e3 * v:.1f}' for v in np.atleast_1d(noise['voltage_std']))} mV; "
+        "train SOC RMSE (objective) "
         f"{summary['tuning_objective_pct']:.2f} %"
     )
 

@@ -2,6 +2,7 @@
 
 Modules: :mod:`~bsoc.ekf.ecm` (model and tables), :mod:`~bsoc.ekf.identify` (ECM from the
 training split), :mod:`~bsoc.ekf.filter` (the EKF, vectorised over streams),
+:mod:`~bsoc.ekf.single` (the same step for one stream in plain floats),
 :mod:`~bsoc.ekf.tuning` (noise search on the training split), :mod:`~bsoc.ekf.estimator`
 (the SocEstimator), :mod:`~bsoc.ekf.fit` (all of it for one dataset).
 """

@@ -212,7 +212,9 @@ class EcmTables:
 KELVIN = 273.15
 
 
-def temperature_weights(grid_c: np.ndarray, temperature_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def temperature_weights(
+    grid_c: np.ndarray, temperature_c: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Interval index j and weight w of each temperature on ``grid_c`` (>= 2 increasing points).
 
     The weight is linear in the inverse absolute temperature (Arrhenius coordinate) and clamped

@@ -17,7 +17,8 @@ import numpy as np
 
 from bsoc import __version__
 from bsoc.ekf.ecm import EcmTables
-from bsoc.ekf.filter import InitSettings, NoiseSettings, ekf_step, new_state
+from bsoc.ekf.filter import STATE_SIZE, InitSettings, NoiseSettings, ekf_step, new_state
+from bsoc.ekf.single import SingleStreamStep
 from bsoc.errors import BsocError, ModelFileError
 from bsoc.estimator import CONFIG_FILE, SocEstimator, prepare_model_dir, read_config
 
@@ -48,10 +49,11 @@ class EkfSocEstimator(SocEstimator):
         metadata: dict[str, Any] | None = None,
     ) -> None:
         self.tables = tables
-        self.noise = noise.validate()
+        self.noise = noise.validate(len(tables.temperature_c))
         self.init = (init or InitSettings()).validate()
         self.name = name
         self.metadata = dict(metadata or {})
+        self._single = SingleStreamStep(tables, self.noise, self.init)
 
     def initial_state(
         self,
@@ -73,19 +75,28 @@ class EkfSocEstimator(SocEstimator):
         )
 
     def step_batch(self, samples: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One sample per stream; a single stream takes the float path of :mod:`bsoc.ekf.single`."""
         samples = np.asarray(samples, dtype=np.float64)
         states = np.asarray(states, dtype=np.float64)
-        if (
-            samples.ndim != 2
-            or samples.shape[1] != 4
-            or states.shape != (len(samples), len(self.initial_state()))
-        ):
+        if samples.ndim != 2 or samples.shape[1] != 4 or states.shape != (len(samples), STATE_SIZE):
             raise BsocError(
-                f"EKF step needs samples (B, 4) and states (B, {len(self.initial_state())}), "
+                f"EKF step needs samples (B, 4) and states (B, {STATE_SIZE}), "
                 f"got {samples.shape} and {states.shape}",
                 remedy="pass one [time_s, voltage_v, current_a, temperature_c] row per stream",
             )
+        if len(samples) == 1:
+            soc, new = self._single.step(samples[0].tolist(), states[0].tolist())
+            return np.array([soc]), np.array([new])
         return ekf_step(self.tables, self.noise, self.init, samples, states)
+
+    def predict(self, samples: np.ndarray) -> np.ndarray:
+        """SOC along one sequence, stepped on the single-stream path (equal to streaming)."""
+        samples = np.asarray(samples, dtype=np.float64)
+        state = self.initial_state().tolist()
+        out = np.empty(len(samples), dtype=np.float64)
+        for t, row in enumerate(samples.tolist()):
+            out[t], state = self._single.step(row, state)
+        return out
 
     def learnables(self) -> int:
         return self.tables.n_parameters()

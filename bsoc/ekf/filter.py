@@ -24,8 +24,9 @@ Two robustness measures a BMS needs, both keeping the covariance consistent:
   a current spike), R is inflated for that step so that ``|y| / sqrt(S) = gate_sigma``; the
   Joseph form with that R keeps P valid. Nothing is ever ignored outright, so a large but real
   initial SOC error still pulls the estimate (more slowly) instead of locking the filter out.
-* SOC constraint: the updated SOC is projected onto [0, 1] (estimate projection, Simon 2010);
-  P is kept, which is conservative since the projection can only shrink the error.
+* SOC constraint: the state is projected onto SOC in [0, 1] along the covariance (estimate
+  projection, Simon 2010, :func:`project_soc`); P is kept, which is conservative since the
+  projection can only shrink the error.
 
 Bad samples never produce a NaN SOC (documented per case in :func:`ekf_step`).
 """
@@ -38,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from bsoc.data.schema import MAX_CURRENT_C_RATE, VOLTAGE_RANGE_V
-from bsoc.ekf.ecm import EcmTables
+from bsoc.ekf.ecm import EcmTables, temperature_weights
 from bsoc.errors import ConfigError
 
 # Layout of one stream's flat state vector.
@@ -53,21 +54,36 @@ FRESH, RUNNING, PRESET = 0.0, 1.0, 2.0
 
 @dataclass(frozen=True)
 class NoiseSettings:
-    """Process and measurement noise (standard deviations); fields may be (B,) arrays."""
+    """Process and measurement noise (standard deviations).
+
+    ``soc_std`` and ``rc_std`` are scalars or per-stream (B,) arrays. ``voltage_std`` is the
+    voltage "measurement" noise, which in an ECM filter is mostly the *model's* voltage error:
+    a scalar, one value per table temperature (N_T,) interpolated in 1/T at each sample's
+    temperature like the ECM parameters, or per stream (B, N_T) / (B, 1) for the tuning.
+    """
 
     soc_std: Any  # SOC random walk, per sqrt(second)
     rc_std: Any  # RC voltage random walk, V per sqrt(second)
-    voltage_std: Any  # voltage measurement, V
+    voltage_std: Any  # voltage measurement + model error, V
     gate_sigma: float = 5.0
 
-    def validate(self) -> NoiseSettings:
+    def validate(self, n_temperatures: int | None = None) -> NoiseSettings:
+        """Check values; given the table's temperature count, also the shapes a model allows."""
         for name, value in asdict(self).items():
             if not np.all(np.isfinite(value)) or not np.all(np.asarray(value) > 0):
                 raise ConfigError(f"EKF noise setting {name}={value} must be positive and finite")
+        shape = np.shape(self.voltage_std)
+        if n_temperatures is not None and (np.ndim(self.soc_std) or np.ndim(self.rc_std)):
+            raise ConfigError("an EKF model's soc_std and rc_std must be single values")
+        if n_temperatures is not None and shape not in ((), (1,), (n_temperatures,)):
+            raise ConfigError(
+                f"EKF voltage_std has shape {shape}; the ECM has {n_temperatures} temperatures",
+                remedy="give one value, or one per table temperature",
+            )
         return self
 
-    def to_json(self) -> dict[str, float]:
-        return {k: float(v) for k, v in asdict(self).items()}
+    def to_json(self) -> dict[str, Any]:
+        return {k: np.asarray(v, dtype=np.float64).tolist() for k, v in asdict(self).items()}
 
 
 @dataclass(frozen=True)
@@ -124,6 +140,35 @@ def update(
     P = IKH @ P @ IKH.transpose(0, 2, 1) + r[:, None, None] * K[:, :, None] * K[:, None, :]
     P = 0.5 * (P + P.transpose(0, 2, 1))
     return x, P
+
+
+def voltage_variance(tables: EcmTables, voltage_std: Any, temperature_c: np.ndarray) -> np.ndarray:
+    """R (B,) at each stream's temperature from a scalar / (N_T,) / (B, 1) / (B, N_T) std."""
+    n = len(temperature_c)
+    std = np.asarray(voltage_std, dtype=np.float64)
+    if std.ndim == 0 or std.shape[-1] == 1:
+        return np.broadcast_to(std.reshape(-1) ** 2, (n,))
+    j, w = temperature_weights(tables.temperature_c, temperature_c)
+    per_stream = np.broadcast_to(std, (n, std.shape[-1]))
+    rows = np.arange(n)
+    value = per_stream[rows, j] * (1 - w) + per_stream[rows, j + 1] * w
+    return value * value
+
+
+def project_soc(x: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """Project the state onto SOC in [0, 1] along the covariance (estimate projection).
+
+    ``x - P e1 (SOC - clip(SOC)) / P_11``: the minimum-variance projection (Simon 2010), so
+    the RC voltages move with SOC as their correlation says. Clipping SOC alone would leave
+    them where an update towards SOC > 1 put them: on a full cell that repeats every step
+    and the RC voltages drift to volts (measured on the Panasonic 25 degC drives).
+    """
+    excess = x[:, SOC] - np.clip(x[:, SOC], 0.0, 1.0)
+    if not excess.any():
+        return x
+    x = x - P[:, :, SOC] * (excess / P[:, SOC, SOC])[:, None]
+    x[:, SOC] = np.clip(x[:, SOC], 0.0, 1.0)  # exact bound despite rounding
+    return x
 
 
 def new_state(
@@ -250,7 +295,7 @@ def ekf_step(
         P_init[:, 1, 1] = P_init[:, 2, 2] = init.rc_std**2
         x_pred = np.where(fresh[:, None], x_init, x_pred)
         P_pred = np.where(fresh[:, None, None], P_init, P_pred)
-    x_pred[:, SOC] = np.clip(x_pred[:, SOC], 0.0, 1.0)
+    x_pred = project_soc(x_pred, P_pred)
 
     # Voltage update at the predicted state.
     now = tables.lookup(x_pred[:, SOC], temp_c)
@@ -258,11 +303,11 @@ def ekf_step(
         now.ocv + now.r0 * current_c + x_pred[:, V1] + x_pred[:, V2]
     )
     H = np.stack([now.docv, np.ones(n), np.ones(n)], axis=1)
-    r = np.broadcast_to(np.asarray(noise.voltage_std, dtype=np.float64) ** 2, (n,))
+    r = voltage_variance(tables, noise.voltage_std, temp_c)
     x_post, P_post = update(x_pred, P_pred, np.where(v_ok, y, 0.0), H, r, noise.gate_sigma)
     x_post = np.where(v_ok[:, None], x_post, x_pred)
     P_post = np.where(v_ok[:, None, None], P_post, P_pred)
-    x_post[:, SOC] = np.clip(x_post[:, SOC], 0.0, 1.0)
+    x_post = project_soc(x_post, P_post)
 
     new = states.copy()
     new[usable, :3] = x_post[usable]

@@ -10,14 +10,18 @@
    pseudo-OCV (voltage minus an initial ``R0 I``, binned by SOC) is the starting point.
 2. **Dynamics, per ambient temperature (start).** The pulse/drive cycles of one ambient form
    a group; ``scipy.optimize.least_squares`` fits R0, R1, R2 on a coarse SOC grid
-   (log-parameters, linear in SOC), tau1 < tau2, and the group's OCV as
-   ``OCV_g(s) = OCV_ref(1 - k (1 - s)) + D(s)`` with ``OCV_ref`` the group's own low-rate OCV,
-   else the one nearest 25 degC: ``k`` absorbs a capacity convention or ageing difference
-   between the low-rate test and the drive data (fixed at 1 against a pseudo-OCV); ``D``
-   (piecewise linear, smooth, pulled towards 0) is the entropic/temperature correction and
-   absorbs the mean hysteresis offset of discharge-dominated drive data. Residual: model minus
-   measured voltage with the *reference* SOC of the data, plus weak smoothness rows so SOC
-   ranges without data stay well-posed.
+   (log-parameters, linear in SOC), tau1 and tau2 in disjoint bounded ranges, and the group's
+   OCV. The *reference* group (own low-rate OCV nearest 25 degC) goes first with
+   ``OCV(s) = OCV_lr(1 - k (1 - s)) + D(s)``: ``k`` absorbs the capacity convention between
+   the low-rate test and the drive data (2.997 Ah against 2.9 Ah on the Panasonic data; fixed
+   at 1 against a pseudo-OCV); ``D`` (piecewise linear, smooth, weakly pulled towards 0)
+   absorbs the mean hysteresis offset of discharge-dominated drive data. That OCV (or a
+   group's own low-rate curve under the same ``k``) is the base of every other group, which
+   only adds its own small ``D`` (entropic change). Why ``k`` is shared: it is a property of
+   the two tests, not of the temperature; fitted per group it took values from 0.84 to 1.13
+   on the Panasonic cold drives, i.e. the OCV absorbed the dynamics and shifted the SOC the
+   filter reads off the voltage. Residual: model minus measured voltage with the *reference*
+   SOC of the data, plus weak smoothness rows so SOC ranges without data stay well-posed.
 3. **Joint fit over all temperatures.** A cell warms by 15 degC or more during a cold drive,
    so constant parameters per group are the wrong model. Starting from the group fits, all
    groups are refitted at once with every parameter interpolated to *each sample's measured
@@ -30,7 +34,8 @@
    declared capacity (``capacity_ah``, else nominal), so a temperature dependence in the data
    carries over.
 
-``report_`` holds the voltage RMSE per temperature of the final tables on the training cycles.
+``report_`` holds the voltage RMSE per temperature of the final tables on the training
+pulse/drive cycles (the low-rate cycles' own SOC basis differs by ``k``; they are not counted).
 """
 
 from __future__ import annotations
@@ -209,8 +214,9 @@ class _EcmModel:
     *measured cell temperature* exactly as :meth:`EcmTables.lookup` does (linear in 1/T; log
     space for R and tau), so identification and filter use the same model. With one node this
     is a constant-parameter fit of one ambient group. Per node the vector holds log R0/R1/R2 at
-    the SOC nodes, log tau1, log(tau2/tau1), the OCV capacity scale k (when free) and the OCV
-    correction D; OCV at a node is ``OCV_ref(1 - k (1 - s)) + D(s)``.
+    the SOC nodes, log tau1, log tau2 (in disjoint ranges, so tau1 < tau2), the OCV capacity
+    scale k (when free) and the OCV correction D; OCV at a node is
+    ``OCV_ref(1 - k (1 - s)) + D(s)``.
     """
 
     def __init__(
@@ -255,7 +261,7 @@ class _EcmModel:
         node = theta.reshape(len(self.nodes_c), self.per_node)
         n = 3 * self.n_nodes
         log_r = node[:, :n].reshape(-1, 3, self.n_nodes)
-        log_tau = np.stack([node[:, n], node[:, n] + node[:, n + 1]], axis=1)
+        log_tau = node[:, n : n + 2]
         k = node[:, n + 2] if self.free_scale else np.ones(len(node))
         return log_r, log_tau, k, node[:, n + 2 + int(self.free_scale) :]
 
@@ -363,16 +369,17 @@ class _EcmModel:
         return csr_matrix(coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=shape))
 
     def start_and_bounds(
-        self, r0_guess: float, min_tau_s: float
+        self, r0_guess: float, tau_ranges_s: tuple[tuple[float, float], tuple[float, float]]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A neutral start and the bounds of one node's block, tiled over the nodes."""
         n, n_rest = self.n_nodes, self.n_correction
+        (tau1_low, tau1_high), (tau2_low, tau2_high) = tau_ranges_s
         free = [1.0] if self.free_scale else []
         start = np.concatenate(
             [
                 np.full(n, np.log(r0_guess)),
                 np.full(2 * n, np.log(r0_guess / 2.0)),
-                [np.log(max(10.0, 2 * min_tau_s)), np.log(20.0)],
+                np.log([np.sqrt(tau1_low * tau1_high), np.sqrt(tau2_low * tau2_high)]),
                 free,
                 np.zeros(n_rest),
             ]
@@ -380,7 +387,7 @@ class _EcmModel:
         low = np.concatenate(
             [
                 np.full(3 * n, np.log(1e-5)),
-                [np.log(min_tau_s), np.log(3.0)],
+                np.log([tau1_low, tau2_low]),
                 [0.8] if self.free_scale else [],
                 np.full(n_rest, -0.3),
             ]
@@ -388,7 +395,7 @@ class _EcmModel:
         high = np.concatenate(
             [
                 np.full(3 * n, np.log(5.0)),
-                [np.log(300.0), np.log(1000.0)],
+                np.log([tau1_high, tau2_high]),
                 [1.25] if self.free_scale else [],
                 np.full(n_rest, 0.3),
             ]
@@ -459,11 +466,17 @@ class EcmIdentifier:
     Hyper-parameters: ``ocv_points`` (fine SOC grid of the OCV table), ``param_points``
     (coarse SOC grid of R0/R1/R2), ``correction_points`` (nodes of the OCV correction D),
     ``smoothness`` (weights, in volts, of the R-curvature, D-curvature and D-level rows),
-    ``smooth_t`` (weight of the curvature across temperature nodes in the joint fit),
-    ``max_nfev`` (least-squares evaluations per group), ``joint_nfev`` (evaluations of the
-    joint fit over all temperatures; 0 keeps the per-group parameters).
+    ``tau_ranges_s`` (bounds of
+    tau1 and of tau2; disjoint, so tau1 < tau2), ``smooth_t`` (weight of the curvature across
+    temperature nodes in the joint fit), ``max_nfev`` (least-squares evaluations per group),
+    ``joint_nfev`` (evaluations of the joint fit; 0 keeps the per-group parameters).
 
-    Learned: ``tables_``, ``report_`` (per temperature: source of the OCV, k, RMSE),
+    Why tau2 is bounded: an RC pair with a time constant of hours and a large R integrates the
+    current like the SOC does, so the filter cannot tell them apart; on the Panasonic data an
+    unbounded fit put tau2 at 7600 s with R2 = 0.44 ohm, and the EKF then explained a
+    discharge by V2 = -1 V while SOC stayed at 100 %.
+
+    Learned: ``tables_``, ``report_`` (OCV source per temperature, k, RMSE per temperature),
     ``traces_`` (one cycle per temperature: time, measured and modelled voltage, for figures).
     """
 
@@ -474,6 +487,10 @@ class EcmIdentifier:
         param_points: int = 6,
         correction_points: int = 11,
         smoothness: tuple[float, float, float] = (2e-3, 1.0, 0.05),
+        tau_ranges_s: tuple[tuple[float, float], tuple[float, float]] = (
+            (1.0, 60.0),
+            (60.0, 400.0),
+        ),
         smooth_t: float = 2e-3,
         max_nfev: int = 100,
         joint_nfev: int = 12,
@@ -482,6 +499,7 @@ class EcmIdentifier:
         self.param_points = param_points
         self.correction_points = correction_points
         self.smoothness = smoothness
+        self.tau_ranges_s = tau_ranges_s
         self.smooth_t = smooth_t
         self.max_nfev = max_nfev
         self.joint_nfev = joint_nfev
@@ -493,26 +511,27 @@ class EcmIdentifier:
     ) -> EcmIdentifier:
         """Identify from training cycles; ``on_group(ambient)`` is called after each group.
 
-        Per ambient group first (constant parameters: a robust start), then one joint fit of
+        The reference group (own low-rate OCV nearest 25 degC) first, with the OCV scale k
+        free; its OCV then is the base of every temperature without its own low-rate test
+        (others use their own curve under the same k), with a small correction D pulled to 0.
+        Then per ambient group (constant parameters: a robust start), then one joint fit of
         all groups with every parameter a function of each sample's measured cell temperature
         (table nodes at the ambient temperatures), which is the model the filter runs.
         """
         low_rate = [c for c in cycles if c.meta.profile == OCV_PROFILE]
+        dynamic = [c for c in cycles if c.meta.profile != OCV_PROFILE]
         groups: dict[float, list[Cycle]] = defaultdict(list)
-        for cycle in cycles:
-            if cycle.meta.profile != OCV_PROFILE:
-                groups[_ambient_key(cycle)].append(cycle)
+        for cycle in dynamic:
+            groups[_ambient_key(cycle)].append(cycle)
         if not groups:
             raise ConfigError(
                 "the training split holds no pulse or drive cycles to identify R and tau from",
                 remedy="put hppc or drive cycles into the training split",
             )
-        own_ocv: dict[float, tuple[np.ndarray, float | None]] = {}
         by_ambient: dict[float, list[Cycle]] = defaultdict(list)
         for cycle in low_rate:
             by_ambient[_ambient_key(cycle)].append(cycle)
-        for ambient, found in by_ambient.items():
-            own_ocv[ambient] = ocv_from_low_rate(found, self.ocv_points)
+        own_ocv = {a: ocv_from_low_rate(found, self.ocv_points) for a, found in by_ambient.items()}
         series = {a: [_uniform(c) for c in found] for a, found in groups.items()}
         capacity = {
             a: float(np.median([_cycle_capacity(c) for c in found])) for a, found in groups.items()
@@ -521,54 +540,50 @@ class EcmIdentifier:
         def nearest(keys: Sequence[float]) -> float:
             return min(keys, key=lambda a: (abs(a - REFERENCE_TEMPERATURE_C), -a))
 
-        fits: dict[float, _Fit] = {}
-        sources: dict[float, str] = {}
-        if own_ocv:
-            ref_ambient = nearest(list(own_ocv))
-            ref_curve = own_ocv[ref_ambient][0]
+        ref_ambient = nearest([a for a in own_ocv if a in groups] or list(groups))
+        if ref_ambient in own_ocv:
+            ref_own = own_ocv[ref_ambient]
         else:
-            ref_ambient = nearest(list(groups))
-            ref_curve = self._pseudo_ocv(series, capacity)
-        order = sorted(groups, key=lambda a: (a != ref_ambient, abs(a - ref_ambient)))
-        for ambient in order:
+            ref_own = (self._pseudo_ocv(series, capacity), None)
+        ref_fit, ref_curve = self._fit_group(
+            series[ref_ambient], ref_own, capacity[ref_ambient], free_scale=bool(own_ocv)
+        )
+        k = float(ref_fit.scale_k[0])
+        base = {ref_ambient: self._ocv_row(ref_curve, k, ref_fit.correction[0])}
+        fits = {ref_ambient: ref_fit}
+        if on_group is not None:
+            on_group(ref_ambient)
+        for ambient in sorted(groups, key=lambda a: abs(a - ref_ambient))[1:]:
             own = own_ocv.get(ambient)
-            curve = own[0] if own else ref_curve
-            fit = self._fit_group(series[ambient], curve, bool(own_ocv), capacity[ambient])
-            if own is not None and own[1] is not None:
-                # Single-branch low-rate curve: remove its IR drop with the fitted R, refit.
-                r_dc = np.exp(fit.log_r[0]).sum(axis=0)
-                soc = np.linspace(0.0, 1.0, self.ocv_points)
-                nodes = np.linspace(0.0, 1.0, self.param_points)
-                curve = _monotone(curve - np.interp(soc, nodes, r_dc) * own[1])
-                own_ocv[ambient] = (curve, None)
-                if ambient == ref_ambient:
-                    ref_curve = curve
-                fit = self._fit_group(series[ambient], curve, True, capacity[ambient])
-            fits[ambient] = fit
-            sources[ambient] = (
-                (
-                    "own low-rate cycle (IR-corrected)"
-                    if own[1] is not None
-                    else "own low-rate cycle"
-                )
-                if own
-                else (
-                    f"low-rate cycle at {ref_ambient:g} degC + fitted correction"
-                    if own_ocv
-                    else "pseudo-OCV from the drive data of all temperatures + fitted correction"
-                )
+            start = (self._ocv_row(own[0], k), own[1]) if own else (base[ref_ambient], None)
+            fits[ambient], base[ambient] = self._fit_group(
+                series[ambient], start, capacity[ambient], free_scale=False
             )
             if on_group is not None:
                 on_group(ambient)
         ambients = sorted(groups)
-        curves = np.stack([own_ocv[a][0] if a in own_ocv else ref_curve for a in ambients])
-        joint = self._fit_joint(ambients, series, curves, fits, bool(own_ocv))
+        curves = np.stack([base[a] for a in ambients])
+        start = np.concatenate(  # the reference's D is already in its base curve
+            [
+                np.concatenate(
+                    [
+                        fits[a].log_r[0].reshape(-1),
+                        np.log(fits[a].tau[0]),
+                        fits[a].correction[0] * (a != ref_ambient),
+                    ]
+                )
+                for a in ambients
+            ]
+        )
+        joint = self._fit_joint(ambients, series, curves, start)
         self.tables_ = self._tables(ambients, joint, curves, capacity)
-        final = {
-            row["ambient_c"]: row for row in voltage_rmse_by_temperature(self.tables_, list(cycles))
-        }
+        rmse = voltage_rmse_by_temperature(self.tables_, dynamic)
+        final = {row["ambient_c"]: row for row in rmse}
         self.report_ = {
             "ocv_cycles": [c.meta.name for c in low_rate],
+            "ocv_reference_c": ref_ambient,
+            "ocv_capacity_scale_k": k,
+            "tau_ranges_s": [list(r) for r in self.tau_ranges_s],
             "temperature_model": "parameters at the ambient nodes, interpolated per sample at the "
             "measured cell temperature (log R, log tau linear in 1/T; held beyond the end nodes)",
             "joint_fit_rmse_mv": 1e3 * joint.rmse_v,
@@ -577,18 +592,39 @@ class EcmIdentifier:
                     "ambient_c": ambient,
                     "table_temperature_c": float(t),
                     "cycles": [c.meta.name for c in groups[ambient]],
-                    "ocv_source": sources[ambient],
-                    "ocv_capacity_scale_k": float(k),
+                    "ocv_source": self._ocv_source(ambient, ref_ambient, own_ocv),
+                    "ocv_correction_max_mv": 1e3 * float(np.abs(joint.correction[n]).max()),
                     "group_fit_rmse_mv": 1e3 * fits[ambient].rmse_v,
                     "voltage_rmse_mv": final[ambient]["voltage_rmse_mv"],
                 }
-                for ambient, t, k in zip(
-                    ambients, self.tables_.temperature_c, joint.scale_k, strict=True
+                for n, (ambient, t) in enumerate(
+                    zip(ambients, self.tables_.temperature_c, strict=True)
                 )
             ],
         }
         self.traces_ = [self._trace(groups[a][0]) for a in ambients]
         return self
+
+    @staticmethod
+    def _ocv_source(
+        ambient: float, ref_ambient: float, own_ocv: dict[float, tuple[np.ndarray, float | None]]
+    ) -> str:
+        if ambient in own_ocv:
+            ir = " (IR-corrected)" if own_ocv[ambient][1] is not None else ""
+            return f"own low-rate cycle{ir}"
+        if ref_ambient in own_ocv:
+            return f"low-rate cycle at {ref_ambient:g} degC + fitted correction"
+        return "pseudo-OCV from the drive data of all temperatures + fitted correction"
+
+    def _ocv_row(
+        self, curve: np.ndarray, k: float, correction: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``curve(1 - k (1 - s)) + D(s)`` on the OCV grid, strictly increasing."""
+        soc = np.linspace(0.0, 1.0, self.ocv_points)
+        row = np.interp(np.clip(1.0 - k * (1.0 - soc), 0.0, 1.0), soc, curve)
+        if correction is not None:
+            row = row + np.interp(soc, np.linspace(0.0, 1.0, self.correction_points), correction)
+        return _monotone(row)
 
     def _pseudo_ocv(
         self, series: dict[float, list[_Series]], capacity: dict[float, float]
@@ -602,7 +638,12 @@ class EcmIdentifier:
         return _monotone(_filled(_binned(np.concatenate(soc), np.concatenate(v), self.ocv_points)))
 
     def _model(
-        self, series: Sequence[_Series], nodes_c: Sequence[float], curves: np.ndarray, free: bool
+        self,
+        series: Sequence[_Series],
+        nodes_c: Sequence[float],
+        curves: np.ndarray,
+        *,
+        free: bool,
     ) -> _EcmModel:
         return _EcmModel(
             series,
@@ -615,33 +656,53 @@ class EcmIdentifier:
             smooth_t=self.smooth_t,
         )
 
+    def _tau_ranges(self, series: Sequence[_Series]) -> tuple[tuple[float, float], ...]:
+        (low1, high1), (low2, high2) = self.tau_ranges_s
+        return (max(low1, 1.0, max(s.dt for s in series)), high1), (low2, high2)
+
     def _fit_group(
         self,
         series: Sequence[_Series],
-        curve: np.ndarray,
-        free_scale: bool,
+        ocv: tuple[np.ndarray, float | None],
         capacity_ah: float,
-    ) -> _Fit:
-        """Fit one group; the scale k is free only against a low-rate (not pseudo) OCV."""
-        model = self._model(series, [0.0], curve, free_scale)
-        min_tau = max(1.0, max(s.dt for s in series))
-        start, low, high = model.start_and_bounds(_r0_guess(series, capacity_ah), min_tau)
-        return model.fit(start, low, high, self.max_nfev)
+        *,
+        free_scale: bool,
+    ) -> tuple[_Fit, np.ndarray]:
+        """Fit one group against an OCV curve; return the fit and the curve it used.
+
+        ``ocv = (curve, branch current)``: a single-branch low-rate curve (current not None)
+        is corrected for its IR drop with the fitted R, then the group is refitted.
+        """
+        curve, branch_current = ocv
+        model = self._model(series, [0.0], curve, free=free_scale)
+        start, low, high = model.start_and_bounds(
+            _r0_guess(series, capacity_ah), self._tau_ranges(series)
+        )
+        fit = model.fit(start, low, high, self.max_nfev)
+        if branch_current is None:
+            return fit, curve
+        r_dc = np.exp(fit.log_r[0]).sum(axis=0)
+        soc = np.linspace(0.0, 1.0, self.ocv_points)
+        nodes = np.linspace(0.0, 1.0, self.param_points)
+        curve = _monotone(curve - np.interp(soc, nodes, r_dc) * branch_current)
+        model = self._model(series, [0.0], curve, free=free_scale)
+        return model.fit(fit.theta, low, high, self.max_nfev), curve
 
     def _fit_joint(
         self,
         ambients: list[float],
         series: dict[float, list[_Series]],
         curves: np.ndarray,
-        fits: dict[float, _Fit],
-        free_scale: bool,
+        start: np.ndarray,
     ) -> _Fit:
-        """All groups at once with per-sample temperature, started from the group fits."""
+        """All groups at once with per-sample temperature, started from the group fits.
+
+        The curves are the final base OCV per node (k applied), so k is fixed at 1 and D is
+        the per-temperature correction on top of it.
+        """
         every = [s for a in ambients for s in series[a]]
-        model = self._model(every, ambients, curves, free_scale)
-        min_tau = max(1.0, max(s.dt for s in every))
-        _, low, high = model.start_and_bounds(1e-2, min_tau)
-        start = np.concatenate([fits[a].theta for a in ambients])
+        model = self._model(every, ambients, curves, free=False)
+        _, low, high = model.start_and_bounds(1e-2, self._tau_ranges(every))
         if self.joint_nfev <= 0:
             return model.evaluate(start)
         return model.fit(start, low, high, self.joint_nfev, sparse=True)
@@ -653,18 +714,14 @@ class EcmIdentifier:
         curves: np.ndarray,
         capacity: dict[float, float],
     ) -> EcmTables:
-        soc = np.linspace(0.0, 1.0, self.ocv_points)
-        ocv_rows = []
-        for n in range(len(ambients)):
-            mapped = np.clip(1.0 - fit.scale_k[n] * (1.0 - soc), 0.0, 1.0)
-            row = np.interp(mapped, soc, curves[n]) + np.interp(
-                soc, np.linspace(0.0, 1.0, self.correction_points), fit.correction[n]
-            )
-            ocv_rows.append(_monotone(row))
+        ocv_rows = [
+            self._ocv_row(curve, 1.0, correction)
+            for curve, correction in zip(curves, fit.correction, strict=True)
+        ]
         r = np.exp(fit.log_r)  # (N_T, 3, N_P)
         return EcmTables(
             temperature_c=ambients,
-            soc_grid=soc,
+            soc_grid=np.linspace(0.0, 1.0, self.ocv_points),
             ocv_v=np.stack(ocv_rows),
             param_soc_grid=np.linspace(0.0, 1.0, self.param_points),
             r0_ohm=r[:, 0],

@@ -1,12 +1,18 @@
 """Noise tuning of the EKF on the training split (never on validation or test cycles).
 
-The search: a log-spaced grid over the three noise levels (SOC random walk, RC random walk,
-voltage measurement noise), then one refinement grid around the best point at half the
-log-step. The objective mirrors the evaluation protocol on *training* cycles: the mean over
+The search: a log-spaced grid over three noise levels (SOC random walk, RC random walk, and
+a factor on the voltage noise), then one refinement grid around the best point at half the
+log-step. The voltage noise of an ECM filter is mostly the model's own voltage error, which
+grows fivefold from 25 to -20 degC on the Panasonic cell; so it is searched as
+``factor x (ECM voltage RMSE per table temperature on the training cycles)``, not as one
+value: one value small enough for 25 degC makes the filter trust a model that errs by 40 mV
+at -20 degC, and one large enough for -20 degC wastes the good model at 25 degC.
+
+The objective mirrors the evaluation protocol on *training* cycles: the mean over
 cycles of the SOC RMSE tracked from the first sample and from a cold start at
 ``cold_start_fraction`` into the cycle (where the filter initialises itself, usually under
-load, i.e. from 50 % SOC with a wide covariance). So the tuning rewards both accurate tracking
-and fast recovery from a wrong initial SOC.
+load, from ``OCV^-1(V - R0 I)`` with a wide covariance). So the tuning rewards both accurate
+tracking and fast recovery from a wrong initial SOC.
 
 All candidates x cycles x scenarios run as one batch of streams in lock-step (the filter is
 vectorised over streams and the noise settings may differ per stream); shorter sequences are
@@ -72,15 +78,15 @@ class NoiseTuner:
         *,
         soc_std: Sequence[float] = (1e-6, 1e-5, 1e-4),
         rc_std: Sequence[float] = (1e-4, 1e-3, 1e-2),
-        voltage_std: Sequence[float] = (2e-3, 5e-3, 1e-2, 2e-2, 5e-2),
+        voltage_factor: Sequence[float] = (0.25, 0.5, 1.0, 2.0),
         refine: bool = True,
-        cycles_per_temperature: int = 2,
+        cycles_per_temperature: int = 3,
         cold_start_fraction: float = 0.25,
         gate_sigma: float = 5.0,
     ) -> None:
         self.soc_std = tuple(soc_std)
         self.rc_std = tuple(rc_std)
-        self.voltage_std = tuple(voltage_std)
+        self.voltage_factor = tuple(voltage_factor)
         self.refine = refine
         self.cycles_per_temperature = cycles_per_temperature
         self.cold_start_fraction = cold_start_fraction
@@ -106,11 +112,19 @@ class NoiseTuner:
         self,
         tables: EcmTables,
         cycles: Sequence[Cycle],
+        model_error_v: Sequence[float] | float,
         init: InitSettings | None = None,
         on_progress: Callable[[str, float], None] | None = None,
     ) -> NoiseTuner:
-        """Search the grid (and its refinement) on ``cycles``, which must be training cycles."""
+        """Search the grid (and its refinement) on ``cycles``, which must be training cycles.
+
+        ``model_error_v``: the ECM's voltage RMSE (V) per table temperature (or one value);
+        the voltage noise is ``voltage_factor`` times it.
+        """
         init = init or InitSettings()
+        error = np.asarray(model_error_v, dtype=np.float64).reshape(-1)
+        if not (np.isfinite(error).all() and (error > 0).all()):
+            raise ConfigError(f"model voltage error {error} must be positive and finite")
         chosen = self.select_cycles(cycles)
         sequences, references = [], []
         for cycle in chosen:
@@ -134,7 +148,7 @@ class NoiseTuner:
             noise = NoiseSettings(
                 soc_std=grid[stream_candidate, 0],
                 rc_std=grid[stream_candidate, 1],
-                voltage_std=grid[stream_candidate, 2],
+                voltage_std=grid[stream_candidate, 2, None] * error[None, :],
                 gate_sigma=self.gate_sigma,
             )
             states = np.repeat(new_state()[None], len(stream_candidate), axis=0)
@@ -151,7 +165,7 @@ class NoiseTuner:
                 {
                     "soc_std": float(g[0]),
                     "rc_std": float(g[1]),
-                    "voltage_std": float(g[2]),
+                    "voltage_factor": float(g[2]),
                     "rmse_from_start_pct": 100 * float(r[:, 0].mean()),
                     "rmse_cold_start_pct": 100 * float(r[:, 1].mean()),
                     "objective_pct": 100 * float(r.mean()),
@@ -159,16 +173,16 @@ class NoiseTuner:
                 for g, r in zip(grid, rmse, strict=True)
             ]
 
-        axes = (self.soc_std, self.rc_std, self.voltage_std)
+        axes = (self.soc_std, self.rc_std, self.voltage_factor)
         results = evaluate(list(itertools.product(*axes)), "noise grid")
         if self.refine:
             best = min(results, key=lambda row: row["objective_pct"])
-            centre = (best["soc_std"], best["rc_std"], best["voltage_std"])
+            centre = (best["soc_std"], best["rc_std"], best["voltage_factor"])
             local = []
             for value, axis in zip(centre, axes, strict=True):
                 ratio = np.sqrt(np.exp(np.mean(np.diff(np.log(axis))))) if len(axis) > 1 else 1.0
                 local.append(sorted({value / ratio, value, value * ratio}))
-            seen = {(r["soc_std"], r["rc_std"], r["voltage_std"]) for r in results}
+            seen = {(r["soc_std"], r["rc_std"], r["voltage_factor"]) for r in results}
             fresh = [c for c in itertools.product(*local) if c not in seen]
             if fresh:
                 results += evaluate(fresh, "refinement")
@@ -176,9 +190,10 @@ class NoiseTuner:
         self.best_ = NoiseSettings(
             soc_std=best["soc_std"],
             rc_std=best["rc_std"],
-            voltage_std=best["voltage_std"],
+            voltage_std=best["voltage_factor"] * error,
             gate_sigma=self.gate_sigma,
         )
+        self.model_error_v_ = error
         self.objective_pct_ = best["objective_pct"]
         self.results_ = sorted(results, key=lambda row: row["objective_pct"])
         self.cycles_ = [c.meta.name for c in chosen]
@@ -188,13 +203,15 @@ class NoiseTuner:
         """What was searched and what won (for the model's config.json)."""
         return {
             "method": "log-grid search + one refinement grid; objective = mean SOC RMSE over "
-            "training cycles, from the first sample and from a cold start",
+            "training cycles, from the first sample and from a cold start; voltage noise = "
+            "voltage_factor x the ECM's voltage RMSE per table temperature",
             "cold_start_fraction": self.cold_start_fraction,
             "grid": {
                 "soc_std": self.soc_std,
                 "rc_std": self.rc_std,
-                "voltage_std": self.voltage_std,
+                "voltage_factor": self.voltage_factor,
             },
+            "model_error_v": self.model_error_v_.tolist(),
             "cycles": self.cycles_,
             "best": self.best_.to_json(),
             "objective_pct": self.objective_pct_,

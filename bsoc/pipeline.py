@@ -5,12 +5,14 @@ at equal learnables -> fine-tune it -> projection/SVD sweep -> EKF fit -> benchm
 
 Every step is an ordinary ``bsoc`` command, run in-process and printed first, so any step
 can be rerun by hand with exactly the same effect. A step is skipped when its output was
-made from the same inputs (parameters plus content fingerprints of what it reads, see
-:mod:`bsoc.pipeline_steps`); change the data and everything downstream reruns.
+made from the same inputs (parameters, content fingerprints of what it reads and of bsoc's
+own source, see :mod:`bsoc.pipeline_steps`); change the data or the program and everything
+downstream reruns.
 """
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 import time
 from collections.abc import Callable
@@ -120,6 +122,16 @@ def plan_steps(plan: PipelinePlan) -> list[Step]:
     return steps
 
 
+def source_fingerprint() -> str:
+    """Hash of bsoc's own source: a changed program makes every step's output stale."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for file in sorted(package.rglob("*.py")):
+        digest.update(str(file.relative_to(package)).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _fingerprint(path: Path) -> str:
     manifest = path / "manifest.json"
     return fingerprint_path(manifest) if manifest.is_file() else fingerprint_path(path)
@@ -136,13 +148,15 @@ def run_pipeline(
     if plan.profile not in PROFILES:
         raise ConfigError(f"unknown profile '{plan.profile}'", remedy=f"use one of {PROFILES}")
     timings: dict[str, float] = {}
+    code = source_fingerprint()
     for step in plan_steps(plan):
         if step.overwrites_foreign_output() and not force:
             raise OverwriteRefusedError(
                 f"{step.output} exists and was not made by this pipeline",
                 remedy="move it away, choose another --run, or pass --force",
             )
-        inputs = {"argv": step.argv, "reads": {str(p): _fingerprint(p) for p in step.reads}}
+        inputs = {"argv": step.argv, "reads": {str(p): _fingerprint(p) for p in step.reads},
+                  "bsoc_source": code}
         argv = [*step.argv, "--force"]
         started = time.perf_counter()
 

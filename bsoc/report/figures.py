@@ -103,15 +103,23 @@ def pareto(models: list[dict[str, Any]], sweep: dict[str, list[dict[str, Any]]] 
 
 
 def explained_variance(layers: dict[str, dict[str, Any]]) -> Figure:
-    """Cumulative explained variance per layer input/output, chosen ranks marked."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    """Cumulative explained variance per layer input/output, chosen ranks marked.
+
+    One activation can be two slots (``lstm_1.output`` is ``lstm_2.input``): such curves
+    are drawn once, labelled with both names, each slot's rank marked on it.
+    """
+    groups: dict[tuple[float, ...], list[tuple[str, int | None]]] = {}
     for label, info in layers.items():
-        curve = np.asarray(info["explained_variance_curve"])
+        key = tuple(np.round(info["explained_variance_curve"], 12))
+        groups.setdefault(key, []).append((label, info.get("rank")))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, slots in groups.items():
+        curve = np.asarray(key)
         ranks = np.arange(1, len(curve) + 1)
-        line = ax.plot(ranks, curve * 100, lw=1.2, label=label)[0]
-        if info.get("rank"):
-            ax.scatter([info["rank"]], [curve[info["rank"] - 1] * 100], color=line.get_color(),
-                       zorder=5, s=30)
+        line = ax.plot(ranks, curve * 100, lw=1.2, label=" = ".join(n for n, _ in slots))[0]
+        chosen = [r for _, r in slots if r]
+        ax.scatter(chosen, [curve[r - 1] * 100 for r in chosen], color=line.get_color(),
+                   zorder=5, s=30)
     ax.set_xscale("log")
     ax.set_xlabel("rank (eigen-neurons kept)")
     ax.set_ylabel("explained variance [%]")

@@ -427,7 +427,6 @@ def test_periodic_snapshot_survives_a_hard_kill(tmp_path):
     rows, est = rows_of(30), CoulombEstimator()
     with ProcessServer(*args) as first:
         before = socs(httpx.post(f"{first.url}/v1/streams/hard/samples", json=as_json(rows[:10])))
-        written = httpx.get(f"{first.url}/metrics").text
         # two more periodic snapshots: the second surely began after the samples were committed
         target = _snapshots(first.url) + 2
         while _snapshots(first.url) < target:

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from bsoc.errors import ModelFileError
+from bsoc.errors import ModelFileError, OverwriteRefusedError
 
 SAMPLE_FIELDS: tuple[str, ...] = ("time_s", "voltage_v", "current_a", "temperature_c")
 CONFIG_FILE = "config.json"
@@ -146,8 +146,6 @@ def load_estimator(directory: str | Path) -> SocEstimator:
 
 def prepare_model_dir(directory: str | Path, *, force: bool) -> Path:
     """Create a model folder, refusing to replace an existing model without ``force``."""
-    from bsoc.errors import OverwriteRefusedError
-
     directory = Path(directory)
     if (directory / CONFIG_FILE).exists() and not force:
         raise OverwriteRefusedError(

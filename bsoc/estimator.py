@@ -13,7 +13,6 @@ physical units, discharge current negative. Each model normalises inputs itself.
 
 from __future__ import annotations
 
-import importlib
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from bsoc.errors import ModelFileError, OverwriteRefusedError
+from bsoc.lazy import import_target
 
 SAMPLE_FIELDS: tuple[str, ...] = ("time_s", "voltage_v", "current_a", "temperature_c")
 CONFIG_FILE = "config.json"
@@ -139,8 +139,7 @@ def load_estimator(directory: str | Path) -> SocEstimator:
             f"{directory} holds a model of unknown kind {kind!r}",
             remedy=f"expected one of {sorted(ESTIMATOR_CLASSES)}",
         )
-    module_name, class_name = target.split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
+    cls = import_target(target)
     return cls.load(directory)
 
 

@@ -18,7 +18,6 @@ its ``config.json`` alone.
 
 from __future__ import annotations
 
-import importlib
 import math
 from abc import abstractmethod
 from functools import reduce
@@ -28,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from bsoc.errors import ModelFileError
+from bsoc.lazy import import_target
 
 # type name -> "module:Class"; the compression package adds its maps here.
 MAP_CLASSES: dict[str, str] = {
@@ -112,8 +112,7 @@ def build_map(spec: dict[str, Any]) -> WeightMap:
             f"unknown weight-map type {spec.get('type')!r}",
             remedy=f"expected one of {sorted(MAP_CLASSES)}; was the model made by a newer bsoc?",
         )
-    module_name, class_name = target.split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
+    cls = import_target(target)
     return cls.from_spec(spec)
 
 

@@ -391,7 +391,12 @@ def test_metrics_are_prometheus_text_and_docs_match_the_contract(server):
     assert set(spec["components"]["schemas"]["Sample"]["required"]) == set(SAMPLE_FIELDS)
     assert {"get", "delete"} <= set(spec["paths"]["/v1/streams/{stream_id}"])
     assert "/healthz" in spec["paths"] and "/metrics" in spec["paths"]
-    assert httpx.get(f"{server.url}/docs").status_code == 200
+    docs = httpx.get(f"{server.url}/docs")
+    assert docs.status_code == 200
+    assert not re.search(r"""(src|href)=['"]https?://""", docs.text)  # nothing from a CDN
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert f"/docs-assets/{asset}" in docs.text
+        assert httpx.get(f"{server.url}/docs-assets/{asset}").status_code == 200
 
 
 def test_sigterm_restart_continues_every_stream(tmp_path):

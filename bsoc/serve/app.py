@@ -20,11 +20,13 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import Depends, FastAPI, Path as PathParam, Query, Request, Security, WebSocket
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.security import APIKeyHeader, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import TypeAdapter, ValidationError
 from starlette.websockets import WebSocketDisconnect
+from swagger_ui_bundle import swagger_ui_path
 
 from bsoc import __version__
 from bsoc.estimator import CONFIG_FILE, WEIGHTS_FILE, SocEstimator
@@ -245,10 +247,23 @@ def create_app(estimator: SocEstimator, config: ServeConfig, model: dict[str, An
             "configured, as `Authorization: Bearer KEY` or `X-API-Key: KEY`."
         ),
         lifespan=lifespan,
+        docs_url=None,  # served below from vendored assets: FastAPI's default page needs a CDN
     )
     app.state.service = service
     app.add_middleware(BodyLimit, limit=config.max_body_bytes, metrics=service.metrics)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        """Swagger UI for the OpenAPI spec, entirely from this server (works offline)."""
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
 
     def require_key(
         request: Request,

@@ -5,13 +5,11 @@ Heavy imports (scipy, matplotlib) happen inside the command so ``bsoc --help`` s
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 
 import typer
 
-from bsoc.console import emit_json, err_console, progress
+from bsoc.console import command_line, emit_json, err_console, progress
 
 ekf_app = typer.Typer(
     help="The EKF baseline: equivalent-circuit model identified from data + Kalman filter.",
@@ -38,7 +36,7 @@ def fit(
 
     prepare_model_dir(out, force=force)  # refuse early, before minutes of fitting
     data = Dataset.load(dataset)
-    command = shlex.join(["bsoc", *sys.argv[1:]])
+    command = command_line()
     with progress() as bar:
         tasks: dict[str, int] = {}
 

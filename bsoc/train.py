@@ -123,14 +123,25 @@ class FitResult:
         return asdict(self)
 
 
-def learning_rate_at(step: int, total_steps: int, config: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr_fraction`` of the peak (pure in ``step``)."""
-    warmup = max(1, int(config.warmup_fraction * total_steps))
-    if step < warmup:
-        return config.learning_rate * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+def training_progress(step: int, total_steps: int, elapsed_s: float,
+                      max_minutes: float | None) -> float:
+    """Fraction of the run done after ``step`` (0-based): by steps, or by the time budget
+    if that is further along, so that a time-limited run still anneals its learning rate
+    instead of stopping at a high rate part-way down the schedule."""
+    by_steps = (step + 1) / total_steps
+    if max_minutes is None:
+        return min(1.0, by_steps)
+    return min(1.0, max(by_steps, elapsed_s / (60 * max_minutes)))
+
+
+def learning_rate_at(progress: float, config: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_fraction`` of the peak at ``progress`` 1."""
+    warmup = config.warmup_fraction
+    if progress < warmup:
+        return config.learning_rate * progress / warmup
+    decayed = min(1.0, (progress - warmup) / max(1e-12, 1 - warmup))
     floor = config.min_lr_fraction
-    return config.learning_rate * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return config.learning_rate * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * decayed)))
 
 
 def _masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -299,8 +310,10 @@ def _fit(
         out_of_time = False
         for batch in range(steps_per_epoch):
             step = epoch * steps_per_epoch + batch
+            progress = training_progress(step, total_steps, time.monotonic() - started,
+                                         config.max_minutes)
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate_at(step, total_steps, config)
+                group["lr"] = learning_rate_at(progress, config)
             index = order[batch * config.batch_size : (batch + 1) * config.batch_size]
             prediction, _ = network(x[index])
             loss = _masked_mse(prediction, y[index], mask[index])

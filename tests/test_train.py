@@ -13,7 +13,8 @@ import torch
 from bsoc.cli import main
 from bsoc.data.dataset import Dataset
 from bsoc.data.windows import Normalisation, SequenceSet, WindowPlan, sample_windows
-from bsoc.train import PROFILES, TrainConfig, fit, learning_rate_at, new_network
+from bsoc.train import (PROFILES, TrainConfig, fit, learning_rate_at, new_network,
+                        training_progress)
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +65,18 @@ def test_short_cycles_are_padded_and_masked(toy: Dataset) -> None:
 
 def test_learning_rate_warms_up_then_decays_to_its_floor() -> None:
     config = TrainConfig(learning_rate=1e-2, min_lr_fraction=0.1, warmup_fraction=0.1)
-    rates = [learning_rate_at(step, 100, config) for step in range(100)]
-    assert rates[0] < rates[5] < rates[9] == pytest.approx(1e-2)
+    rates = [learning_rate_at(training_progress(step, 100, 0.0, None), config)
+             for step in range(100)]
+    assert 0 < rates[0] < rates[5] < rates[9] == pytest.approx(1e-2)
     assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
-    assert learning_rate_at(100, 100, config) == pytest.approx(1e-3)
+    assert rates[-1] == pytest.approx(1e-3)
+
+
+def test_a_time_budget_advances_the_schedule_when_it_runs_out_before_the_steps() -> None:
+    assert training_progress(9, 100, 30.0, max_minutes=1.0) == pytest.approx(0.5)
+    assert training_progress(89, 100, 30.0, max_minutes=1.0) == pytest.approx(0.9)
+    assert training_progress(9, 100, 90.0, max_minutes=1.0) == 1.0
+    assert training_progress(9, 100, 1e6, max_minutes=None) == pytest.approx(0.1)
 
 
 def _tiny(epochs: int) -> TrainConfig:

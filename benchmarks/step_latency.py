@@ -2,8 +2,8 @@
 
 Compares, for one stream (batch 1), the cost of advancing by one sample with
 
-* ``numpy step_batch``: the estimator's streaming path (pre-transposed float32 factors,
-  normalisation folded in, preallocated buffers);
+* ``compiled step_batch``: the estimator's streaming path (pre-transposed float32 factors,
+  normalisation folded in, one fused numba kernel call per step);
 * ``torch Lstm.step``: the network's own layers stepped in ``torch.inference_mode``;
 * ``torch nn.LSTM``: eager ``torch.nn.LSTM`` layers (same weights), one sample per call;
 * ``batch forward``: ``predict`` on the whole sequence, divided by its length (what
@@ -38,7 +38,7 @@ def _samples(steps: int, seed: int = 0) -> np.ndarray:
     return np.column_stack([np.arange(steps, dtype=float), voltage, current, temperature])
 
 
-def numpy_stepper(estimator: LstmSocEstimator, samples: np.ndarray) -> Callable[[], None]:
+def compiled_stepper(estimator: LstmSocEstimator, samples: np.ndarray) -> Callable[[], None]:
     def run() -> None:
         state = estimator.initial_state()[None, :]
         for t in range(len(samples)):
@@ -109,7 +109,7 @@ def main() -> None:
     network = estimator.network
     samples = _samples(args.steps)
     methods = {
-        "numpy step_batch (streaming path)": numpy_stepper(estimator, samples),
+        "compiled step_batch (streaming path)": compiled_stepper(estimator, samples),
         "torch Lstm.step (inference_mode)": torch_layer_stepper(network, samples),
         "torch nn.LSTM eager, one step": torch_lstm_stepper(network, samples),
         "batch forward (predict), per sample": batch_forward(estimator, samples),
@@ -122,15 +122,15 @@ def main() -> None:
             start = time.perf_counter()
             run()
             timings[name].append((time.perf_counter() - start) / len(samples) * 1e6)
-    reference = float(np.median(timings["numpy step_batch (streaming path)"]))
+    reference = float(np.median(timings["compiled step_batch (streaming path)"]))
     print(f"{estimator.name}: {estimator.learnables():,} learnables, "
           f"{estimator.macs_per_sample():,} MACs/sample; {args.steps} steps x {args.repeats} "
           f"repeats, torch threads {args.threads}")
-    print(f"{'method':40s} {'median us':>10s} {'p10-p90 us':>16s} {'vs numpy':>9s}")
+    print(f"{'method':40s} {'median us':>10s} {'p10-p90 us':>16s} {'vs compiled':>11s}")
     for name, values in timings.items():
         median = float(np.median(values))
         spread = f"{np.percentile(values, 10):.1f}-{np.percentile(values, 90):.1f}"
-        print(f"{name:40s} {median:10.1f} {spread:>16s} {median / reference:8.2f}x")
+        print(f"{name:40s} {median:10.1f} {spread:>16s} {median / reference:10.2f}x")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from bsoc.errors import ModelFileError, OverwriteRefusedError
 from bsoc.estimator import StreamSet, load_estimator
 from bsoc.nn.estimator import LstmSocEstimator
 from bsoc.nn.network import NetworkConfig, SocNetwork
-from bsoc.nn.streaming import NumpyStepper
+from bsoc.nn.streaming import StreamingStepper
 from test_nn import TwoFactorMap, two_factor_registered  # noqa: F401
 
 
@@ -90,7 +90,7 @@ def test_multi_factor_maps_stream_through_their_factors(
     network.set_map("lstm_1.input_map", TwoFactorMap(3, 64, rank=2))
     network.set_map("fc.weight_map", TwoFactorMap(8, 1, rank=3))
     projected = LstmSocEstimator(network, kind="projected-lstm")
-    stepper = NumpyStepper(network)
+    stepper = StreamingStepper(network)
     assert [f.shape for f in stepper.layers[0].input_factors] == [(3, 2), (2, 64)]
     samples = _samples(toy_dataset, 200)
     streams = StreamSet(projected)

@@ -2,7 +2,7 @@
 
 This is how most people would stream an LSTM: one ``Lstm.step`` per layer per sample,
 tensors in and out. Its per-operator framework overhead hides the compressed model's
-smaller arithmetic, which is why the service uses :class:`bsoc.nn.streaming.NumpyStepper`;
+smaller arithmetic, which is why the service uses :class:`bsoc.nn.streaming.StreamingStepper`;
 the benchmark shows both, so the difference is measured, not claimed.
 """
 

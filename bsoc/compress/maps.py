@@ -6,7 +6,7 @@ A projected map computes ``x -> W_in (Q^T x)`` with
 * ``weights`` W_in (out, rank) = W Q, the original weights with the projection absorbed.
 
 On row vectors that is the factor chain ``x @ Q @ W_in^T`` (:class:`~bsoc.nn.layers.WeightMap`),
-so the numpy streaming path applies the two thin factors in sequence and never re-densifies.
+so the streaming kernel applies the two thin factors in sequence and never re-densifies.
 In an LSTM layer, ``input_map.projector`` is MATLAB's *InputProjector* (a x b_in) and
 ``recurrent_map.projector`` its *OutputProjector* (H x b_out), which projects the layer's
 own hidden state before the recurrent weights.

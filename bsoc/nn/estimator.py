@@ -7,7 +7,7 @@ never pickle).
 
 * ``predict``: the whole sequence in one batched forward pass (fused LSTM kernel,
   ``torch.inference_mode``).
-* ``step_batch``: the numpy streaming path (:class:`~bsoc.nn.streaming.NumpyStepper`),
+* ``step_batch``: the compiled streaming path (:class:`~bsoc.nn.streaming.StreamingStepper`),
   state per stream ``concat(h_1, c_1, h_2, c_2)``, zero for a new stream, exactly as the
   network was trained to start.
 
@@ -38,7 +38,7 @@ from bsoc.estimator import (
     read_config,
 )
 from bsoc.nn.network import SocNetwork
-from bsoc.nn.streaming import NumpyStepper
+from bsoc.nn.streaming import StreamingStepper
 
 # config.json keys this class writes itself; everything else is caller metadata.
 _OWN_KEYS = ("kind", "name", "architecture", "normalisation", "learnables", "weight_bytes",
@@ -60,7 +60,7 @@ class LstmSocEstimator(SocEstimator):
         self.kind = kind
         self.name = name
         self.metadata = dict(metadata or {})
-        self._stepper = NumpyStepper(self.network)
+        self._stepper = StreamingStepper(self.network)
 
     def initial_state(self) -> np.ndarray:
         return np.zeros(self._stepper.state_size, dtype=np.float64)

@@ -9,7 +9,7 @@ Every map is a chain of *factors*: ``map(x) = x @ F_1 @ F_2 ...`` on row vectors
 ``F_k`` of shape (in_k, out_k). A plain :class:`DenseMap` has one factor, ``weights^T``; a
 projected map has two, ``Q`` then ``W_in^T``. From the factors come the forward pass, the
 equivalent dense matrix (for PyTorch's fused LSTM kernel) and the pre-transposed arrays
-of the numpy streaming path, so a new map only declares its parameters and factors.
+of the compiled streaming path, so a new map only declares its parameters and factors.
 
 Maps are built from a JSON spec (``{"type": "dense", "in_features": .., "out_features": ..}``)
 through :data:`MAP_CLASSES`, imported lazily, so a saved model of any kind reloads from

@@ -1,0 +1,75 @@
+"""The compiled streaming kernel: its tanh, its two matmul paths, its packing errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bsoc.errors import ModelFileError
+from bsoc.nn.kernel import PackedNetwork, fast_tanh
+
+
+def test_fast_tanh_is_within_1e_6_of_tanh_and_saturates() -> None:
+    grid = np.linspace(-20, 20, 4001, dtype=np.float32)
+    approx = np.array([fast_tanh(value) for value in grid], dtype=np.float64)
+    assert np.abs(approx - np.tanh(grid.astype(np.float64))).max() < 1e-6
+    assert fast_tanh(np.float32(0.0)) == 0.0
+
+
+def _random_network(rng: np.random.Generator) -> PackedNetwork:
+    def f(*shape: int) -> np.ndarray:
+        return rng.normal(0, 0.3, shape).astype(np.float32)
+
+    return PackedNetwork.pack(
+        [([f(3, 2), f(2, 40)], [f(10, 40)], f(40)),  # projected input map, dense recurrent
+         ([f(10, 24)], [f(6, 3), f(3, 24)], f(24))],
+        ([f(6, 1)], f(1)))
+
+
+def _reference_step(features: np.ndarray, states: np.ndarray, packed: PackedNetwork,
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The LSTM equations in float64 numpy, read back from the packed buffer."""
+    def chain(x: np.ndarray, row: np.ndarray, first: int) -> np.ndarray:
+        for k in (first, first + 3):
+            offset, rows, cols = row[k : k + 3]
+            if rows:
+                x = x @ packed.weights[offset : offset + rows * cols].reshape(rows, cols)
+        return x
+
+    def sigmoid(v: np.ndarray) -> np.ndarray:
+        return 1 / (1 + np.exp(-v))
+
+    x, offset, new = features, 0, np.empty_like(states)
+    for row in packed.layout[:-1]:
+        hidden = row[0]
+        h, c = states[:, offset : offset + hidden], states[:, offset + hidden : offset + 2 * hidden]
+        gates = chain(x, row, 1) + chain(h, row, 7) + packed.weights[row[13] : row[13] + 4 * hidden]
+        i, f, g, o = np.split(gates, 4, axis=1)
+        c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+        h = sigmoid(o) * np.tanh(c)
+        new[:, offset : offset + 2 * hidden] = np.hstack([h, c])
+        offset, x = offset + 2 * hidden, h
+    row = packed.layout[-1]
+    return sigmoid(chain(x, row, 1)[:, 0] + packed.weights[row[13]]), new
+
+
+@pytest.mark.parametrize("batch", [1, 3, 64])  # own loops below 8 streams, BLAS above
+def test_kernel_step_matches_the_equations_in_float64(batch: int) -> None:
+    rng = np.random.default_rng(batch)
+    packed = _random_network(rng)
+    features = rng.normal(0, 1, (batch, 3))
+    states = rng.normal(0, 0.5, (batch, 2 * (10 + 6)))
+    for _ in range(5):
+        soc, new = packed.step(features, states)
+        want_soc, want_new = _reference_step(features, states, packed)
+        np.testing.assert_allclose(soc, want_soc, atol=2e-6)
+        np.testing.assert_allclose(new, want_new, atol=2e-5)
+        states = new
+
+
+def test_maps_of_more_than_two_factors_are_refused() -> None:
+    three = [np.ones((3, 2), np.float32), np.ones((2, 2), np.float32),
+             np.ones((2, 8), np.float32)]
+    with pytest.raises(ModelFileError, match="3 factors"):
+        PackedNetwork.pack([(three, [np.ones((2, 8), np.float32)], np.zeros(8, np.float32))],
+                           ([np.ones((2, 1), np.float32)], np.zeros(1, np.float32)))

@@ -67,7 +67,8 @@ def _sigmoid(x: np.float32) -> np.float32:
 
 
 @numba.njit(cache=True, fastmath=True)
-def _matmul(x, weights, offset, rows, cols):  # noqa: ANN001, ANN202 (numba-typed)
+def _matmul(x: np.ndarray, weights: np.ndarray, offset: int, rows: int, cols: int,
+            ) -> np.ndarray:
     matrix = weights[offset : offset + rows * cols].reshape(rows, cols)
     if x.shape[0] >= _SMALL_BATCH:
         return np.dot(x, matrix)
@@ -81,7 +82,7 @@ def _matmul(x, weights, offset, rows, cols):  # noqa: ANN001, ANN202 (numba-type
 
 
 @numba.njit(cache=True, fastmath=True)
-def _apply_map(x, weights, row, first):  # noqa: ANN001, ANN202
+def _apply_map(x: np.ndarray, weights: np.ndarray, row: np.ndarray, first: int) -> np.ndarray:
     y = _matmul(x, weights, row[first], row[first + 1], row[first + 2])
     if row[first + 4] > 0:
         y = _matmul(y, weights, row[first + 3], row[first + 4], row[first + 5])
@@ -89,7 +90,8 @@ def _apply_map(x, weights, row, first):  # noqa: ANN001, ANN202
 
 
 @numba.njit(cache=True, fastmath=True, nogil=True)  # nogil: the service's threads keep going
-def step_packed(features, states, weights, layout):  # noqa: ANN001, ANN202
+def step_packed(features: np.ndarray, states: np.ndarray, weights: np.ndarray,
+                layout: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``features`` (B, 3) float32, ``states`` (B, S) float64 -> SOC (B,), new states (B, S).
 
     ``layout`` rows are the LSTM layers in order, then the fully connected layer.

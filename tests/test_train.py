@@ -55,23 +55,6 @@ def test_windows_start_anywhere_or_at_the_start_with_the_right_mask(toy: Dataset
         assert not at_start[n] or any(s == 0 for _, s in hits)
 
 
-def test_low_rate_cycles_are_drawn_at_their_weight() -> None:
-    time_s = np.arange(3600.0)
-    fast = 1.0 - time_s / 3600  # 1C discharge
-    slow = 1.0 - time_s / (20 * 3600)  # C/20 (an OCV test)
-    data = SequenceSet(features=[np.full((3600, 3), 1.0, np.float32),
-                                 np.full((3600, 3), 2.0, np.float32)],
-                       soc=[fast.astype(np.float32), slow.astype(np.float32)],
-                       time_s=[time_s, time_s], names=["fast", "slow"])
-    np.testing.assert_allclose(data.rms_c_rates(), [1.0, 0.05], rtol=1e-4)
-    plan = WindowPlan(length=100, warmup=10, low_rate_weight=0.25)
-    x, _, _ = sample_windows(data, plan, 4000, np.random.default_rng(0))
-    assert (x[:, 0, 0] == 2.0).mean() == pytest.approx(0.25 / 1.25, abs=0.02)
-    equal = sample_windows(data, WindowPlan(length=100, warmup=10, low_rate_weight=1.0), 4000,
-                           np.random.default_rng(0))[0]
-    assert (equal[:, 0, 0] == 2.0).mean() == pytest.approx(0.5, abs=0.03)
-
-
 def test_short_cycles_are_padded_and_masked(toy: Dataset) -> None:
     data = SequenceSet.from_cycles(toy.split("train"))
     plan = WindowPlan(length=int(data.lengths.max()) + 40, warmup=0, from_start_fraction=1.0)

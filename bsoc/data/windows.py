@@ -10,11 +10,7 @@ cell is rarely switched on at full charge. Training windows mirror that:
   and count from the first step.
 
 Windows are drawn with probability proportional to a cycle's length, so every sample is
-equally likely to be trained on, except in low-rate cycles (RMS rate below C/10: OCV tests
-at C/20). Those are long (over half the training samples of the Panasonic and the simulated
-sets) and nearly static, so their samples count at ``low_rate_weight``: the network still
-learns the OCV curve from them but spends its updates mostly on the dynamic cycles it will
-meet in use. Lengths are in samples (datasets are 1 Hz by convention).
+equally likely to be trained on. Lengths are in samples (datasets are 1 Hz by convention).
 """
 
 from __future__ import annotations
@@ -76,17 +72,6 @@ class SequenceSet:
     def lengths(self) -> np.ndarray:
         return np.array([len(s) for s in self.soc])
 
-    def rms_c_rates(self) -> np.ndarray:
-        """Per sequence, the RMS rate of SOC change in 1/h: its C-rate, whatever the capacity."""
-        rates = []
-        for soc, time_s in zip(self.soc, self.time_s):
-            if len(soc) < 2:
-                rates.append(0.0)
-                continue
-            per_s = np.diff(soc.astype(np.float64)) / np.diff(time_s)
-            rates.append(3600.0 * float(np.sqrt(np.mean(per_s**2))))
-        return np.array(rates)
-
     def tail(self, start_fraction: float) -> SequenceSet:
         """Every sequence from ``start_fraction`` of its length on (a cold start there)."""
         first = [int(start_fraction * len(s)) for s in self.soc]
@@ -118,8 +103,6 @@ class WindowPlan:
     length: int = 600
     warmup: int = 60
     from_start_fraction: float = 0.25
-    low_rate_c: float = 0.1  # cycles with an RMS C-rate below this are "low-rate" (OCV tests)
-    low_rate_weight: float = 0.25  # per-sample sampling weight of low-rate cycles
 
     def __post_init__(self) -> None:
         if self.length < 2 or not 0 <= self.warmup < self.length:
@@ -127,10 +110,6 @@ class WindowPlan:
                 f"window length {self.length} / warm-up {self.warmup} are inconsistent",
                 remedy="use length >= 2 and 0 <= warmup < length",
             )
-        if not 0.0 < self.low_rate_weight <= 1.0 or self.low_rate_c < 0:
-            raise DataValidationError("low_rate_weight must be within (0, 1], low_rate_c >= 0",
-                                      remedy="e.g. low_rate_weight 0.25 (1 keeps every sample "
-                                             "equally likely)")
         if not 0.0 <= self.from_start_fraction <= 1.0:
             raise DataValidationError("from_start_fraction must be within 0..1",
                                       remedy="pass a fraction such as 0.25")
@@ -144,8 +123,7 @@ def sample_windows(
     Cycles shorter than the window give their whole length, padded and masked.
     """
     lengths = data.lengths
-    weights = lengths * np.where(data.rms_c_rates() < plan.low_rate_c, plan.low_rate_weight, 1.0)
-    cycles = rng.choice(len(data), size=count, p=weights / weights.sum())
+    cycles = rng.choice(len(data), size=count, p=lengths / lengths.sum())
     from_start = rng.random(count) < plan.from_start_fraction
     x = np.zeros((count, plan.length, data.features[0].shape[1]), np.float32)
     y = np.zeros((count, plan.length), np.float32)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bsoc.errors import ModelFileError
-from bsoc.nn.kernel import PackedNetwork, fast_tanh
+from bsoc.nn.kernel import _BIAS, _FIELDS, _INPUT, _RECURRENT, PackedNetwork, fast_tanh
 
 
 def test_fast_tanh_is_within_1e_6_of_tanh_and_saturates() -> None:
@@ -26,42 +26,44 @@ def _random_network(rng: np.random.Generator) -> PackedNetwork:
         ([f(6, 1)], f(1)))
 
 
-def _reference_step(features: np.ndarray, states: np.ndarray, packed: PackedNetwork,
+def _reference_step(samples: np.ndarray, states: np.ndarray, packed: PackedNetwork,
                     ) -> tuple[np.ndarray, np.ndarray]:
     """The LSTM equations in float64 numpy, read back from the packed buffer."""
     def chain(x: np.ndarray, row: np.ndarray, first: int) -> np.ndarray:
-        for k in (first, first + 3):
-            offset, rows, cols = row[k : k + 3]
+        for k in (first, first + _FIELDS):
+            offset, rows, cols, transposed = row[k : k + _FIELDS]
+            stored = packed.weights[offset : offset + rows * cols]
             if rows:
-                x = x @ packed.weights[offset : offset + rows * cols].reshape(rows, cols)
+                x = x @ (stored.reshape(cols, rows).T if transposed else stored.reshape(rows, cols))
         return x
 
     def sigmoid(v: np.ndarray) -> np.ndarray:
         return 1 / (1 + np.exp(-v))
 
-    x, offset, new = features, 0, np.empty_like(states)
+    x, offset, new = samples[:, 1:], 0, np.empty_like(states)
     for row in packed.layout[:-1]:
         hidden = row[0]
         h, c = states[:, offset : offset + hidden], states[:, offset + hidden : offset + 2 * hidden]
-        gates = chain(x, row, 1) + chain(h, row, 7) + packed.weights[row[13] : row[13] + 4 * hidden]
+        bias = packed.weights[row[_BIAS] : row[_BIAS] + 4 * hidden]
+        gates = chain(x, row, _INPUT) + chain(h, row, _RECURRENT) + bias
         i, f, g, o = np.split(gates, 4, axis=1)
         c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
         h = sigmoid(o) * np.tanh(c)
         new[:, offset : offset + 2 * hidden] = np.hstack([h, c])
         offset, x = offset + 2 * hidden, h
     row = packed.layout[-1]
-    return sigmoid(chain(x, row, 1)[:, 0] + packed.weights[row[13]]), new
+    return sigmoid(chain(x, row, _INPUT)[:, 0] + packed.weights[row[_BIAS]]), new
 
 
-@pytest.mark.parametrize("batch", [1, 3, 64])  # own loops below 8 streams, BLAS above
+@pytest.mark.parametrize("batch", [1, 3, 64, 600])  # own loops below 8, BLAS, 256-blocks
 def test_kernel_step_matches_the_equations_in_float64(batch: int) -> None:
     rng = np.random.default_rng(batch)
     packed = _random_network(rng)
-    features = rng.normal(0, 1, (batch, 3))
+    samples = np.column_stack([np.zeros(batch), rng.normal(0, 1, (batch, 3))])
     states = rng.normal(0, 0.5, (batch, 2 * (10 + 6)))
     for _ in range(5):
-        soc, new = packed.step(features, states)
-        want_soc, want_new = _reference_step(features, states, packed)
+        soc, new = packed.step(samples, states)
+        want_soc, want_new = _reference_step(samples, states, packed)
         np.testing.assert_allclose(soc, want_soc, atol=2e-6)
         np.testing.assert_allclose(new, want_new, atol=2e-5)
         states = new

@@ -76,7 +76,7 @@ class LstmSocEstimator(SocEstimator):
                 f"got {samples.shape} and {states.shape}",
                 remedy="pass one [time_s, voltage_v, current_a, temperature_c] row per stream",
             )
-        return self._stepper.step(samples[:, 1:4], states)
+        return self._stepper.step(samples, states)
 
     def predict(self, samples: np.ndarray) -> np.ndarray:
         samples = np.asarray(samples)

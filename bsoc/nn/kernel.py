@@ -38,14 +38,20 @@ _B0, _B2, _B4, _B6 = _F(4.89352518554385e-03), _F(2.26843463243900e-03), \
     _F(1.18534705686654e-04), _F(1.19825839466702e-06)
 _HALF, _ONE = _F(0.5), _F(1.0)
 _SMALL_BATCH = 8  # below this many streams our loops beat a BLAS call's overhead
+_BLOCK = 256  # streams stepped together: a block's gates stay in cache
 
-# Layout row of one layer: hidden size, then (offset, rows, cols) of up to two input factors
-# and two recurrent factors (rows 0: absent), then the bias offset.
-_HIDDEN, _INPUT, _RECURRENT, _BIAS = 0, 1, 7, 13
+# Layout row of one layer: hidden size, then (offset, rows, cols, transposed) of up to two
+# input factors and two recurrent factors (rows 0: absent), then the bias offset. A factor
+# with fewer columns than rows (a projector) is stored transposed, so that the single-
+# stream loop is a few long dot products rather than many short vector updates.
+_FIELDS = 4
 _MAX_FACTORS = 2
+_HIDDEN, _INPUT = 0, 1
+_RECURRENT = _INPUT + _FIELDS * _MAX_FACTORS
+_BIAS = _RECURRENT + _FIELDS * _MAX_FACTORS
 
 
-@numba.njit(cache=True, fastmath=True, inline="always")
+@numba.njit(cache=True, fastmath=True, error_model="numpy", inline="always")
 def fast_tanh(x: np.float32) -> np.float32:
     x = min(max(x, -_TANH_CLAMP), _TANH_CLAMP)
     x2 = x * x
@@ -61,71 +67,117 @@ def fast_tanh(x: np.float32) -> np.float32:
     return x * p / q
 
 
-@numba.njit(cache=True, fastmath=True, inline="always")
+@numba.njit(cache=True, fastmath=True, error_model="numpy", inline="always")
 def _sigmoid(x: np.float32) -> np.float32:
     return _HALF + _HALF * fast_tanh(_HALF * x)
 
 
-@numba.njit(cache=True, fastmath=True)
-def _matmul(x: np.ndarray, weights: np.ndarray, offset: int, rows: int, cols: int,
-            ) -> np.ndarray:
-    matrix = weights[offset : offset + rows * cols].reshape(rows, cols)
+@numba.njit(cache=True, fastmath=True, error_model="numpy")
+def _add_product(x: np.ndarray, weights: np.ndarray, factor: np.ndarray, out: np.ndarray) -> None:
+    """``out += x @ F`` for the factor ``F`` described by a layout ``factor`` entry."""
+    offset, rows, cols, transposed = factor[0], factor[1], factor[2], factor[3]
+    stored = weights[offset : offset + rows * cols]
+    if transposed:
+        matrix_t = stored.reshape(cols, rows)
+        if x.shape[0] >= _SMALL_BATCH:
+            out += np.dot(x, matrix_t.T)
+            return
+        for b in range(x.shape[0]):
+            for j in range(cols):
+                total = _F(0.0)
+                for k in range(rows):
+                    total += x[b, k] * matrix_t[j, k]
+                out[b, j] += total
+        return
+    matrix = stored.reshape(rows, cols)
     if x.shape[0] >= _SMALL_BATCH:
-        return np.dot(x, matrix)
-    out = np.zeros((x.shape[0], cols), dtype=np.float32)
+        out += np.dot(x, matrix)
+        return
     for b in range(x.shape[0]):
         for k in range(rows):
             value = x[b, k]
             for j in range(cols):
                 out[b, j] += value * matrix[k, j]
-    return out
 
 
-@numba.njit(cache=True, fastmath=True)
-def _apply_map(x: np.ndarray, weights: np.ndarray, row: np.ndarray, first: int) -> np.ndarray:
-    y = _matmul(x, weights, row[first], row[first + 1], row[first + 2])
-    if row[first + 4] > 0:
-        y = _matmul(y, weights, row[first + 3], row[first + 4], row[first + 5])
-    return y
+@numba.njit(cache=True, fastmath=True, error_model="numpy")
+def _add_map(x: np.ndarray, weights: np.ndarray, row: np.ndarray, first: int,
+             out: np.ndarray) -> None:
+    """``out += map(x)`` for the (one- or two-factor) weight map at ``row[first:]``."""
+    second = first + _FIELDS
+    if row[second + 1] == 0:
+        _add_product(x, weights, row[first:second], out)
+        return
+    inner = np.zeros((x.shape[0], row[first + 2]), dtype=np.float32)
+    _add_product(x, weights, row[first:second], inner)
+    _add_product(inner, weights, row[second : second + _FIELDS], out)
 
 
-@numba.njit(cache=True, fastmath=True, nogil=True)  # nogil: the service's threads keep going
-def step_packed(features: np.ndarray, states: np.ndarray, weights: np.ndarray,
-                layout: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``features`` (B, 3) float32, ``states`` (B, S) float64 -> SOC (B,), new states (B, S).
+@numba.njit(cache=True, fastmath=True, error_model="numpy")
+def _cell(gates: np.ndarray, bias: np.ndarray, c: np.ndarray, h: np.ndarray) -> None:
+    """Gate non-linearities and the state update, in place on float32 ``c`` and ``h``
+    (separate arrays of one type, so the loop vectorises)."""
+    hidden = h.shape[1]
+    for b in range(h.shape[0]):
+        for j in range(hidden):
+            i = _sigmoid(gates[b, j] + bias[j])
+            f = _sigmoid(gates[b, hidden + j] + bias[hidden + j])
+            g = fast_tanh(gates[b, 2 * hidden + j] + bias[2 * hidden + j])
+            o = _sigmoid(gates[b, 3 * hidden + j] + bias[3 * hidden + j])
+            c[b, j] = f * c[b, j] + i * g
+            h[b, j] = o * fast_tanh(c[b, j])
 
-    ``layout`` rows are the LSTM layers in order, then the fully connected layer.
-    """
-    batch = features.shape[0]
-    new_states = np.empty_like(states)
-    x = features
+
+@numba.njit(cache=True, fastmath=True, error_model="numpy")
+def _step_block(samples: np.ndarray, states: np.ndarray, weights: np.ndarray,
+                layout: np.ndarray, soc: np.ndarray, new_states: np.ndarray) -> None:
+    batch = samples.shape[0]
+    x = np.empty((batch, 3), dtype=np.float32)
+    for b in range(batch):
+        for k in range(3):
+            x[b, k] = samples[b, 1 + k]  # time_s, voltage_v, current_a, temperature_c
     offset = 0
     for layer in range(layout.shape[0] - 1):
         row = layout[layer]
         hidden = row[_HIDDEN]
         h = np.empty((batch, hidden), dtype=np.float32)
+        c = np.empty((batch, hidden), dtype=np.float32)
         for b in range(batch):
             for j in range(hidden):
                 h[b, j] = states[b, offset + j]
-        gates = _apply_map(x, weights, row, _INPUT) + _apply_map(h, weights, row, _RECURRENT)
-        bias = weights[row[_BIAS] : row[_BIAS] + 4 * hidden]
+                c[b, j] = states[b, offset + hidden + j]
+        gates = np.zeros((batch, 4 * hidden), dtype=np.float32)
+        _add_map(x, weights, row, _INPUT, gates)
+        _add_map(h, weights, row, _RECURRENT, gates)
+        _cell(gates, weights[row[_BIAS] : row[_BIAS] + 4 * hidden], c, h)
         for b in range(batch):
             for j in range(hidden):
-                i = _sigmoid(gates[b, j] + bias[j])
-                f = _sigmoid(gates[b, hidden + j] + bias[hidden + j])
-                g = fast_tanh(gates[b, 2 * hidden + j] + bias[2 * hidden + j])
-                o = _sigmoid(gates[b, 3 * hidden + j] + bias[3 * hidden + j])
-                c = f * _F(states[b, offset + hidden + j]) + i * g
-                h[b, j] = o * fast_tanh(c)
                 new_states[b, offset + j] = h[b, j]
-                new_states[b, offset + hidden + j] = c
+                new_states[b, offset + hidden + j] = c[b, j]
         offset += 2 * hidden
         x = h
     row = layout[layout.shape[0] - 1]
-    out = _apply_map(x, weights, row, _INPUT)
-    soc = np.empty(batch, dtype=np.float64)
+    out = np.zeros((batch, 1), dtype=np.float32)
+    _add_map(x, weights, row, _INPUT, out)
     for b in range(batch):
         soc[b] = _sigmoid(out[b, 0] + weights[row[_BIAS]])
+
+
+@numba.njit(cache=True, fastmath=True, error_model="numpy", nogil=True)  # service threads run on
+def step_packed(samples: np.ndarray, states: np.ndarray, weights: np.ndarray,
+                layout: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``samples`` (B, 4) rows of time, V, I, T; ``states`` (B, S) -> SOC (B,), new states.
+
+    ``layout`` rows are the LSTM layers in order, then the fully connected layer. Many
+    streams are stepped in blocks of ``_BLOCK`` so that each block's gates stay in cache.
+    """
+    batch = samples.shape[0]
+    soc = np.empty(batch, dtype=np.float64)
+    new_states = np.empty_like(states)
+    for start in range(0, batch, _BLOCK):
+        stop = min(start + _BLOCK, batch)
+        _step_block(samples[start:stop], states[start:stop], weights, layout,
+                    soc[start:stop], new_states[start:stop])
     return soc, new_states
 
 
@@ -134,7 +186,7 @@ class PackedNetwork:
     """A network's weights as one float32 buffer and the layout table the kernel reads."""
 
     weights: np.ndarray  # (N,) float32
-    layout: np.ndarray  # (layers + 1, 14) int64
+    layout: np.ndarray  # (layers + 1, 18) int64
 
     @classmethod
     def pack(cls, lstm_layers: list[tuple[list[np.ndarray], list[np.ndarray], np.ndarray]],
@@ -157,8 +209,10 @@ class PackedNetwork:
                     remedy="use dense, projected or SVD maps (at most two factors)")
             fields: list[int] = []
             for factor in factors:
-                fields += [place(factor), *factor.shape]
-            return fields + [0, 0, 0] * (_MAX_FACTORS - len(factors))
+                transposed = factor.shape[1] < factor.shape[0]
+                offset = place(factor.T if transposed else factor)
+                fields += [offset, *factor.shape, int(transposed)]
+            return fields + [0] * _FIELDS * (_MAX_FACTORS - len(factors))
 
         rows = []
         for inputs, recurrent, bias in lstm_layers:
@@ -171,7 +225,8 @@ class PackedNetwork:
         rows.append([1, *factor_fields(factors), *factor_fields([]), place(bias)])
         return cls(np.concatenate(chunks), np.asarray(rows, dtype=np.int64))
 
-    def step(self, features: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return step_packed(np.ascontiguousarray(features, dtype=np.float32),
+    def step(self, samples: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``samples`` (B, 4) rows of time_s, voltage_v, current_a, temperature_c."""
+        return step_packed(np.ascontiguousarray(samples, dtype=np.float64),
                            np.ascontiguousarray(states, dtype=np.float64),
                            self.weights, self.layout)

@@ -64,6 +64,6 @@ class StreamingStepper:
             [(layer.input_factors, layer.recurrent_factors, layer.bias) for layer in self.layers],
             (self.fc_factors, self.fc_bias))
 
-    def step(self, features: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``features`` (B, 3) raw V, I, T; ``states`` (B, S) -> SOC (B,), new states (B, S)."""
-        return self._packed.step(features, states)
+    def step(self, samples: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``samples`` (B, 4) raw time, V, I, T; ``states`` (B, S) -> SOC (B,), new states."""
+        return self._packed.step(samples, states)

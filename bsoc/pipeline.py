@@ -67,6 +67,7 @@ class Step:
     argv: list[str]
     reads: list[Path] = field(default_factory=list)
     artefact: str = "config.json"  # the file in ``output`` that the step writes
+    takes_force: bool = True  # the command refuses to overwrite its output without --force
 
     def overwrites_foreign_output(self) -> bool:
         """True when ``output`` holds an artefact this pipeline did not make (a user's)."""
@@ -84,6 +85,9 @@ def plan_steps(plan: PipelinePlan) -> list[Step]:
         steps.append(Step("simulate", plan.data, ["data", "simulate", "--profile", profile,
                                                   "--seed", str(plan.seed), "--out", data],
                           artefact="manifest.json"))
+    steps.append(Step("inspect data", plan.report / "data",
+                      ["data", "inspect", data, "--out", str(plan.report / "data")], [plan.data],
+                      artefact="summary.json", takes_force=False))
     finetune_epochs = str(FINETUNE_EPOCHS[profile])
     steps += [
         Step("train", lstm, ["train", "--data", data, "--out", str(lstm), "--profile", profile,
@@ -157,7 +161,7 @@ def run_pipeline(
             )
         inputs = {"argv": step.argv, "reads": {str(p): _fingerprint(p) for p in step.reads},
                   "bsoc_source": code}
-        argv = [*step.argv, "--force"]
+        argv = [*step.argv, "--force"] if step.takes_force else step.argv
         started = time.perf_counter()
 
         def action(argv: list[str] = argv) -> None:

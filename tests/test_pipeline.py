@@ -39,6 +39,8 @@ def test_pipeline_produces_report_and_all_models(pipeline_run: Path):
     assert by_name["svd"]["learnables"] <= by_name["projected"]["learnables"]
     assert (pipeline_run / "reports/toy/report.html").stat().st_size > 10_000
     assert json.loads((pipeline_run / "reports/toy/sweep/sweep.json").read_text())["projection"]
+    summary = json.loads((pipeline_run / "reports/toy/data/summary.json").read_text())
+    assert len(summary["cycles"]) == len(summary["figures"]) > 0
 
 
 def test_second_run_skips_every_step(pipeline_run: Path, toy_dataset: Path, capsys):
@@ -55,7 +57,7 @@ def test_second_run_skips_every_step(pipeline_run: Path, toy_dataset: Path, caps
 def test_pipeline_refuses_to_overwrite_a_users_model(tmp_path: Path, toy_dataset: Path):
     plan = PipelinePlan(profile="tiny", run="mine", data=toy_dataset, simulate=False,
                         root=tmp_path)
-    first_model = plan_steps(plan)[0].output
+    first_model = next(step.output for step in plan_steps(plan) if step.name == "train")
     first_model.mkdir(parents=True)
     (first_model / "config.json").write_text("{}")
     with pytest.MonkeyPatch.context() as patch:

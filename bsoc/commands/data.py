@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 from typing import Any
@@ -193,27 +194,33 @@ def inspect(
     dataset: Path = typer.Argument(..., help="Dataset folder (with manifest.json)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     no_figures: bool = typer.Option(
-        False, "--no-figures", help="Skip the per-cycle PNGs in DATASET/figures/."
+        False, "--no-figures", help="Skip the per-cycle PNGs and summary.json."
     ),
+    out: Path = typer.Option(None, "--out", help="Folder for the per-cycle PNGs and "
+                             "summary.json (default: DATASET/figures)."),
 ) -> None:
     """Summarise a dataset (one row per cycle) and draw V, I, T and SOC per cycle."""
     from rich import box
     from rich.table import Table
 
     from bsoc.data.dataset import Dataset
-    from bsoc.data.inspect import figure_path, plot_cycle, summarise
+    from bsoc.data.inspect import FIGURES_DIR, figure_path, plot_cycle, summarise
 
     data = Dataset.load(dataset)
     rows = [summarise(cycle) for cycle in data]
     figures: list[str] = []
+    out = out or Path(dataset) / FIGURES_DIR
     if not no_figures:
         with progress(transient=True) as bar:
             task = bar.add_task("figures", total=len(data), info="")
             for cycle in data:
-                figures.append(str(plot_cycle(cycle, figure_path(dataset, cycle))))
+                figures.append(str(plot_cycle(cycle, figure_path(out, cycle))))
                 bar.update(task, advance=1, info=cycle.meta.name)
+    summary = {"dataset": str(dataset), "name": data.name, "cycles": rows, "figures": figures}
+    if figures:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if json_out:
-        emit_json({"dataset": str(dataset), "name": data.name, "cycles": rows, "figures": figures})
+        emit_json(summary)
         return
     table = Table(
         title=f"{data.name}: {len(data)} cycles ({dataset})",
@@ -238,7 +245,7 @@ def inspect(
         )
     out_console.print(table)
     if figures:
-        err_console.print(f"figures: {Path(dataset) / 'figures'} ({len(figures)} PNG)")
+        err_console.print(f"figures: {out} ({len(figures)} PNG, summary.json)")
 
 
 def _duration(seconds: float) -> str:

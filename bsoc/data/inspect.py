@@ -77,7 +77,7 @@ def plot_cycle(cycle: Cycle, path: Path) -> Path:
 
 
 def figure_path(directory: Path, cycle: Cycle) -> Path:
-    return Path(directory) / FIGURES_DIR / f"{_safe_filename(cycle.meta.name)}.png"
+    return Path(directory) / f"{_safe_filename(cycle.meta.name)}.png"
 
 
 def split_names(dataset: Dataset) -> dict[str, list[str]]:

@@ -27,6 +27,9 @@ PROFILES = ("tiny", "quick", "full")
 # The tiny profile's network is too small for 90 % fewer learnables (rank-1 layers hold more).
 DEFAULT_REDUCTION = {"tiny": 0.5, "quick": 0.9, "full": 0.9}
 FINETUNE_EPOCHS = {"tiny": 2, "quick": 4, "full": 15}
+# A full-profile epoch over the simulated full set takes minutes: bound fine-tuning by time
+# too (the learning rate then anneals over the budget, see bsoc.train.training_progress).
+FINETUNE_BUDGET = {"tiny": [], "quick": [], "full": ["--max-minutes", "8"]}
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,8 @@ def plan_steps(plan: PipelinePlan) -> list[Step]:
     steps.append(Step("inspect data", plan.report / "data",
                       ["data", "inspect", data, "--out", str(plan.report / "data")], [plan.data],
                       artefact="summary.json", takes_force=False))
-    finetune_epochs = str(FINETUNE_EPOCHS[profile])
+    finetune = ["--epochs", str(FINETUNE_EPOCHS[profile]), *FINETUNE_BUDGET[profile],
+                "--seed", str(plan.seed)]
     steps += [
         Step("train", lstm, ["train", "--data", data, "--out", str(lstm), "--profile", profile,
                              "--seed", str(plan.seed)], [plan.data]),
@@ -96,14 +100,14 @@ def plan_steps(plan: PipelinePlan) -> list[Step]:
              ["compress", str(lstm), "--data", data, "--out", str(projected),
               "--learnables-reduction", str(plan.reduction)], [plan.data, lstm]),
         Step("fine-tune (projection)", projected_ft,
-             ["finetune", str(projected), "--data", data, "--out", str(projected_ft),
-              "--epochs", finetune_epochs, "--seed", str(plan.seed)], [plan.data, projected]),
+             ["finetune", str(projected), "--data", data, "--out", str(projected_ft), *finetune],
+             [plan.data, projected]),
         Step("compress (SVD, same learnables)", svd,
              ["compress", str(lstm), "--data", data, "--out", str(svd), "--method", "svd",
               "--learnables-reduction", str(plan.reduction)], [plan.data, lstm]),
         Step("fine-tune (SVD)", svd_ft,
-             ["finetune", str(svd), "--data", data, "--out", str(svd_ft),
-              "--epochs", finetune_epochs, "--seed", str(plan.seed)], [plan.data, svd]),
+             ["finetune", str(svd), "--data", data, "--out", str(svd_ft), *finetune],
+             [plan.data, svd]),
         Step("sweep (projection vs SVD)", sweep,
              ["compress", str(lstm), "--data", data, "--sweep", "--out", str(sweep)],
              [plan.data, lstm], artefact="sweep.json"),

@@ -75,3 +75,15 @@ def test_maps_of_more_than_two_factors_are_refused() -> None:
     with pytest.raises(ModelFileError, match="3 factors"):
         PackedNetwork.pack([(three, [np.ones((2, 8), np.float32)], np.zeros(8, np.float32))],
                            ([np.ones((2, 1), np.float32)], np.zeros(1, np.float32)))
+
+
+def test_a_map_whose_rank_saves_no_work_is_packed_dense() -> None:
+    rng = np.random.default_rng(7)
+    first, second = rng.normal(0, 0.3, (3, 3)), rng.normal(0, 0.3, (3, 40))  # 129 > 120 MACs
+    recurrent, bias = rng.normal(0, 0.3, (10, 40)), rng.normal(0, 0.3, 40)
+    fc = ([rng.normal(0, 0.3, (10, 1))], np.zeros(1))
+    factored = PackedNetwork.pack([([first, second], [recurrent], bias)], fc)
+    dense = PackedNetwork.pack([([first @ second], [recurrent], bias)], fc)
+    np.testing.assert_array_equal(factored.layout, dense.layout)
+    assert factored.layout[0, _INPUT + _FIELDS + 1] == 0  # no second input factor
+    np.testing.assert_allclose(factored.weights, dense.weights, rtol=1e-6)

@@ -66,11 +66,9 @@ class LstmSocEstimator(SocEstimator):
         return np.zeros(self._stepper.state_size, dtype=np.float64)
 
     def step_batch(self, samples: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        samples = np.asarray(samples)
-        states = np.asarray(states)
-        if samples.ndim != 2 or samples.shape[1] != 4 or states.shape != (
-            len(samples), self._stepper.state_size
-        ):
+        samples = np.ascontiguousarray(samples, dtype=np.float64)
+        states = np.ascontiguousarray(states, dtype=np.float64)
+        if samples.shape[1:] != (4,) or states.shape != (len(samples), self._stepper.state_size):
             raise BsocError(
                 f"LSTM step needs samples (B, 4) and states (B, {self._stepper.state_size}), "
                 f"got {samples.shape} and {states.shape}",

@@ -329,6 +329,15 @@ def test_stream_limit_is_429_and_existing_streams_continue():
         assert httpx.get(f"{srv.url}/v1/streams").json()["count"] == 2
 
 
+def test_a_model_that_cannot_step_fails_at_start_not_on_the_first_request():
+    class Broken(CoulombEstimator):
+        def step_batch(self, samples, states):
+            raise RuntimeError("kernel failed to load")
+
+    with pytest.raises(RuntimeError, match="kernel failed to load"):
+        create_app(Broken(), ServeConfig(), describe_model(Broken(), None))
+
+
 def test_api_key_guards_writes_and_stream_reads(keyed):
     body, url = as_json(rows_of(3)), f"{keyed.url}/v1/streams/secret/samples"
     assert httpx.post(url, json=body).status_code == 401

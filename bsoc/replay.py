@@ -15,7 +15,6 @@ which shows up as ``max_lag_s`` and an achieved rate below the target.
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import secrets
 import time
@@ -31,6 +30,7 @@ from bsoc.data.dataset import Dataset
 from bsoc.data.schema import Cycle
 from bsoc.errors import ConfigError, DatasetNotFoundError
 from bsoc.estimator import SAMPLE_FIELDS
+from bsoc.heap import settle_heap
 
 TRANSPORTS = ("ws", "http")
 
@@ -78,8 +78,7 @@ def replay(
 ) -> dict[str, Any]:
     """Run the replay and return its report (see :func:`summarise`)."""
     _check(config)
-    gc.collect()  # the loaded data and libraries stay: keep full collections from walking
-    gc.freeze()  # them, so this client's own pauses are not counted as service latency
+    settle_heap()  # this client's own pauses would be counted as service latency
     return asyncio.run(_replay(cycles, config, on_progress))
 
 

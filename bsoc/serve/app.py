@@ -9,7 +9,6 @@ Routes follow DESIGN.md's serving contract; every rejection is a JSON
 from __future__ import annotations
 
 import asyncio
-import gc
 import hashlib
 import json
 import time
@@ -31,6 +30,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from bsoc import __version__
 from bsoc.estimator import CONFIG_FILE, WEIGHTS_FILE, SocEstimator
+from bsoc.heap import settle_heap
 from bsoc.serve.auth import key_matches
 from bsoc.serve.batching import MicroBatcher
 from bsoc.serve.metrics import Metrics
@@ -122,11 +122,7 @@ class Service:
         self._snapshotter: asyncio.Task | None = None
 
     async def start(self) -> None:
-        # What is alive now (torch, the model, restored streams) lives as long as the process.
-        # Frozen, it is out of the cyclic collector's reach: otherwise every full collection
-        # walks ~250k objects (about 100 ms here) while all requests wait behind it.
-        gc.collect()
-        gc.freeze()
+        settle_heap()
         self.batcher.start()
         if self.config.snapshot_path is not None and self.config.snapshot_interval_s > 0:
             self._snapshotter = asyncio.get_running_loop().create_task(self._snapshot_loop())

@@ -29,7 +29,8 @@ DEFAULT_REDUCTION = {"tiny": 0.5, "quick": 0.9, "full": 0.9}
 FINETUNE_EPOCHS = {"tiny": 2, "quick": 4, "full": 15}
 # A full-profile epoch over the simulated full set takes minutes: bound fine-tuning by time
 # too (the learning rate then anneals over the budget, see bsoc.train.training_progress).
-FINETUNE_BUDGET = {"tiny": [], "quick": [], "full": ["--max-minutes", "8"]}
+# The quick profile's minute each keeps `make demo` within 15 minutes on 2 cores.
+FINETUNE_BUDGET = {"tiny": [], "quick": ["--max-minutes", "1"], "full": ["--max-minutes", "8"]}
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,7 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile(
         NetworkConfig(),
         TrainConfig(epochs=40, window=WindowPlan(length=500, warmup=50), patience=10,
-                    max_minutes=4.0),
+                    max_minutes=3.5),
         "demo: Table-1 network, about 3-4 minutes on 2 cores",
     ),
     "full": Profile(

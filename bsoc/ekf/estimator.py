@@ -1,10 +1,10 @@
 """``EkfSocEstimator``: the EKF on an identified ECM behind the common SocEstimator interface.
 
 A stream's state is the flat vector of :mod:`bsoc.ekf.filter` (``STATE_SIZE`` = 17 floats:
-SOC, V1, V2, the 3x3 covariance, last time, last current, last temperature, capacity, status),
-so streams batch, snapshot and restore like the LSTM's. ``dt`` comes from consecutive
-``time_s`` of a stream. The model folder holds only ``config.json`` (tables as JSON lists)
-plus figures: loading never unpickles.
+SOC, V1, V2, the 3x3 covariance, last time, last current, last temperature, capacity, status,
+every one finite from the first), so streams batch, snapshot and restore like the LSTM's.
+``dt`` comes from consecutive ``time_s`` of a stream. The model folder holds only
+``config.json`` (tables as JSON lists) plus figures: loading never unpickles.
 """
 
 from __future__ import annotations

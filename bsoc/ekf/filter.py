@@ -42,7 +42,9 @@ from bsoc.data.schema import MAX_CURRENT_C_RATE, VOLTAGE_RANGE_V
 from bsoc.ekf.ecm import EcmTables, temperature_weights
 from bsoc.errors import ConfigError
 
-# Layout of one stream's flat state vector.
+# Layout of one stream's flat state vector. Every slot is always finite, so states batch,
+# snapshot and pass the service's finiteness check like any model's: LAST_* mean something
+# only once a stream is RUNNING, and CAPACITY 0 stands for "the model's capacity(T)".
 SOC, V1, V2 = 0, 1, 2
 P_SLICE = slice(3, 12)  # 3x3 covariance, row-major
 LAST_TIME, LAST_CURRENT, LAST_TEMPERATURE, CAPACITY, STATUS = 12, 13, 14, 15, 16
@@ -184,7 +186,6 @@ def new_state(
     temperature); it must be positive.
     """
     state = np.zeros(STATE_SIZE)
-    state[[LAST_TIME, LAST_CURRENT, LAST_TEMPERATURE, CAPACITY]] = np.nan
     if capacity_ah is not None:
         if not np.isfinite(capacity_ah) or capacity_ah <= 0:
             raise ConfigError(
@@ -232,14 +233,11 @@ def ekf_step(
     time_s, voltage, current, temperature = (samples[:, c] for c in range(4))
     status = states[:, STATUS]
     running = status == RUNNING
-    temperature = np.where(np.isfinite(temperature), temperature, states[:, LAST_TEMPERATURE])
+    last_temperature = np.where(running, states[:, LAST_TEMPERATURE], np.nan)
+    temperature = np.where(np.isfinite(temperature), temperature, last_temperature)
     temp_ok = np.isfinite(temperature)
     temp_c = np.where(temp_ok, temperature, 25.0)
-    capacity = np.where(
-        np.isfinite(states[:, CAPACITY]),
-        states[:, CAPACITY],
-        tables.capacity(temp_c),
-    )
+    capacity = np.where(states[:, CAPACITY] > 0, states[:, CAPACITY], tables.capacity(temp_c))
     with np.errstate(invalid="ignore"):
         dt = time_s - states[:, LAST_TIME]
         usable = (

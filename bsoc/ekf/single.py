@@ -84,11 +84,11 @@ class SingleStreamStep:
         status = state[STATUS]
         running = status == RUNNING
         if not math.isfinite(temperature):
-            temperature = state[LAST_TEMPERATURE]
+            temperature = state[LAST_TEMPERATURE] if running else math.nan
         temp_ok = math.isfinite(temperature)
         temp_c = temperature if temp_ok else 25.0
         j, w = self._t_weight(temp_c)
-        capacity = state[CAPACITY] if math.isfinite(state[CAPACITY]) else self._per_t(2, j, w)
+        capacity = state[CAPACITY] if state[CAPACITY] > 0 else self._per_t(2, j, w)
         dt = time_s - state[LAST_TIME]
         usable = (
             math.isfinite(time_s)

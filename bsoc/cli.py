@@ -1,15 +1,16 @@
 """The ``bsoc`` command line: one entry point, one verb per job.
 
-Failures we can explain (:class:`bsoc.errors.BsocError`) are caught here, at the edge,
-and shown as one line with the remedy; bad input exits with code 2.
+Failures we can explain are caught here, at the edge, and shown as one line with the
+remedy: :class:`bsoc.errors.BsocError`, a file the system refuses (``OSError``), and a bad
+command line. Bad input exits with code 2; only a bug in bsoc shows a traceback.
 """
 
 from __future__ import annotations
 
 import sys
 
-import click
 import typer
+from rich.markup import escape
 
 from bsoc import __version__
 from bsoc.console import err_console, set_command_line
@@ -22,6 +23,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Help texts are plain text: Rich markup would swallow "[default: ...]" and the like.
+    rich_markup_mode=None,
 )
 data_app = typer.Typer(
     help="Simulate, ingest, validate and inspect cycle datasets.", no_args_is_help=True
@@ -76,24 +79,61 @@ def _root(
     """Battery SOC virtual sensor."""
 
 
+USAGE_EXIT_CODE = 2
+
+
+def _is_command_line_error(error: Exception) -> bool:
+    """A bad command line, as raised by click or by the copy of it that typer vendors.
+
+    Recognised by what such errors carry (an exit code and a message formatter) rather than
+    by class, so a typer or click upgrade that moves the classes cannot bring tracebacks back.
+    """
+    return isinstance(getattr(error, "exit_code", None), int) and callable(
+        getattr(error, "format_message", None)
+    )
+
+
+def _fail(message: str, code: int) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def _command_line_failure(error: Exception) -> None:
+    message = str(error.format_message())  # type: ignore[attr-defined]
+    if "\n" in message.strip():  # the help page of a group called without a command
+        sys.stderr.write(message.rstrip() + "\n")
+        sys.exit(USAGE_EXIT_CODE)
+    command = getattr(getattr(error, "ctx", None), "command_path", None) or "bsoc"
+    _fail(f"{message} -> see '{command} --help'", USAGE_EXIT_CODE)
+
+
+def _os_failure(error: OSError) -> None:
+    where = f"{error.filename}: " if error.filename else ""
+    _fail(f"{where}{error.strerror or error} -> check the path, its permissions and free space",
+          USAGE_EXIT_CODE)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point; exits with the command's code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     set_command_line(argv)
     try:
-        app(args=argv, standalone_mode=False)
-    except click.exceptions.Exit as done:
+        returned = app(args=argv, prog_name="bsoc", standalone_mode=False)
+    except typer.Exit as done:
         sys.exit(done.exit_code)
-    except click.ClickException as usage:
-        usage.show()
-        sys.exit(usage.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         err_console.print("[yellow]interrupted[/]")
         sys.exit(130)
     except BsocError as error:
-        err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-        sys.exit(error.exit_code)
-    sys.exit(0)
+        _fail(str(error), error.exit_code)
+    except OSError as error:
+        _os_failure(error)
+    except Exception as error:
+        if not _is_command_line_error(error):
+            raise
+        _command_line_failure(error)
+    # typer returns the code of a typer.Exit raised inside a command instead of raising it.
+    sys.exit(returned if isinstance(returned, int) else 0)
 
 
 if __name__ == "__main__":

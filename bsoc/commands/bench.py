@@ -34,18 +34,36 @@ def benchmark(
 
 
 def print_summary(result: dict) -> None:
-    """The benchmark's summary table on the terminal."""
+    """The benchmark's summary table on the terminal.
+
+    Model names and numbers are never cut short (``projected`` and ``projected-ft`` must
+    stay apart on an 80-column terminal): every column gets the width of its widest value
+    and header word, headers wrap at spaces, and only the kind folds when space runs out.
+    """
+    from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
     from bsoc.bench.run import summary_table
 
-    rows = summary_table(result)
-    table = Table(title=f"{result['dataset']}: {result['cycles']} {result['split']} cycles "
-                  f"(ratios vs {result['reference']})")
-    for column in rows[0]:
-        table.add_column(column, justify="left" if column in ("model", "kind") else "right")
+    rows = [{column: _cell(value) for column, value in row.items()} for row in summary_table(result)]
+    columns = list(rows[0])
+    widths = {column: max(*(len(row[column]) for row in rows), *map(len, column.split()))
+              for column in columns}
+    separators = len(columns) - 1
+    gap = 2 if sum(widths.values()) + 2 * separators <= out_console.width else 1
+    excess = sum(widths.values()) + gap * separators - out_console.width
+    if excess > 0 and "kind" in widths:
+        widths["kind"] = max(4, widths["kind"] - excess)
+    table = Table(title=escape(f"{result['dataset']}: {result['cycles']} {result['split']} "
+                               f"cycles (ratios vs {result['reference']})"),
+                  box=box.SIMPLE_HEAD, padding=(0, gap - 1, 0, 0), pad_edge=False,
+                  show_edge=False)
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("model", "kind") else "right",
+                         width=widths[column], overflow="fold")
     for row in rows:
-        table.add_row(*[_cell(v) for v in row.values()])
+        table.add_row(*(escape(text) for text in row.values()))
     out_console.print(table)
 
 

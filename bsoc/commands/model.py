@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from bsoc.console import emit_json, err_console, progress, training_progress
+from bsoc.console import emit_json, err_console, out_console, progress, training_progress
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -135,6 +135,7 @@ def evaluate(
     """
     import json
 
+    from rich.markup import escape
     from rich.table import Table
 
     from bsoc import __version__
@@ -165,8 +166,8 @@ def evaluate(
     if json_output:
         emit_json(report)
         return
-    table = Table(title=f"{estimator.name} ({estimator.kind}) on {data.name} [{split}], "
-                        f"{len(cycles)} cycles, SOC error in %")
+    table = Table(title=escape(f"{estimator.name} ({estimator.kind}) on {data.name} [{split}], "
+                               f"{len(cycles)} cycles, SOC error in %"))
     for column in ("scenario", "RMSE", "MAE", "max |err|", "convergence [s]"):
         table.add_column(column, justify="left" if column == "scenario" else "right")
     for name, scenario in result["scenarios"].items():
@@ -175,7 +176,7 @@ def evaluate(
             "not within band" if convergence is None else f"{convergence:.0f}")
         table.add_row(name, *(f"{scenario[k]:.2f}" for k in ("rmse_pct", "mae_pct",
                                                               "max_abs_err_pct")), shown)
-    err_console.print(table)
+    out_console.print(table)  # the result: stdout, like --json; messages stay on stderr
     err_console.print(f"results in {out / 'evaluation.json'}, figure {figure}")
 
 

@@ -10,6 +10,10 @@ and the load test: served-SOC error, latency percentiles, sustained samples/s, e
 A stream waits for each answer before sending its next request (answers must come in
 order for the state to be right); if the service falls behind, requests go out late,
 which shows up as ``max_lag_s`` and an achieved rate below the target.
+
+A replay in which any sample failed is a failed replay (:func:`replay_failure`), and the
+mistakes that would fail every sample (no service at the URL, a wrong key) are refused
+before the first stream starts.
 """
 
 from __future__ import annotations
@@ -28,11 +32,18 @@ import numpy as np
 
 from bsoc.data.dataset import Dataset
 from bsoc.data.schema import Cycle
-from bsoc.errors import ConfigError, DatasetNotFoundError
+from bsoc.errors import BsocError, ConfigError, DatasetNotFoundError
 from bsoc.estimator import SAMPLE_FIELDS
 from bsoc.heap import settle_heap
+from bsoc.serve.schemas import Rejected, check_stream_id
 
 TRANSPORTS = ("ws", "http")
+KEY_REMEDY = "pass the service's key with --api-key-file FILE or BSOC_API_KEY"
+PREFLIGHT_TIMEOUT_S = 10.0
+
+
+class ReplayIncompleteError(BsocError):
+    """The service did not accept every sample sent (its reasons are in the report)."""
 
 
 @dataclass
@@ -78,6 +89,7 @@ def replay(
 ) -> dict[str, Any]:
     """Run the replay and return its report (see :func:`summarise`)."""
     _check(config)
+    _preflight(config)
     settle_heap()  # this client's own pauses would be counted as service latency
     return asyncio.run(_replay(cycles, config, on_progress))
 
@@ -94,6 +106,66 @@ def _check(config: ReplayConfig) -> None:
         )
     if not config.url.startswith(("http://", "https://")):
         raise ConfigError(f"--url {config.url!r} must start with http:// or https://")
+    if config.prefix:
+        try:
+            check_stream_id(f"{config.prefix}-00000")
+        except Rejected as error:
+            raise ConfigError(f"--prefix {config.prefix!r}: {error.message}") from None
+
+
+def _headers(config: ReplayConfig) -> dict[str, str]:
+    return {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+
+
+def _preflight(config: ReplayConfig) -> None:
+    """Refuse at once what would fail every sample: no bsoc service at the URL, a wrong key."""
+    import httpx
+
+    base = config.url.rstrip("/")
+    try:
+        health = httpx.get(f"{base}/healthz", timeout=PREFLIGHT_TIMEOUT_S)
+        listed = httpx.get(
+            f"{base}/v1/streams?limit=1", headers=_headers(config), timeout=PREFLIGHT_TIMEOUT_S
+        )
+    except httpx.HTTPError as error:
+        raise ConfigError(
+            f"no service answers at {config.url} ({type(error).__name__}: {error})",
+            remedy="start 'bsoc serve' there, or give its address with --url",
+        ) from None
+    try:
+        looks_like_bsoc = health.status_code == 200 and "model" in health.json()
+    except ValueError:
+        looks_like_bsoc = False
+    if not looks_like_bsoc:
+        raise ConfigError(
+            f"{config.url} is not a 'bsoc serve' service (/healthz answered "
+            f"{health.status_code})",
+            remedy="give the service's base URL with --url, e.g. http://127.0.0.1:8000",
+        )
+    if listed.status_code == 401:
+        which = "refused the API key" if config.api_key else "requires an API key"
+        raise ConfigError(f"the service at {config.url} {which}", remedy=KEY_REMEDY)
+
+
+def replay_failure(report: dict[str, Any]) -> BsocError | None:
+    """The error a replay ends with when any sample failed; None when every one was accepted.
+
+    A refused key is the user's to fix (exit code 2); other failures are the service's.
+    """
+    errors: dict[str, int] = report["errors"]
+    if not errors and report["samples_ok"] == report["samples_sent"]:
+        return None
+    worst = sorted(errors.items(), key=lambda item: -item[1])[:3]
+    kinds = ", ".join(f"{kind} x{n}" for kind, n in worst) or "answers missing"
+    message = (
+        f"the service at {report['url']} accepted {report['samples_ok']} of "
+        f"{report['samples_sent']} samples sent ({kinds})"
+    )
+    if "unauthorized" in errors:
+        return ConfigError(message, remedy=KEY_REMEDY)
+    return ReplayIncompleteError(
+        message, remedy="see 'errors' in the report (--json) and the service's log"
+    )
 
 
 async def _replay(
@@ -104,7 +176,7 @@ async def _replay(
     plans = [_plan(cycles[i % len(cycles)], config) for i in range(config.streams)]
     planned = sum(len(rows) for rows, _ in plans)
     gate = asyncio.Semaphore(config.connect_concurrency)
-    headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+    headers = _headers(config)
     started = time.monotonic()
     deadline = started + config.max_seconds if config.max_seconds else float("inf")
     period = config.batch / config.rate_hz if config.rate_hz > 0 else 0.0
@@ -138,6 +210,8 @@ async def _replay(
                     tally.latencies.append(time.perf_counter() - sent_at)
                     if error is not None:
                         tally.errors[error] += len(chunk)
+                        if error == "unauthorized":
+                            return  # no later request of this stream can succeed
                         continue
                     tally.ok += len(chunk)
                     tally.served.extend(socs)

@@ -12,6 +12,7 @@ import asyncio
 import json
 import re
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -22,26 +23,21 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from bsoc.errors import ConfigError
 from bsoc.estimator import SAMPLE_FIELDS, StreamSet
 from bsoc.serve.app import ServeConfig, create_app, describe_model
+from bsoc.serve.auth import resolve_api_key
 from bsoc.serve.batching import step_jobs
 from bsoc.serve.snapshot import write_snapshot
-from conftest import make_toy_cycle
-from test_serve_helpers import CoulombEstimator, ProcessServer, ThreadServer, run_cli
+from test_serve_helpers import (
+    CoulombEstimator,
+    ProcessServer,
+    ThreadServer,
+    as_json,
+    free_port,
+    rows_of,
+    run_cli,
+    socs,
+)
 
 KEY = "k" * 24
-
-
-def rows_of(seconds: int = 120, seed: int = 3) -> np.ndarray:
-    frame = make_toy_cycle("t", seed=seed, seconds=seconds, soc0=0.8).frame
-    return frame[list(SAMPLE_FIELDS)].to_numpy()
-
-
-def as_json(rows: np.ndarray) -> list[dict[str, float]]:
-    return [dict(zip(SAMPLE_FIELDS, map(float, r))) for r in rows]
-
-
-def socs(response: httpx.Response) -> list[float]:
-    assert response.status_code == 200, response.text
-    return [e["soc"] for e in response.json()["estimates"]]
 
 
 def start(estimator=None, **config) -> ThreadServer:
@@ -218,6 +214,74 @@ def test_bad_stream_id_and_unknown_stream(server):
     assert httpx.get(f"{server.url}/v1/streams/never-seen").json()["error"] == "not_found"
 
 
+def test_a_stream_id_with_a_trailing_newline_is_refused_everywhere(server):
+    """``bad%0A`` passed the WebSocket id check (a regex ``$`` matches before a final newline)."""
+    base, body = f"{server.url}/v1/streams/bad%0A", as_json(rows_of(2))
+    for response in (httpx.post(f"{base}/samples", json=body), httpx.get(base), httpx.delete(base)):
+        assert response.status_code == 422 and response.json()["error"] == "validation"
+
+    async def handshake():
+        async with connect(base.replace("http", "ws")):
+            pass
+
+    with pytest.raises(InvalidStatus):
+        asyncio.run(handshake())
+    assert httpx.get(f"{server.url}/v1/streams?prefix=bad%0A").json()["count"] == 0
+
+
+DEEP = {"list": "[" * 20_000 + "]" * 20_000, "object": '{"a":' * 20_000 + "1" + "}" * 20_000}
+
+
+@pytest.mark.parametrize("shape", sorted(DEEP))
+def test_deeply_nested_json_gets_an_error_and_the_connection_stays(server, shape):
+    rows, est = rows_of(4), CoulombEstimator()
+
+    async def talk() -> list[float]:
+        out = []
+        async with connect(server.url.replace("http", "ws") + f"/v1/streams/deep-{shape}") as ws:
+            for k, row in enumerate(as_json(rows)):
+                if k == 2:
+                    await ws.send(DEEP[shape])
+                    answer = json.loads(await ws.recv())
+                    assert answer["status"] == 422 and "nests too deeply" in answer["reason"]
+                await ws.send(json.dumps(row))
+                out.append(json.loads(await ws.recv())["soc"])
+        return out
+
+    assert asyncio.run(talk()) == est.predict(rows).tolist()
+    response = httpx.post(
+        f"{server.url}/v1/streams/deep-http/samples",
+        content=DEEP[shape],
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 400 and response.json()["error"] == "bad_request"
+    assert "nests too deeply" in response.json()["reason"]
+
+
+def test_the_frameworks_own_refusals_have_the_error_shape_and_are_counted():
+    with start() as srv:
+        unknown = httpx.get(f"{srv.url}/no/such/path")
+        asset = httpx.get(f"{srv.url}/static/missing.js")
+        wrong_method = httpx.put(f"{srv.url}/v1/streams/x", json=[])
+        unparsable = httpx.post(
+            f"{srv.url}/v1/streams/x/samples",
+            content=DEEP["list"],
+            headers={"content-type": "application/json"},
+        )
+        metrics = httpx.get(f"{srv.url}/metrics").text
+    for response, status, kind in [(unknown, 404, "not_found"), (asset, 404, "not_found"),
+                                   (wrong_method, 405, "method_not_allowed"),
+                                   (unparsable, 400, "bad_request")]:  # fmt: skip
+        assert response.status_code == status
+        body = response.json()
+        assert set(body) == {"error", "reason"} and body["error"] == kind, body
+        assert len(body["reason"]) > 10
+    assert wrong_method.headers["allow"] == "DELETE, GET"  # every route on the path
+    assert "DELETE, GET" in wrong_method.json()["reason"]
+    for kind, count in [("not_found", 2), ("method_not_allowed", 1), ("bad_request", 1)]:
+        assert f'bsoc_errors_total{{kind="{kind}"}} {count}' in metrics
+
+
 def test_websocket_bad_messages_keep_the_connection_and_the_state(server):
     rows, est = rows_of(30), CoulombEstimator()
     good = as_json(rows)
@@ -370,6 +434,40 @@ def test_api_key_guards_writes_and_stream_reads(keyed):
     assert "soc" in asyncio.run(sockets())
 
 
+def test_the_key_from_a_file_guards_the_service_and_stays_out_of_ps(tmp_path):
+    model = CoulombEstimator().save(tmp_path / "m")
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY + "\n")  # an editor's final newline is not part of the key
+    body = as_json(rows_of(2))
+    with ProcessServer("--model", str(model), "--no-snapshot", "--api-key-file",
+                       str(key_file), env={"BSOC_API_KEY": ""}) as srv:  # fmt: skip
+        url = f"{srv.url}/v1/streams/filed/samples"
+        assert httpx.post(url, json=body).status_code == 401
+        assert httpx.post(url, json=body, headers={"X-API-Key": KEY}).status_code == 200
+        command_line = Path(f"/proc/{srv.process.pid}/cmdline").read_bytes()
+    assert KEY.encode() not in command_line
+
+
+def test_api_key_sources_and_the_warning_for_the_command_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("BSOC_API_KEY", "e" * 20)
+    assert resolve_api_key(None) == "e" * 20
+    (tmp_path / "key").write_text("f" * 20)
+    assert resolve_api_key(None, tmp_path / "key") == "f" * 20  # the file wins over the env
+    (tmp_path / "empty").write_text("\n")
+    for option, key_file, message in [
+        ("g" * 20, tmp_path / "key", "both --api-key and --api-key-file"),
+        (None, tmp_path / "empty", "is empty"),
+        (None, tmp_path / "missing", "cannot read the API key file"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            resolve_api_key(option, key_file)
+    shown = run_cli("serve", "--model", str(tmp_path / "none"), "--api-key", KEY)
+    assert shown.returncode == 2 and "--api-key is visible" in shown.stderr
+    assert "BSOC_API_KEY" in shown.stderr and "--api-key-file" in shown.stderr
+    quiet = run_cli("serve", "--model", str(tmp_path / "none"), env={"BSOC_API_KEY": KEY})
+    assert quiet.returncode == 2 and "visible" not in quiet.stderr
+
+
 def test_serve_refuses_public_bind_without_key_and_short_keys(tmp_path):
     model = CoulombEstimator().save(tmp_path / "m")
     open_public = run_cli(
@@ -491,3 +589,33 @@ def test_replay_cli_reports_the_served_error(server, toy_dataset):
     assert report["latency_ms"]["p99"] >= report["latency_ms"]["p50"] > 0
     listed = httpx.get(f"{server.url}/v1/streams?prefix=replay-test").json()
     assert listed["count"] == 3
+
+
+def _replay(*args: str, env: dict[str, str] | None = None):
+    return run_cli("replay", *args, "--rate", "0", "--batch", "200", "--json", env=env)
+
+
+def test_replay_exits_2_with_one_line_when_nothing_can_get_through(keyed, toy_dataset):
+    dead = f"http://127.0.0.1:{free_port()}"
+    for url, key, message in [
+        (dead, KEY, "no service answers at"),
+        (keyed.url, "w" * 24, "refused the API key"),
+        (keyed.url, "", "requires an API key"),
+    ]:
+        result = _replay(str(toy_dataset), "--url", url, env={"BSOC_API_KEY": key})
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+    listed = httpx.get(f"{keyed.url}/v1/streams?prefix=replay-", headers={"X-API-Key": KEY})
+    assert listed.json()["count"] == 0
+
+
+def test_replay_exits_nonzero_when_samples_fail_and_still_reports(server, toy_dataset):
+    args = (str(toy_dataset), "--url", server.url, "--prefix", "replay-twice")
+    assert _replay(*args).returncode == 0
+    again = _replay(*args)  # the same streams and times again: every sample is out of order
+    assert again.returncode == 1
+    report = json.loads(again.stdout)
+    assert report["samples_ok"] == 0
+    assert report["errors"] == {"out_of_order": report["samples_sent"]}
+    lines = again.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"accepted 0 of {report['samples_sent']}" in lines[0]

@@ -21,7 +21,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bsoc.estimator import CONFIG_FILE, ESTIMATOR_CLASSES, SocEstimator, prepare_model_dir
+from bsoc.estimator import (
+    CONFIG_FILE,
+    ESTIMATOR_CLASSES,
+    SAMPLE_FIELDS,
+    SocEstimator,
+    prepare_model_dir,
+)
 
 HERE = Path(__file__).resolve().parent
 COULOMB_KIND = "test-coulomb"
@@ -73,6 +79,24 @@ class CoulombEstimator(SocEstimator):
     def load(cls, directory: str | Path) -> CoulombEstimator:
         config = json.loads((Path(directory) / CONFIG_FILE).read_text())
         return cls(capacity_ah=config["capacity_ah"], name=config["name"])
+
+
+def rows_of(seconds: int = 120, seed: int = 3, soc0: float = 0.8) -> np.ndarray:
+    """Samples (T, 4) of a toy drive cycle."""
+    from conftest import make_toy_cycle
+
+    frame = make_toy_cycle("t", seed=seed, seconds=seconds, soc0=soc0).frame
+    return frame[list(SAMPLE_FIELDS)].to_numpy()
+
+
+def as_json(rows: np.ndarray) -> list[dict[str, float]]:
+    return [dict(zip(SAMPLE_FIELDS, map(float, r))) for r in rows]
+
+
+def socs(response: httpx.Response) -> list[float]:
+    """The SOC estimates of a POST that must have been accepted."""
+    assert response.status_code == 200, response.text
+    return [e["soc"] for e in response.json()["estimates"]]
 
 
 def free_port() -> int:

@@ -20,10 +20,18 @@ import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 
-from bsoc.estimator import ESTIMATOR_CLASSES, SAMPLE_FIELDS, StreamSet, load_estimator
+from bsoc.estimator import ESTIMATOR_CLASSES, StreamSet, load_estimator
 from bsoc.serve.app import ServeConfig, create_app, describe_model
 from conftest import make_toy_cycle
-from test_serve_helpers import COULOMB_KIND, CoulombEstimator, ProcessServer, ThreadServer
+from test_serve_helpers import (
+    COULOMB_KIND,
+    CoulombEstimator,
+    ProcessServer,
+    ThreadServer,
+    as_json,
+    rows_of,
+    socs,
+)
 
 torch = pytest.importorskip("torch")
 
@@ -84,27 +92,17 @@ TINY_MODELS: dict[str, Callable[[Path], Path]] = {
 }
 
 
-def _as_json(rows: np.ndarray) -> list[dict[str, float]]:
-    return [dict(zip(SAMPLE_FIELDS, map(float, r))) for r in rows]
-
-
-def _post(url: str, stream: str, rows: np.ndarray) -> list[float]:
-    response = httpx.post(f"{url}/v1/streams/{stream}/samples", json=_as_json(rows))
-    assert response.status_code == 200, response.text
-    return [e["soc"] for e in response.json()["estimates"]]
-
-
 async def _socket(url: str, stream: str, singles: np.ndarray, batch: np.ndarray) -> list[float]:
     """One message per sample of ``singles``, then ``batch`` as one list message."""
     out = []
     async with connect(url.replace("http", "ws") + f"/v1/streams/{stream}") as ws:
-        for sample in _as_json(singles):
+        for sample in as_json(singles):
             await ws.send(json.dumps(sample))
             answer = json.loads(await ws.recv())
             assert "soc" in answer, answer
             out.append(answer["soc"])
         if len(batch):
-            await ws.send(json.dumps(_as_json(batch)))
+            await ws.send(json.dumps(as_json(batch)))
             answer = json.loads(await ws.recv())
             assert "estimates" in answer, answer
             out += [e["soc"] for e in answer["estimates"]]
@@ -116,8 +114,7 @@ def test_every_model_kind_serves_what_it_predicts_offline(kind: str, tmp_path: P
     build = TINY_MODELS.get(kind)
     assert build is not None, f"add a tiny {kind!r} model to TINY_MODELS so that it is served"
     model_dir = build(tmp_path / kind)
-    rows = make_toy_cycle("c", seed=5, seconds=160, soc0=0.9).frame[list(SAMPLE_FIELDS)]
-    rows = rows.to_numpy()
+    rows = rows_of(160, seed=5, soc0=0.9)
     offline = load_estimator(model_dir)
     assert offline.kind == kind
     predicted = offline.predict(rows)
@@ -131,7 +128,8 @@ def test_every_model_kind_serves_what_it_predicts_offline(kind: str, tmp_path: P
         assert health["model"]["kind"] == kind and health["status"] == "ok"
         served_http = []
         for lo, hi in [(0, 1), (1, 40), (40, len(rows))]:
-            served_http += _post(first.url, "http", rows[lo:hi])
+            url = f"{first.url}/v1/streams/http/samples"
+            served_http += socs(httpx.post(url, json=as_json(rows[lo:hi])))
         served_ws = asyncio.run(_socket(first.url, "ws", rows[:60], rows[60:80]))
         assert first.terminate() in (0, -15)  # SIGTERM: the shutdown snapshot
     finally:

@@ -15,6 +15,24 @@ from bsoc.console import emit_json, err_console, out_console, progress
 from bsoc.errors import ConfigError
 
 DEFAULT_SNAPSHOT_DIR = Path("serve-state")
+KEY_OPTION_HELP = (
+    "The API key itself. Avoid: any user of this machine can read it with 'ps'; "
+    "prefer --api-key-file or $BSOC_API_KEY."
+)
+
+
+def api_key_from_options(api_key: str | None, api_key_file: Path | None) -> str | None:
+    """The key from --api-key, --api-key-file or $BSOC_API_KEY, warning about the first."""
+    from bsoc.serve.auth import resolve_api_key
+
+    if api_key:
+        err_console.print(
+            "[yellow]warning:[/] --api-key is visible to every user of this machine (ps, "
+            "shell history); pass --api-key-file FILE or set BSOC_API_KEY instead",
+            highlight=False,
+            soft_wrap=True,
+        )
+    return resolve_api_key(api_key, api_key_file)
 
 
 def serve(
@@ -23,18 +41,27 @@ def serve(
         "127.0.0.1", help="Address to listen on; non-loopback needs an API key."
     ),
     port: int = typer.Option(8000, min=1, max=65535, help="TCP port."),
-    api_key: str | None = typer.Option(
+    api_key_file: Path | None = typer.Option(
         None,
-        "--api-key",
-        help="Key required for writes and stream reads (default: $BSOC_API_KEY; none = open, "
-        "loopback only). Clients send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'.",
+        "--api-key-file",
+        help="File holding the key that writes and stream reads need (the safe way to pass "
+        "it; or set $BSOC_API_KEY). Clients send 'Authorization: Bearer KEY' or "
+        "'X-API-Key: KEY'. Without a key writes are open and only loopback binds are allowed.",
         show_default=False,
     ),
+    api_key: str | None = typer.Option(None, "--api-key", help=KEY_OPTION_HELP, show_default=False),
     snapshot: Path | None = typer.Option(
         None,
         help="Stream-state snapshot file, restored on start, written periodically and on "
-        "shutdown (default: serve-state/<model folder name>.npz).",
+        "shutdown (default: serve-state/<model folder name>.npz). A failed write is retried "
+        "at the next period and shown in /healthz and /metrics.",
         show_default=False,
+    ),
+    discard_bad_snapshot: bool = typer.Option(
+        False,
+        "--discard-bad-snapshot",
+        help="If the snapshot is damaged, rename it to <name>.damaged-<time> and start with "
+        "no streams (without this flag a damaged snapshot stops the start-up).",
     ),
     no_snapshot: bool = typer.Option(
         False, "--no-snapshot", help="Keep stream states in memory only (lost on restart)."
@@ -67,14 +94,14 @@ def serve(
 
     from bsoc.estimator import load_estimator
     from bsoc.serve.app import ServeConfig, create_app, describe_model
-    from bsoc.serve.auth import check_bind, resolve_api_key
+    from bsoc.serve.auth import check_bind
     from bsoc.serve.streams import GAP_POLICIES
 
     if gap_policy not in GAP_POLICIES:
         raise ConfigError(
             f"unknown --gap-policy {gap_policy!r}", remedy=f"use one of {GAP_POLICIES}"
         )
-    key = resolve_api_key(api_key)
+    key = api_key_from_options(api_key, api_key_file)
     check_bind(host, key)
     estimator = load_estimator(model)
     if "torch" in sys.modules:
@@ -87,6 +114,7 @@ def serve(
         api_key=key,
         snapshot_path=snapshot,
         snapshot_interval_s=snapshot_interval,
+        discard_bad_snapshot=discard_bad_snapshot,
         gap_limit_s=gap_limit,
         gap_policy=gap_policy,
         max_body_bytes=max_body_bytes,
@@ -95,11 +123,17 @@ def serve(
     )
     info = describe_model(estimator, model)
     app = create_app(estimator, config, info)
-    restored = app.state.service.restored
+    service = app.state.service
+    if service.set_aside_to is not None:
+        err_console.print(
+            f"[yellow]warning:[/] the damaged snapshot was renamed to {service.set_aside_to}",
+            highlight=False,
+            soft_wrap=True,
+        )
     err_console.print(
         f"serving [bold]{info['name']}[/] ({info['kind']}) on http://{host}:{port}  "
         f"dashboard /  docs /docs  writes {'need the API key' if key else 'are open (loopback)'}"
-        + (f"  snapshot {snapshot} ({restored} streams restored)" if snapshot else ""),
+        + (f"  snapshot {snapshot} ({service.restored} streams restored)" if snapshot else ""),
         highlight=False,
     )
     server = uvicorn.Server(
@@ -136,15 +170,17 @@ def replay(
     prefix: str = typer.Option(
         "", help="Stream id prefix (default: replay-<random>, so runs never collide)."
     ),
-    api_key: str | None = typer.Option(
-        None, "--api-key", help="The service's key (default: $BSOC_API_KEY).", show_default=False
+    api_key_file: Path | None = typer.Option(
+        None,
+        "--api-key-file",
+        help="File holding the service's key (the safe way to pass it; or set $BSOC_API_KEY).",
+        show_default=False,
     ),
+    api_key: str | None = typer.Option(None, "--api-key", help=KEY_OPTION_HELP, show_default=False),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Stream a dataset's cycles to a running service; report SOC error and latency."""
-    import os
-
-    from bsoc.replay import ReplayConfig, load_cycles
+    from bsoc.replay import ReplayConfig, load_cycles, replay_failure
     from bsoc.replay import replay as run_replay
 
     cycles = load_cycles(dataset, split)
@@ -154,23 +190,31 @@ def replay(
         rate_hz=rate,
         batch=batch,
         max_seconds=max_seconds,
-        api_key=api_key or os.environ.get("BSOC_API_KEY") or None,
+        api_key=api_key_from_options(api_key, api_key_file),
         prefix=prefix,
         transport=transport,
     )
-    with progress(transient=json_out) as bar:
-        task = bar.add_task(f"replaying {streams} streams", total=None, info="")
+    bar = progress(transient=json_out)
+    task = bar.add_task(f"replaying {streams} streams", total=None, info="")
 
-        def on_progress(sent: int, planned: int) -> None:
-            bar.update(task, completed=sent, total=planned, info=f"{sent} samples sent")
+    def on_progress(sent: int, planned: int) -> None:
+        bar.start()  # on the first report, so an up-front refusal prints only its one line
+        bar.update(task, completed=sent, total=planned, info=f"{sent} samples sent")
 
+    try:
         report = run_replay(cycles, config, on_progress)
+    finally:
+        if bar.live.is_started:
+            bar.stop()
     report["dataset"] = str(dataset)
     report["split"] = split
     if json_out:
         emit_json(report)
-        return
-    _print_report(report)
+    else:
+        _print_report(report)
+    failure = replay_failure(report)
+    if failure is not None:
+        raise failure
 
 
 def _print_report(report: dict) -> None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,6 +26,8 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTex
 from fastapi.security import APIKeyHeader, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import TypeAdapter, ValidationError
+from starlette.exceptions import HTTPException as FrameworkHTTPException
+from starlette.routing import Match
 from starlette.websockets import WebSocketDisconnect
 from swagger_ui_bundle import swagger_ui_path
 
@@ -51,11 +54,23 @@ from bsoc.serve.schemas import (
     check_stream_id,
     describe_validation_errors,
 )
-from bsoc.serve.snapshot import read_snapshot, write_snapshot
+from bsoc.serve.snapshot import (
+    DamagedSnapshotError,
+    check_writable,
+    read_snapshot,
+    remove_leftover_temporaries,
+    set_aside,
+    write_snapshot,
+)
 from bsoc.serve.streams import HISTORY_FIELDS, Stream, StreamRegistry
 
 STATIC_DIR = Path(__file__).parent / "static"
 WS_POLICY_VIOLATION, WS_UNSUPPORTED_DATA, WS_TOO_BIG = 1008, 1003, 1009
+# Kinds for the refusals the framework itself makes before a route runs.
+FRAMEWORK_ERROR_KINDS = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+TOO_DEEP = "nests too deeply to parse; send one sample object or a flat list of them"
+
+log = logging.getLogger("bsoc.serve")
 
 
 @dataclass
@@ -65,6 +80,7 @@ class ServeConfig:
     api_key: str | None = None
     snapshot_path: Path | None = None
     snapshot_interval_s: float = 30.0
+    discard_bad_snapshot: bool = False
     gap_limit_s: float = 300.0
     gap_policy: str = "reset"
     max_body_bytes: int = 1 << 20
@@ -96,7 +112,7 @@ class Service:
 
     def __init__(self, estimator: SocEstimator, config: ServeConfig, model: dict[str, Any]):
         self.config, self.model = config, model
-        self.metrics = Metrics()
+        self.metrics = Metrics(snapshots=config.snapshot_path is not None)
         self.batcher = MicroBatcher(
             estimator,
             max_wait_s=config.batch_wait_s,
@@ -114,12 +130,29 @@ class Service:
         # One step now, so that loading (or, after an upgrade, compiling) the model's kernel
         # happens before the service reports healthy, not in its first requests.
         estimator.step_batch(np.array([[0.0, 3.7, 0.0, 25.0]]), estimator.initial_state()[None])
-        self.restored = 0
+        self.restored, self.set_aside_to = 0, None
         if config.snapshot_path is not None:
-            arrays = read_snapshot(config.snapshot_path, model)
-            if arrays is not None:
-                self.restored = self.registry.restore(arrays)
+            self.restored = self._restore(config.snapshot_path)
+        self._stopping = asyncio.Event()
         self._snapshotter: asyncio.Task | None = None
+
+    def _restore(self, path: Path) -> int:
+        """Refuse an unwritable path now (not at the first periodic write), then load the states.
+
+        Also removes the temporary file of a write that a killed predecessor never finished.
+        """
+        check_writable(path)
+        remove_leftover_temporaries(path)
+        try:
+            arrays = read_snapshot(path, self.model)
+        except DamagedSnapshotError as damaged:
+            if not self.config.discard_bad_snapshot:
+                raise
+            self.set_aside_to = set_aside(path)
+            log.warning("%s; renamed it to %s and starting with no streams", damaged.message,
+                        self.set_aside_to)  # fmt: skip
+            return 0
+        return 0 if arrays is None else self.registry.restore(arrays)
 
     async def start(self) -> None:
         settle_heap()
@@ -128,23 +161,41 @@ class Service:
             self._snapshotter = asyncio.get_running_loop().create_task(self._snapshot_loop())
 
     async def stop(self) -> None:
-        if self._snapshotter is not None:
-            self._snapshotter.cancel()
-            with suppress(asyncio.CancelledError):
+        """Finish a snapshot in progress, stop the batcher, and always try the shutdown snapshot."""
+        self._stopping.set()
+        try:
+            if self._snapshotter is not None:
                 await self._snapshotter
-        await self.batcher.stop()
-        if self.config.snapshot_path is not None:
-            await self.snapshot()
+            await self.batcher.stop()
+        finally:
+            if self.config.snapshot_path is not None:
+                await self.snapshot()
 
     async def snapshot(self) -> None:
+        """Write every stream's state.
+
+        Never raises: a failed write is counted and logged, and /healthz reports degraded
+        until a later write (the next period, or the shutdown) succeeds.
+        """
         arrays = self.registry.export()  # on the loop: a consistent set of committed states
-        await asyncio.to_thread(write_snapshot, self.config.snapshot_path, arrays, self.model)
+        path = self.config.snapshot_path
+        try:
+            await asyncio.to_thread(write_snapshot, path, arrays, self.model)
+        except Exception as error:  # mostly OSError; whatever it is, the next period retries
+            reason = f"the last snapshot write to {path} failed ({type(error).__name__}: {error})"
+            self.metrics.observe_snapshot_error(reason)
+            log.warning("%s; %d streams not saved", reason, len(arrays["stream_ids"]))
+            return
         self.metrics.observe_snapshot()
 
     async def _snapshot_loop(self) -> None:
+        """One write per interval until stop() (which never interrupts a write in progress)."""
         while True:
-            await asyncio.sleep(self.config.snapshot_interval_s)
-            await self.snapshot()
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.config.snapshot_interval_s)
+                return
+            except TimeoutError:
+                await self.snapshot()
 
     async def apply(self, stream_id: str, samples: list[Sample], transport: str) -> list[Estimate]:
         started = time.perf_counter()
@@ -218,6 +269,7 @@ class BodyLimit:
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text}
     for status, text in {
+        400: "The body cannot be parsed at all (not UTF-8 text, or JSON nested too deeply).",
         401: "Missing or wrong API key (writes, and stream reads, when a key is configured).",
         404: "No such stream.",
         409: "A sample is not later than the stream's last accepted time.",
@@ -284,6 +336,20 @@ def create_app(estimator: SocEstimator, config: ServeConfig, model: dict[str, An
         service.metrics.observe_error(error.kind)
         headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
         return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+    @app.exception_handler(FrameworkHTTPException)
+    async def _framework(request: Request, error: FrameworkHTTPException) -> JSONResponse:
+        """Unknown paths, wrong methods, unparsable bodies: the same shape, counted alike."""
+        kind = FRAMEWORK_ERROR_KINDS.get(error.status_code, f"http_{error.status_code}")
+        service.metrics.observe_error(kind)
+        headers = dict(error.headers or {})
+        if error.status_code == 405:  # the router names one route's methods, not the path's
+            headers = {"Allow": ", ".join(_allowed_methods(request))}
+        return JSONResponse(
+            {"error": kind, "reason": _framework_reason(request, error, headers)},
+            status_code=error.status_code,
+            headers=headers,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, error: RequestValidationError) -> JSONResponse:
@@ -359,7 +425,10 @@ def create_app(estimator: SocEstimator, config: ServeConfig, model: dict[str, An
 
     @app.get("/healthz", response_model=Health, summary="Liveness and what is served")
     async def healthz() -> Health:
+        failure = service.metrics.snapshot_failure
         return Health(
+            status="degraded" if failure else "ok",
+            reason=failure,
             version=__version__,
             model=ModelInfo(**model),
             streams=len(service.registry),
@@ -382,6 +451,29 @@ def create_app(estimator: SocEstimator, config: ServeConfig, model: dict[str, An
         return FileResponse(STATIC_DIR / "index.html")
 
     return app
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method of every route on this path (FastAPI makes one route per method)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if route.matches(request.scope)[0] != Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
+def _framework_reason(
+    request: Request, error: FrameworkHTTPException, headers: dict[str, str]
+) -> str:
+    path = request.url.path
+    if error.status_code == 404:
+        return f"no such path {path!r}; the API is listed at /docs"
+    if error.status_code == 405:
+        return f"{request.method} is not allowed on {path!r}; allowed: {headers['Allow']}"
+    if isinstance(error.__cause__, RecursionError):
+        return f"the JSON body {TOO_DEEP}"
+    cause = f" ({error.__cause__})" if error.__cause__ is not None else ""
+    return f"{error.detail}{cause}"
 
 
 def _error_details(errors: Any) -> list[dict[str, Any]]:
@@ -462,6 +554,8 @@ async def _answer(service: Service, stream_id: str, text: str) -> dict[str, Any]
         samples = [_ONE.validate_python(payload)] if single else _MANY.validate_python(payload)
     except json.JSONDecodeError as error:
         raise Rejected(422, "validation", f"message is not JSON ({error.msg})") from None
+    except RecursionError:
+        raise Rejected(422, "validation", f"the message {TOO_DEEP}") from None
     except ValidationError as error:
         details = _error_details(error.errors())
         raise Rejected(422, "validation", describe_validation_errors(details)) from None

@@ -73,8 +73,9 @@ class RecentWindow:
 class Metrics:
     """Everything /metrics reports. ``observe_request`` is called once per answered request."""
 
-    def __init__(self, window_s: float = 10.0) -> None:
+    def __init__(self, window_s: float = 10.0, *, snapshots: bool = False) -> None:
         self.started = time.time()
+        self.snapshots = snapshots  # whether the service writes snapshots at all
         self.requests: Counter[str] = Counter()  # by transport
         self.samples_total = 0
         self.errors: Counter[str] = Counter()  # by kind
@@ -85,6 +86,8 @@ class Metrics:
         self.recent = RecentWindow(window_s)
         self.snapshots_total = 0
         self.last_snapshot_unix_s = 0.0
+        self.snapshot_errors_total = 0
+        self.snapshot_failure: str | None = None  # why the latest write failed; None once one works
 
     def observe_request(self, transport: str, latency_s: float, samples: int, gaps: int) -> None:
         self.requests[transport] += 1
@@ -103,6 +106,15 @@ class Metrics:
     def observe_snapshot(self) -> None:
         self.snapshots_total += 1
         self.last_snapshot_unix_s = time.time()
+        self.snapshot_failure = None
+
+    def observe_snapshot_error(self, reason: str) -> None:
+        self.snapshot_errors_total += 1
+        self.snapshot_failure = reason
+
+    def snapshot_age_s(self) -> float:
+        """Seconds since the last good snapshot (since start-up before the first one)."""
+        return time.time() - max(self.last_snapshot_unix_s, self.started)
 
     def render(self, streams: int, model: dict[str, str]) -> str:
         rate, p50, p99, n = self.recent.summary(time.monotonic())
@@ -140,6 +152,12 @@ class Metrics:
             ),
             ("bsoc_snapshots_total", "counter", "State snapshots written.", [f"bsoc_snapshots_total {self.snapshots_total}"]),
             ("bsoc_last_snapshot_unix_seconds", "gauge", "When the last snapshot was written.", [f"bsoc_last_snapshot_unix_seconds {_fmt(self.last_snapshot_unix_s)}"]),
+            ("bsoc_snapshot_errors_total", "counter", "Snapshot writes that failed (each is retried at the next period).", [f"bsoc_snapshot_errors_total {self.snapshot_errors_total}"]),
+            *(
+                [("bsoc_last_snapshot_age_seconds", "gauge", "Seconds since the last good snapshot (since start-up before the first).", [f"bsoc_last_snapshot_age_seconds {_fmt(self.snapshot_age_s())}"])]
+                if self.snapshots
+                else []
+            ),
             ("bsoc_uptime_seconds", "gauge", "Seconds since the service started.", [f"bsoc_uptime_seconds {_fmt(time.time() - self.started)}"]),
         ]  # fmt: skip
         lines: list[str] = []

@@ -118,7 +118,12 @@ class ModelInfo(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"] = "ok"
+    status: Literal["ok", "degraded"] = Field(
+        "ok", description="'degraded' while the service answers but cannot keep a promise."
+    )
+    reason: str | None = Field(
+        None, description="Why it is degraded, e.g. the last snapshot write failed."
+    )
     version: str
     model: ModelInfo
     streams: int
@@ -150,7 +155,8 @@ class Rejected(BsocError):
 
 
 def check_stream_id(stream_id: str) -> str:
-    if not _STREAM_ID.match(stream_id):
+    """The id itself, if the whole of it is valid (``match`` would accept a trailing newline)."""
+    if not _STREAM_ID.fullmatch(stream_id):
         raise Rejected(
             422,
             "validation",

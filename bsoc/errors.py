@@ -44,6 +44,7 @@ class DataValidationError(BsocError):
             if part
         )
         super().__init__(f"{where}: {message}" if where else message, remedy)
+        self.message = message  # without the location, so it can be re-pointed at the source
 
 
 class DatasetNotFoundError(BsocError):

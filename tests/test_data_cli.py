@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +115,148 @@ def test_inspect_table_json_and_figures(source, tmp_path, capsys):
     assert_one_line_error(
         *run(["data", "inspect", str(tmp_path / "none")], capsys)[::2], "no dataset"
     )
+
+
+HEADER = "time_s,voltage_v,current_a,temperature_c\n"
+
+
+def _ingest_csv(path: Path, out: Path, *extra: str) -> list[str]:
+    return ["data", "ingest", str(path), "--format", "csv", "--capacity", "3", "--out",
+            str(out), *extra]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b"", "the file is empty"),
+        (b"  \n\t\n   \n", "only white space"),
+        (HEADER.encode(), "a header but no samples"),
+        ((HEADER + "0,3.7,-1,25\n").encode(), "only 1 sample"),
+        ((HEADER + "0,3.7,-1,25\n1,3.7,-1\n2,3.7,-1,25,9\n").encode(), "cannot read as CSV"),
+        (b"\x00\xff\xfe garbage \x00" * 20, "column is missing"),
+    ],
+    ids=["empty", "white-space", "header-only", "one-row", "ragged", "binary"],
+)
+def test_unusable_csv_files_are_one_line_errors(tmp_path, capsys, content, needle):
+    path = tmp_path / "cell.csv"
+    path.write_bytes(content)
+    assert_one_line_error(*run(_ingest_csv(path, tmp_path / "o"), capsys)[::2], str(path), needle)
+    assert path.read_bytes() == content and not (tmp_path / "o").exists()
+
+
+def _good_csv(path: Path, seconds: int = 300) -> Path:
+    rows = "".join(f"{t},{4.1 - t / 1e4:.5f},-1.0,25\n" for t in range(seconds))
+    path.write_text(HEADER + rows)
+    return path
+
+
+def test_a_huge_rate_is_refused_before_allocating(tmp_path, capsys):
+    argv = _ingest_csv(_good_csv(tmp_path / "c.csv"), tmp_path / "o", "--rate", "1e9")
+    assert_one_line_error(*run(argv, capsys)[::2], "would make", "--rate")
+
+
+def test_an_out_folder_that_cannot_be_made_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    argv = _ingest_csv(_good_csv(tmp_path / "c.csv"), blocker / "dataset")
+    code, err = run(argv, capsys)[::2]
+    assert_one_line_error(code, err, str(blocker))
+    assert blocker.read_text() == "mine"
+
+
+def test_a_file_that_cannot_be_read_is_one_line(tmp_path, capsys, monkeypatch):
+    path = _good_csv(tmp_path / "c.csv")
+    reading = Path.read_bytes
+
+    def read_bytes(self: Path) -> bytes:
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return reading(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    argv = _ingest_csv(path, tmp_path / "o")
+    assert_one_line_error(*run(argv, capsys)[::2], str(path), "Permission denied")
+
+
+def _permissions_enforced(folder: Path) -> bool:
+    """False for root with its usual capabilities, which reads any file whatever its mode."""
+    probe = folder / "probe"
+    probe.write_text("x")
+    probe.chmod(0)
+    try:
+        probe.read_text()
+    except PermissionError:
+        return True
+    finally:
+        probe.unlink()
+    return False
+
+
+def test_permissions_really_refused_are_one_line(tmp_path, capsys):
+    if not _permissions_enforced(tmp_path):
+        pytest.skip("this user reads files whatever their permissions (root)")
+    folder = tmp_path / "src"
+    folder.mkdir()
+    path = _good_csv(folder / "c.csv")
+    path.chmod(0)
+    refused = re.compile("Permission denied|not readable")
+    try:
+        code, err = run(_ingest_csv(path, tmp_path / "o"), capsys)[::2]
+        assert_one_line_error(code, err, str(path))
+        assert refused.search(err), err
+        path.chmod(0o644)
+        folder.chmod(0)
+        code, err = run(_ingest_csv(folder, tmp_path / "o"), capsys)[::2]
+        assert_one_line_error(code, err, str(folder))
+        assert refused.search(err), err
+        folder.chmod(0o555)
+        code, err = run(_ingest_csv(folder, folder / "o"), capsys)[::2]
+        assert_one_line_error(code, err, "Permission denied")
+    finally:
+        folder.chmod(0o755)
+        path.chmod(0o644)
+
+
+@pytest.fixture
+def dataset(source, tmp_path, capsys) -> Path:
+    out = tmp_path / "ds"
+    argv = ["data", "ingest", str(source), "--format", "panasonic", "--out", str(out)]
+    assert run(argv, capsys)[0] == 0
+    return out
+
+
+def _edit_manifest(dataset: Path, edit) -> None:
+    path = dataset / "manifest.json"
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps(edit(manifest)))
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (lambda m: m["cycles"], "manifest is a JSON list"),
+        (lambda m: {k: v for k, v in m.items() if k != "name"}, "no dataset name"),
+        (lambda m: {**m, "cycles": {"a": 1}}, "'cycles' is a JSON dict"),
+        (lambda m: {**m, "cycles": [{k: v for k, v in m["cycles"][0].items() if k != "file"}]},
+         "cycle entry 0 has no text 'file'"),
+        (lambda m: {**m, "cycles": [{**m["cycles"][0], "nominal_capacity_ah": "big"}]},
+         "no number 'nominal_capacity_ah'"),
+        (lambda m: {**m, "cycles": [{**m["cycles"][0], "split": "holdout"}]}, "split 'holdout'"),
+        (lambda m: {**m, "cycles": [{**m["cycles"][0], "file": "../../../etc/hostname"}]},
+         "outside the dataset folder"),
+    ],
+    ids=["list", "no-name", "cycles-dict", "no-file", "text-capacity", "bad-split", "escape"],
+)
+def test_inspect_refuses_a_damaged_manifest_in_one_line(dataset, capsys, edit, needle):
+    _edit_manifest(dataset, edit)
+    argv = ["data", "inspect", str(dataset), "--no-figures"]
+    assert_one_line_error(*run(argv, capsys)[::2], needle)
+
+
+def test_inspect_refuses_a_garbage_cycle_file_in_one_line(dataset, capsys):
+    cycle = next((dataset / "cycles").glob("*.parquet"))
+    cycle.write_bytes(b"PAR1 this is not a parquet file")
+    argv = ["data", "inspect", str(dataset), "--no-figures"]
+    assert_one_line_error(*run(argv, capsys)[::2], str(cycle), "cannot read as Parquet")
+    (dataset / "manifest.json").write_bytes(b"\xff\xfe{")
+    assert_one_line_error(*run(argv, capsys)[::2], "not valid JSON")

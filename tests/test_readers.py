@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bsoc.data.ingest import IngestOptions, ingest
+from bsoc.data.ingest import IngestOptions, IngestResult, ingest
 from bsoc.data.readers.mapping import TableSpec, load_map_file
 from bsoc.data.resample import interval_charge_ah, resample
 from bsoc.data.schema import coulomb_soc, validate_frame
@@ -361,3 +361,158 @@ def test_real_c20_ocv_test_spans_full_soc(panasonic_dir):
     assert cycle.frame["soc"].max() == 1.0
     assert cycle.meta.capacity_ah == pytest.approx(3.0, abs=0.01)  # SOURCE.md: C/20 = 3.00 Ah
     assert cycle.meta.extra["cut_at_gap"]["rows_dropped"] == 1
+
+
+# --- what was accepted silently or crashed before (issue 14, points 8 and 9) ---
+
+
+def _canonical_csv(path: Path, t: np.ndarray, i: np.ndarray, **columns: np.ndarray) -> Path:
+    voltage = 4.1 + 0.02 * i - np.arange(len(t)) / 1e5
+    frame = pd.DataFrame({"time_s": t, "voltage_v": voltage, "current_a": i,
+                          "temperature_c": 25.0, **columns})  # fmt: skip
+    frame.to_csv(path, index=False)
+    return path
+
+
+def _ingest_csv(path: Path, **kwargs) -> IngestResult:
+    options = _options("csv", spec=TableSpec(capacity_ah=3.0, **kwargs), trim_rest=False)
+    return ingest(path, options, name="x", command="test")
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_the_first_name(tmp_path):
+    t = np.arange(0, 300.0)
+    plain = _canonical_csv(tmp_path / "plain.csv", t, np.full_like(t, -1.0))
+    marked = tmp_path / "marked.csv"
+    marked.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    frames = [_ingest_csv(p).dataset.cycles[0].frame for p in (plain, marked)]
+    pd.testing.assert_frame_equal(frames[0], frames[1], check_exact=True)
+
+
+def test_a_repeated_header_line_is_reported_at_its_own_row(tmp_path):
+    t = np.arange(0, 600.0)
+    path = _canonical_csv(tmp_path / "joined.csv", t, np.full_like(t, -1.0))
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join([*lines[:301], lines[0], *lines[301:]]))  # after data row 299
+    with pytest.raises(DataValidationError, match="header line repeats") as caught:
+        _ingest_csv(path)
+    assert caught.value.row == 300 and caught.value.file == str(path)
+
+
+def test_two_columns_of_the_same_name_are_an_error_naming_both(tmp_path):
+    t = np.arange(0, 300.0)
+    _canonical_csv(tmp_path / "d.csv", t, np.full_like(t, -1.0))
+    text = (tmp_path / "d.csv").read_text().splitlines()
+    rows = [f"{line},{'current_a' if k == 0 else '-2.0'}" for k, line in enumerate(text)]
+    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataValidationError, match="columns 3 and 5 .* both named") as caught:
+        _ingest_csv(tmp_path / "d.csv")
+    assert caught.value.column == "current_a"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrays = [pa.array(t), pa.array(np.full_like(t, 3.7)), pa.array(np.full_like(t, -1.0)),
+              pa.array(np.full_like(t, 25.0)), pa.array(np.full_like(t, 24.0))]  # fmt: skip
+    names = ["time_s", "voltage_v", "current_a", "temperature_c", "temperature_c"]
+    pq.write_table(pa.table(arrays, names=names), tmp_path / "d.parquet")
+    with pytest.raises(DataValidationError, match="columns 4 and 5 .* both named"):
+        ingest(tmp_path / "d.parquet", _options("parquet", capacity_ah=3.0), name="x",
+               command="test")  # fmt: skip
+
+
+@pytest.mark.parametrize("writer", ["csv", "parquet"])
+def test_a_current_of_booleans_is_an_error(tmp_path, writer):
+    t = np.arange(0, 300.0)
+    frame = pd.DataFrame({"time_s": t, "voltage_v": 3.7, "current_a": t % 2 == 0,
+                          "temperature_c": 25.0})  # fmt: skip
+    path = tmp_path / f"b.{writer}"
+    frame.to_csv(path, index=False) if writer == "csv" else frame.to_parquet(path)
+    with pytest.raises(DataValidationError, match="booleans") as caught:
+        ingest(path, _options(writer, capacity_ah=3.0), name="x", command="test")
+    assert caught.value.column == "current_a"
+
+
+def _soc_log(path: Path, *, time_factor: float, soc_capacity_ah: float) -> Path:
+    """10 Hz, 600 s at 1 C on a 3 Ah cell, SOC counted with ``soc_capacity_ah``."""
+    t = np.arange(6001) / 10.0
+    i = np.full_like(t, -3.0)
+    return _canonical_csv(path, t * time_factor, i, soc=coulomb_soc(t, i, soc_capacity_ah, 0.95))
+
+
+def test_time_in_milliseconds_with_a_soc_column_is_caught_by_the_coulomb_count(tmp_path):
+    path = _soc_log(tmp_path / "ms.csv", time_factor=1000.0, soc_capacity_ah=3.0)
+    with pytest.raises(DataValidationError, match="1000 times as much") as caught:
+        _ingest_csv(path)
+    assert caught.value.column == "soc"
+    assert "--units time=ms" in str(caught.value) and "Q = 3000 Ah" in str(caught.value)
+    cycle = _ingest_csv(path, units={"time": "ms"}).dataset.cycles[0]
+    assert cycle.duration_s == 600.0
+    assert cycle.meta.extra["coulomb_count_to_soc_ratio"] == pytest.approx(1.0, abs=1e-9)
+
+
+def test_a_soc_column_on_another_capacity_is_a_note_and_is_kept(tmp_path):
+    path = _soc_log(tmp_path / "q.csv", time_factor=1.0, soc_capacity_ah=2.0)
+    result = _ingest_csv(path)
+    assert [n for n in result.notes if "0.667 times" in n and "Q = 2 Ah, not 3" in n]
+    cycle = result.dataset.cycles[0]
+    assert cycle.meta.extra["coulomb_count_to_soc_ratio"] == pytest.approx(2.0 / 3.0, rel=1e-9)
+    assert cycle.frame["soc"].iloc[-1] == pytest.approx(0.95 - 0.5 / 2.0, abs=1e-9)
+    assert not _ingest_csv(_soc_log(tmp_path / "ok.csv", time_factor=1.0,
+                                    soc_capacity_ah=3.0)).notes  # fmt: skip
+
+
+@pytest.mark.parametrize(("factor", "needle"), [(1000.0, "time=ms"), (1 / 3600, "time=h")])
+def test_an_implausible_sampling_interval_names_the_time_unit(tmp_path, factor, needle):
+    t = np.arange(0, 600.0)
+    path = _canonical_csv(tmp_path / "t.csv", t * factor, np.full_like(t, -1.0))
+    with pytest.raises(DataValidationError, match="median interval") as caught:
+        _ingest_csv(path)
+    assert needle in str(caught.value) and caught.value.column == "time_s"
+
+
+def test_milliamperes_on_a_large_cell_are_caught_when_sustained(tmp_path):
+    t = np.arange(0, 600.0)
+    path = _canonical_csv(tmp_path / "ma.csv", t, np.full_like(t, -100.0))  # 100 mA as A: 33 C
+    with pytest.raises(DataValidationError, match="33 C over 60 s") as caught:
+        _ingest_csv(path)
+    assert caught.value.column == "current_a"
+    cycle = _ingest_csv(path, units={"current": "mA"}).dataset.cycles[0]
+    assert cycle.frame["current_a"].iloc[1] == pytest.approx(-0.1)
+
+
+def test_resampling_is_bounded_instead_of_asking_for_terabytes(tmp_path):
+    t = np.arange(0, 600.0)
+    path = _canonical_csv(tmp_path / "r.csv", t, np.full_like(t, -1.0))
+    options = _options("csv", capacity_ah=3.0, rate_hz=1e9)
+    with pytest.raises(DataValidationError, match="would make 5.99e\\+11 rows") as caught:
+        ingest(path, options, name="x", command="test")
+    assert caught.value.file == str(path)
+
+
+def test_a_chamber_temperature_of_text_is_an_error_naming_the_field(tmp_path):
+    from scipy.io import loadmat, savemat
+
+    t, i = drive_profile(60.0, 10.0)
+    path = tmp_path / "capacity" / "03-21-17_09.38 UDDS_Pan18650PF.mat"  # no ambient in the name
+    write_panasonic(path, t, i)
+    meas = {k: loadmat(path)["meas"][0, 0][k] for k in loadmat(path)["meas"].dtype.names}
+    meas["Chamber_Temp_degC"] = np.array(["warm"] * len(t), dtype=object)
+    savemat(path, {"meas": meas})
+    with pytest.raises(DataValidationError, match="Chamber_Temp_degC is not numeric"):
+        ingest(path, _options(), name="x", command="test")
+
+
+def test_a_folder_that_cannot_be_listed_is_an_error_not_a_silent_gap(panasonic_folder,
+                                                                     monkeypatch):  # fmt: skip
+    import os
+
+    hidden = panasonic_folder / "n10degC"
+    listing = os.scandir
+
+    def scandir(path=".", *args):
+        if Path(path) == hidden:
+            raise PermissionError(13, "Permission denied", str(path))
+        return listing(path, *args)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(DataValidationError, match="cannot list the folder .Permission denied"):
+        ingest(panasonic_folder, _options(), name="x", command="test")

@@ -189,3 +189,46 @@ def test_junk_tables_raise_only_data_validation_error(columns, rows, data):
     else:
         assert list(out.columns[:5]) == list(REQUIRED_COLUMNS)
         assert np.isfinite(out.to_numpy()).all()
+
+
+def _steady(seconds: int, current: float) -> pd.DataFrame:
+    t = np.arange(float(seconds))
+    i = np.full_like(t, current)
+    return pd.DataFrame({"time_s": t, "voltage_v": 3.7, "current_a": i, "temperature_c": 25.0,
+                         "soc": coulomb_soc(t, i, 1000.0, 0.9)})  # fmt: skip
+
+
+def test_a_single_sample_is_not_a_cycle():
+    with pytest.raises(DataValidationError, match="only 1 sample"):
+        validate_frame(_steady(1, -1.0), file="one.csv")
+    assert len(validate_frame(_steady(2, -1.0))) == 2
+
+
+def test_booleans_are_not_measurements():
+    frame = _steady(10, -1.0)
+    for flags in (frame["time_s"] % 2 == 0, (frame["time_s"] % 2 == 0).map(str)):
+        with pytest.raises(DataValidationError, match="booleans") as caught:
+            validate_frame(frame.assign(current_a=flags))
+        assert caught.value.column == "current_a"
+
+
+def test_current_held_above_20c_for_a_minute_is_an_error_naming_where():
+    frame = _steady(200, -25.0 * 3.0)  # 25 C on a 3 Ah cell, from the start
+    with pytest.raises(DataValidationError, match="25 C over 60 s") as caught:
+        validate_frame(frame, nominal_capacity_ah=3.0)
+    assert (caught.value.row, caught.value.column) == (60, "current_a")
+    validate_frame(frame.assign(current_a=-19.0 * 3.0), nominal_capacity_ah=3.0)
+
+
+def test_short_pulses_above_20c_pass_when_the_minute_average_is_plausible():
+    frame = _steady(600, 0.0)
+    pulses = np.where(frame["time_s"] % 60 < 10, -35.0 * 3.0, 0.0)  # 10 s at 35 C a minute
+    validate_frame(frame.assign(current_a=pulses), nominal_capacity_ah=3.0)
+
+
+def test_decimal_commas_are_named_as_such():
+    frame = _steady(5, -1.0).astype({"voltage_v": object})
+    frame.loc[2, "voltage_v"] = "3,71"
+    with pytest.raises(DataValidationError, match="decimal commas") as caught:
+        validate_frame(frame)
+    assert (caught.value.row, caught.value.column) == (2, "voltage_v")

@@ -46,7 +46,7 @@ def print_summary(result: dict) -> None:
 
     from bsoc.bench.run import summary_table
 
-    rows = [{column: _cell(value) for column, value in row.items()} for row in summary_table(result)]
+    rows = [{column: _cell(v) for column, v in row.items()} for row in summary_table(result)]
     columns = list(rows[0])
     widths = {column: max(*(len(row[column]) for row in rows), *map(len, column.split()))
               for column in columns}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from bsoc import __version__
+from bsoc.data.readers.common import unreadable
 from bsoc.data.schema import SPLITS, Cycle, CycleMeta, validate_frame
 from bsoc.errors import DatasetNotFoundError, DataValidationError, OverwriteRefusedError
 
@@ -90,31 +92,13 @@ class Dataset:
     @classmethod
     def load(cls, directory: str | Path) -> Dataset:
         directory = Path(directory)
-        manifest_path = directory / MANIFEST
-        if not manifest_path.is_file():
-            raise DatasetNotFoundError(
-                f"no dataset at {directory} (missing {MANIFEST})",
-                remedy="create one with 'bsoc data simulate' or 'bsoc data ingest'",
-            )
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as error:
-            raise DataValidationError(
-                f"manifest is not valid JSON ({error.msg} at line {error.lineno})",
-                file=str(manifest_path),
-                remedy="restore the manifest or re-create the dataset",
-            ) from None
+        manifest = _read_manifest(directory)
         cycles = []
-        for entry in manifest.get("cycles", []):
-            path = directory / entry["file"]
-            if not path.is_file():
-                raise DatasetNotFoundError(
-                    f"cycle file {path} listed in the manifest is missing",
-                    remedy="re-create the dataset",
-                )
+        for entry in _cycle_entries(manifest, directory / MANIFEST):
+            path = _cycle_path(directory, entry["file"])
             meta = CycleMeta.from_dict(entry)
             frame = validate_frame(
-                pd.read_parquet(path), file=str(path), nominal_capacity_ah=meta.nominal_capacity_ah
+                _read_cycle(path), file=str(path), nominal_capacity_ah=meta.nominal_capacity_ah
             )
             cycles.append(Cycle(frame=frame, meta=meta))
         return cls(name=manifest["name"], cycles=cycles, provenance=manifest.get("provenance", {}))
@@ -122,10 +106,96 @@ class Dataset:
     @staticmethod
     def manifest(directory: str | Path) -> dict[str, Any]:
         """The raw manifest (cheap: reads no cycle data)."""
-        path = Path(directory) / MANIFEST
-        if not path.is_file():
-            raise DatasetNotFoundError(f"no dataset at {directory}", remedy="check the path")
-        return json.loads(path.read_text())
+        return _read_manifest(Path(directory))
+
+
+# What every cycle entry of a manifest must hold for the cycle to be usable.
+_ENTRY_TEXT = ("file", "name", "cell")
+_ENTRY_NUMBERS = ("nominal_capacity_ah", "ambient_c")
+_RESTORE = "restore the manifest or re-create the dataset"
+
+
+def _read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise DatasetNotFoundError(
+            f"no dataset at {directory} (missing {MANIFEST})",
+            remedy="create one with 'bsoc data simulate' or 'bsoc data ingest'",
+        )
+    try:  # bytes that are not UTF-8 become U+FFFD and so fail as JSON, or stay inside a string
+        manifest = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+    except json.JSONDecodeError as error:
+        raise DataValidationError(
+            f"manifest is not valid JSON ({error.msg} at line {error.lineno})",
+            file=str(path),
+            remedy=_RESTORE,
+        ) from None
+    if not isinstance(manifest, dict):
+        raise DataValidationError(
+            f"manifest is a JSON {type(manifest).__name__}, not an object", file=str(path),
+            remedy=_RESTORE,
+        )
+    if not isinstance(manifest.get("name"), str):
+        raise DataValidationError("manifest has no dataset name", file=str(path), remedy=_RESTORE)
+    return manifest
+
+
+def _cycle_entries(manifest: dict[str, Any], path: Path) -> list[dict[str, Any]]:
+    """The manifest's cycle entries, each checked for the fields loading relies on."""
+    entries = manifest.get("cycles")
+    if not isinstance(entries, list):
+        raise DataValidationError(
+            f"'cycles' is a JSON {type(entries).__name__}, not a list", file=str(path),
+            remedy=_RESTORE,
+        )
+    for number, entry in enumerate(entries):
+        problem = _entry_problem(entry)
+        if problem:
+            raise DataValidationError(
+                f"cycle entry {number} {problem}", file=str(path), remedy=_RESTORE
+            )
+    return entries
+
+
+def _entry_problem(entry: Any) -> str | None:
+    if not isinstance(entry, dict):
+        return f"is a JSON {type(entry).__name__}, not an object"
+    for key in _ENTRY_TEXT:
+        if not isinstance(entry.get(key), str):
+            return f"has no text '{key}'"
+    for key in _ENTRY_NUMBERS:
+        value = entry.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"has no number '{key}'"
+        if not math.isfinite(value):
+            return f"has a '{key}' that is not finite"
+    if not entry["nominal_capacity_ah"] > 0:
+        return "has a 'nominal_capacity_ah' that is not positive"
+    if entry.get("split", "train") not in SPLITS:
+        return f"has split {entry.get('split')!r}, not one of {list(SPLITS)}"
+    return None
+
+
+def _cycle_path(directory: Path, relative: str) -> Path:
+    path = directory / relative
+    if not path.resolve().is_relative_to(directory.resolve()):
+        raise DataValidationError(
+            f"cycle file '{relative}' lies outside the dataset folder",
+            file=str(directory / MANIFEST), remedy=_RESTORE,
+        )
+    if not path.is_file():
+        raise DatasetNotFoundError(
+            f"cycle file {path} listed in the manifest is missing",
+            remedy="re-create the dataset",
+        )
+    return path
+
+
+def _read_cycle(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except Exception as error:  # see bsoc.data.readers.common.unreadable
+        raise unreadable("Parquet", str(path), error, "re-create the dataset") from None
 
 
 def _safe_filename(name: str) -> str:

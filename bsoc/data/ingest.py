@@ -5,11 +5,14 @@ For each cycle a reader returns (source units, source rows):
 1. check every column is a finite number, naming the file's own row and column;
 2. convert units and current sign, only where asked (each conversion is logged and
    recorded in the manifest);
-3. validate against the canonical schema (SOC still absent);
+3. validate against the canonical schema (SOC still absent), and check that the median
+   sampling interval is one a cell tester or logger uses (a time unit mistake otherwise);
 4. derive SOC from the amp-hour counter, or by coulomb counting, anchored either at a
    full charge at the start (Q = the given or nominal capacity) or, for slow
    full-to-empty tests, on the cycle's own delivered charge; a small overshoot above
-   1 (regeneration right after the full charge) is clipped and counted, never silently;
+   1 (regeneration right after the full charge) is clipped and counted, never silently.
+   A SOC column given in the file is checked against the coulomb count instead: a gross
+   disagreement is a unit mistake (an error), a moderate one a note;
 5. cut the cycle at a logging gap longer than ``max_gap_s``, trim the initial rest,
    shift time to start at 0;
 6. resample to a fixed rate, charge-conserving (:mod:`bsoc.data.resample`);
@@ -32,7 +35,7 @@ import pandas as pd
 from bsoc import __version__
 from bsoc.data import readers
 from bsoc.data.dataset import Dataset
-from bsoc.data.readers.common import RawCycle
+from bsoc.data.readers.common import RawCycle, read_bytes
 from bsoc.data.readers.mapping import TableSpec, conversions, convert_units
 from bsoc.data.resample import METHOD, cumulative_integral, interval_charge_ah, resample
 from bsoc.data.schema import Cycle, CycleMeta, numeric_column, validate_frame
@@ -52,6 +55,21 @@ DEFAULT_EXCLUDE_PATTERNS: dict[str, str] = {"panasonic": "end_of_tests"}
 REST_CURRENT_A = 0.005  # |I| at or below this is rest for trimming
 SOC_OVERSHOOT_LIMIT = 0.02  # above 1 + this, "starts full" is wrong: an error, not a clip
 ROUNDING = 1e-9
+# Median interval between samples: real tester logs run from 0.1 s (drive cycles) to 60 s
+# (C/20 tests). Outside these bounds the time column is almost surely in another unit.
+SAMPLE_INTERVAL_RANGE_S = (1e-3, 600.0)
+# A SOC column is compared with the coulomb count once it moves by SOC_CHECK_MIN_CHANGE;
+# the fitted ratio (count / column) beyond SOC_RATIO_ERROR either way is a unit or sign
+# mistake (ms, mA and minutes are factors of 60 to 3600), beyond SOC_RATIO_NOTE a note.
+SOC_CHECK_MIN_CHANGE = 0.02
+SOC_RATIO_ERROR = 3.0
+SOC_RATIO_NOTE = 1.25
+_UNIT_MISTAKES: tuple[tuple[float, str], ...] = (
+    (1000.0, "time in milliseconds (--units time=ms) or current in mA (--units current=mA)"),
+    (1 / 60, "time in minutes (--units time=min)"),
+    (1 / 3600, "time in hours (--units time=h)"),
+    (-1.0, "a flipped current sign (--current-sign charge-negative)"),
+)
 
 
 @dataclass
@@ -248,7 +266,8 @@ def _bound_soc(soc: np.ndarray, raw: RawCycle, rows: np.ndarray, capacity: float
             file=raw.source_file,
             row=int(rows[row]),
             column="soc",
-            remedy="pass the cell's measured capacity with --capacity",
+            remedy="pass the cell's measured capacity with --capacity, or check the time and "
+            "current units (--units time=ms, current=mA)",
         )
     clipped = soc > 1.0
     raw.extra["soc_clipped_above_1"] = int(clipped.sum())
@@ -287,6 +306,62 @@ def _trim_rest(frame: pd.DataFrame, extra: dict[str, Any]) -> pd.DataFrame:
     return frame.iloc[start:]
 
 
+def _check_sampling(frame: pd.DataFrame, raw: RawCycle) -> None:
+    step = float(np.median(np.diff(frame["time_s"].to_numpy())))
+    low, high = SAMPLE_INTERVAL_RANGE_S
+    if step > high:
+        problem = f"longer than any load test is logged at ({high:g} s): time looks like ms"
+        remedy = "--units time=ms"
+    elif step < low:
+        problem = f"shorter than {low * 1000:g} ms: time looks like minutes or hours"
+        remedy = "--units time=min or --units time=h"
+    else:
+        return
+    raise DataValidationError(
+        f"the median interval between samples is {step:.4g} s, {problem}",
+        file=raw.source_file,
+        column=raw.sources.get("time_s", "time_s"),
+        remedy=remedy,
+    )
+
+
+def _likely_mistake(ratio: float) -> str:
+    for factor, mistake in _UNIT_MISTAKES:
+        if ratio * factor > 0 and abs(np.log(ratio / factor)) < np.log(1.5):
+            return f"this looks like {mistake}; "
+    return ""
+
+
+def _check_given_soc(frame: pd.DataFrame, raw: RawCycle, capacity: float) -> str | None:
+    """Compare the file's SOC with the coulomb count: an error, a note, or nothing.
+
+    ``ratio`` is the least-squares factor between the count's and the column's change
+    from the first sample, so noise or a SOC estimator's small corrections average out.
+    """
+    soc = frame["soc"].to_numpy()
+    given = soc - soc[0]
+    if np.ptp(given) < SOC_CHECK_MIN_CHANGE:
+        return None
+    time_s = frame["time_s"].to_numpy()
+    counted = cumulative_integral(time_s, frame["current_a"].to_numpy(), time_s) / 3600.0
+    ratio = float(np.dot(counted / capacity, given) / np.dot(given, given))
+    raw.extra["coulomb_count_to_soc_ratio"] = ratio
+    implied = f"the SOC column implies Q = {capacity * ratio:.4g} Ah, not {capacity:g}"
+    if not 1 / SOC_RATIO_ERROR <= ratio <= SOC_RATIO_ERROR:
+        raise DataValidationError(
+            f"the coulomb count of the current moves SOC {ratio:.4g} times as much as the SOC "
+            f"column ({implied})",
+            file=raw.source_file,
+            column=raw.sources.get("soc", "soc"),
+            remedy=f"{_likely_mistake(ratio)}check the time and current units, the current "
+            "sign and --capacity",
+        )
+    if not 1 / SOC_RATIO_NOTE <= ratio <= SOC_RATIO_NOTE:
+        return (f"{raw.name}: the coulomb count moves SOC {ratio:.3f} times as much as the SOC "
+                f"column ({implied}); the SOC column is used")
+    return None
+
+
 def prepare(raw: RawCycle, options: IngestOptions) -> tuple[Cycle, list[str]]:
     """One raw cycle -> one canonical, validated, resampled cycle (+ notes for the log)."""
     notes: list[str] = []
@@ -296,6 +371,7 @@ def prepare(raw: RawCycle, options: IngestOptions) -> tuple[Cycle, list[str]]:
     convert_units(columns, options.spec)
     ah = columns.pop("ah", None)
     frame = _validated(pd.DataFrame(columns), raw, rows, capacity)
+    _check_sampling(frame, raw)
     extra = raw.extra
     q_used = capacity
     if "soc" not in frame:
@@ -321,6 +397,9 @@ def prepare(raw: RawCycle, options: IngestOptions) -> tuple[Cycle, list[str]]:
             )
     else:
         extra["soc_source"] = "given in the file"
+        disagreement = _check_given_soc(frame, raw, capacity)
+        if disagreement:
+            notes.append(disagreement)
     frame = _cut_at_gap(frame, options.max_gap_s, extra)
     if "cut_at_gap" in extra:
         gap = extra["cut_at_gap"]
@@ -335,7 +414,10 @@ def prepare(raw: RawCycle, options: IngestOptions) -> tuple[Cycle, list[str]]:
     if origin:
         extra["time_origin_s"] = origin
     native = frame
-    frame = resample(native, options.rate_hz)
+    try:
+        frame = resample(native, options.rate_hz)
+    except DataValidationError as error:
+        raise _at_source(error, raw, rows) from None
     extra["resampling"] = {
         "rate_hz": options.rate_hz,
         "rows_in": len(native),
@@ -390,7 +472,7 @@ def ingest(
                      f"'{options.exclude_pattern}': {', '.join(excluded)}")
     cycles: list[Cycle] = []
     for file in files:
-        digest = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
+        digest = hashlib.sha256(read_bytes(file)).hexdigest()[:16]
         for raw in readers.read(file, options.fmt, options.spec):
             raw.extra["source_sha256"] = digest
             cycle, cycle_notes = prepare(raw, options)

@@ -29,9 +29,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bsoc.errors import ConfigError
+from bsoc.errors import ConfigError, DataValidationError
 
 AVERAGED_COLUMNS: tuple[str, ...] = ("voltage_v", "current_a", "temperature_c")
+# About 0.5 GB per cycle table; 115 days at 1 Hz. More is a wrong rate or time unit, and
+# would otherwise ask numpy for terabytes.
+MAX_ROWS = 10_000_000
 METHOD = (
     "interval time-average of the piecewise-linear signal for voltage_v, current_a and "
     "temperature_c over (t[k-1], t[k]] (charge-conserving); soc linearly interpolated at "
@@ -54,8 +57,14 @@ def cumulative_integral(time_s: np.ndarray, values: np.ndarray, at: np.ndarray) 
 
 def output_grid(start_s: float, end_s: float, rate_hz: float) -> np.ndarray:
     """Times ``start + k / rate`` up to ``end`` (the last partial interval is dropped)."""
-    count = int(np.floor((end_s - start_s) * rate_hz + 1e-9)) + 1
-    return start_s + np.arange(count, dtype=np.float64) / rate_hz
+    rows = np.floor((end_s - start_s) * rate_hz + 1e-9) + 1
+    if not rows <= MAX_ROWS:
+        raise DataValidationError(
+            f"resampling {end_s - start_s:.6g} s at {rate_hz:g} Hz would make {rows:.3g} rows, "
+            f"more than the {MAX_ROWS:,} a cycle may have",
+            remedy="lower --rate, or check the time unit (e.g. --units time=ms)",
+        )
+    return start_s + np.arange(int(rows), dtype=np.float64) / rate_hz
 
 
 def resample(frame: pd.DataFrame, rate_hz: float) -> pd.DataFrame:

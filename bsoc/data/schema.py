@@ -15,12 +15,14 @@ recorded in the dataset manifest.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from bsoc.data.resample import cumulative_integral
 from bsoc.errors import DataValidationError
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("time_s", "voltage_v", "current_a", "temperature_c", "soc")
@@ -33,6 +35,12 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 VOLTAGE_RANGE_V = (0.5, 5.0)
 TEMPERATURE_RANGE_C = (-60.0, 100.0)
 MAX_CURRENT_C_RATE = 40.0  # |I| above 40 C for the nominal capacity means "not amperes"
+# Sustained current: a power cell's pulses reach 10-30 C for seconds, but 20 C held for a
+# minute empties a third of the cell; the real Panasonic/LG drive cycles stay below 2.3 C
+# over any minute. Above it, milliamperes were read as amperes, or the capacity is wrong.
+MAX_SUSTAINED_C_RATE = 20.0
+SUSTAINED_WINDOW_S = 60.0
+MIN_SAMPLES = 2  # a cycle needs at least one interval to have a duration and a charge
 
 
 @dataclass
@@ -98,6 +106,11 @@ def validate_frame(
         raise DataValidationError(
             "the table is empty", file=file, remedy="check the file holds samples"
         )
+    if len(frame) < MIN_SAMPLES:
+        raise DataValidationError(
+            f"the table has only {len(frame)} sample(s); a cycle needs at least {MIN_SAMPLES}",
+            file=file, remedy="check the file holds the whole cycle",
+        )
     required = [c for c in REQUIRED_COLUMNS if require_soc or c != "soc"]
     missing = [c for c in required if c not in frame.columns]
     if missing:
@@ -130,7 +143,12 @@ def validate_frame(
 def numeric_column(series: pd.Series, column: str, file: str | None) -> np.ndarray:
     """The column as float64, or an error at the first (positional) row that is not a finite
     number. Public so that readers can check source columns before converting units."""
-    if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+    if pd.api.types.is_bool_dtype(series) or _holds_booleans(series):
+        raise DataValidationError(
+            "the column holds booleans (True/False), not measured values",
+            file=file, column=column, remedy="map the column that holds the measurement",
+        )
+    if pd.api.types.is_numeric_dtype(series):
         converted = series
     else:
         try:
@@ -148,9 +166,26 @@ def numeric_column(series: pd.Series, column: str, file: str | None) -> np.ndarr
                 "remove or interpolate missing samples before ingesting",
             )
         else:
-            message, remedy = f"value {original!r} is not a number", "fix or remove the row"
+            message, remedy = f"value {original!r} is not a number", _number_remedy(original)
         raise DataValidationError(message, file=file, row=row, column=column, remedy=remedy)
     return values
+
+
+def _holds_booleans(series: pd.Series) -> bool:
+    """True/False in a column of objects or text (a CSV read as text, a Parquet object column)."""
+    if series.dtype != object and not pd.api.types.is_string_dtype(series):
+        return False
+    head = series.dropna().head(100)
+    words = {"true", "false"}
+    return len(head) > 0 and all(
+        isinstance(value, bool | np.bool_) or str(value).strip().lower() in words for value in head
+    )
+
+
+def _number_remedy(value: Any) -> str:
+    if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+,\d+\s*", value):
+        return "the file uses decimal commas: write decimal points (e.g. 3.71, not 3,71)"
+    return "fix or remove the row"
 
 
 def _as_float(value: Any) -> float:
@@ -206,7 +241,8 @@ def _check_units(out: pd.DataFrame, file: str | None, nominal_capacity_ah: float
             remedy="check the voltage column and its unit",
         )
     current = np.abs(out["current_a"].to_numpy())
-    limit = MAX_CURRENT_C_RATE * (nominal_capacity_ah or 5.0)
+    capacity = nominal_capacity_ah or 5.0
+    limit = MAX_CURRENT_C_RATE * capacity
     big = current > limit
     if big.any():
         row = _first_row(big)
@@ -217,6 +253,7 @@ def _check_units(out: pd.DataFrame, file: str | None, nominal_capacity_ah: float
             column="current_a",
             remedy="give amperes (scale mA by 1e-3 with a unit option)",
         )
+    _check_sustained_current(out["time_s"].to_numpy(), current, capacity, file)
     temperature = out["temperature_c"].to_numpy()
     outside = (temperature < TEMPERATURE_RANGE_C[0]) | (temperature > TEMPERATURE_RANGE_C[1])
     if outside.any():
@@ -228,6 +265,31 @@ def _check_units(out: pd.DataFrame, file: str | None, nominal_capacity_ah: float
             row=row,
             column="temperature_c",
             remedy="give degrees Celsius (subtract 273.15 from kelvin with a unit option)",
+        )
+
+
+def _check_sustained_current(
+    time_s: np.ndarray, current: np.ndarray, capacity: float, file: str | None
+) -> None:
+    """Mean |current| over every window of SUSTAINED_WINDOW_S (the whole table if shorter)."""
+    charge = cumulative_integral(time_s, current, time_s)
+    span = time_s[-1] - time_s[0]
+    window = min(SUSTAINED_WINDOW_S, span)
+    if window <= 0:
+        return
+    ends = time_s >= time_s[0] + window
+    mean = (charge[ends] - np.interp(time_s[ends] - window, time_s, charge)) / window
+    worst = int(np.argmax(mean))
+    rate = mean[worst] / capacity
+    if rate > MAX_SUSTAINED_C_RATE:
+        raise DataValidationError(
+            f"|current| averages {mean[worst]:.1f} A = {rate:.0f} C over {window:g} s for a "
+            f"{capacity:g} Ah cell; above {MAX_SUSTAINED_C_RATE:g} C held that long is not "
+            "plausible (milliamperes read as amperes, or the wrong capacity)",
+            file=file,
+            row=int(np.flatnonzero(ends)[worst]),
+            column="current_a",
+            remedy="give amperes (--units current=mA converts) and the cell's capacity",
         )
 
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from bsoc.data.readers import lg_hg2, panasonic, table
@@ -43,7 +44,7 @@ def find_files(path: Path, fmt: str) -> list[Path]:
             "no such file or folder", file=str(path), remedy="check the path to ingest"
         )
     suffixes = SUFFIXES[fmt]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+    files = sorted(p for p in _walk(path) if p.suffix.lower() in suffixes)
     if not files:
         raise DataValidationError(
             f"no {'/'.join(suffixes)} files in this folder or below",
@@ -51,6 +52,23 @@ def find_files(path: Path, fmt: str) -> list[Path]:
             remedy="check the path and --format",
         )
     return files
+
+
+def _walk(folder: Path) -> list[Path]:
+    """Every file below ``folder``. A folder that cannot be listed is an error, where
+    ``Path.rglob`` would skip it silently and the dataset would lack its cycles."""
+
+    def refuse(error: OSError) -> None:
+        raise DataValidationError(
+            f"cannot list the folder ({error.strerror or error})",
+            file=str(error.filename or folder),
+            remedy="check that you may read it, or ingest the folders you can read",
+        )
+
+    found = []
+    for parent, _, names in os.walk(folder, onerror=refuse):
+        found.extend(Path(parent) / name for name in names)
+    return [file for file in found if file.is_file()]
 
 
 def read(path: Path, fmt: str, spec: TableSpec) -> list[RawCycle]:

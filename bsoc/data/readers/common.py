@@ -97,30 +97,24 @@ def drop_repeated_times(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
 
 
 def parse_time(series: pd.Series, *, file: str, column: str) -> np.ndarray:
-    """Seconds from numbers, 'H:MM:SS.sss' durations or date-time strings.
+    """Seconds from numbers, 'H:MM:SS.sss' durations, time deltas or date-times.
 
-    Date-times become seconds since the first sample. An unparseable cell is an error
-    naming its row (the series index holds source rows).
+    Text is read as whatever most of its cells are (numbers, durations, else date-times),
+    so one odd cell is reported at its own row rather than turning the column into
+    something else. Date-times become seconds since the first sample. An unparseable cell
+    is an error naming its row (the series index holds source rows).
     """
-    if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
-        return series.to_numpy(dtype=np.float64, na_value=np.nan)
-    text = series.astype("string").str.strip()
-    is_duration = text.str.fullmatch(r"\d+(:\d+){1,2}(\.\d*)?").fillna(False)
-    if is_duration.mean() > 0.5:
-        parts = text.str.split(":", expand=True)
-        seconds = pd.Series(0.0, index=series.index)
-        for position in range(parts.shape[1]):
-            part = pd.to_numeric(parts[position], errors="coerce")
-            seconds = seconds * 60.0 + part
-        values = seconds.where(is_duration).to_numpy(dtype=np.float64, na_value=np.nan)
+    if pd.api.types.is_bool_dtype(series):
+        raise DataValidationError(
+            "time holds booleans (True/False), not seconds", file=file, column=column,
+            remedy="map the column that holds the time",
+        )
+    if pd.api.types.is_numeric_dtype(series):
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    elif pd.api.types.is_timedelta64_dtype(series):
+        values = series.dt.total_seconds().to_numpy(dtype=np.float64, na_value=np.nan)
     else:
-        try:
-            stamps = pd.to_datetime(text, errors="coerce", format="mixed")
-        except (TypeError, ValueError):  # e.g. mixed time zones: reported per row below
-            stamps = pd.Series(pd.NaT, index=series.index)
-        first = stamps.dropna()
-        origin = first.iloc[0] if len(first) else pd.Timestamp(0)
-        values = (stamps - origin).dt.total_seconds().to_numpy(dtype=np.float64, na_value=np.nan)
+        values = _text_time(series.astype("string").str.strip())
     bad = ~np.isfinite(values)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
@@ -134,14 +128,101 @@ def parse_time(series: pd.Series, *, file: str, column: str) -> np.ndarray:
     return values
 
 
-def require_columns(frame: pd.DataFrame, columns: list[str], *, file: str, remedy: str) -> None:
+def _text_time(text: pd.Series) -> np.ndarray:
+    numbers = pd.to_numeric(text, errors="coerce")
+    if numbers.notna().mean() > 0.5:
+        return numbers.to_numpy(dtype=np.float64, na_value=np.nan)
+    is_duration = text.str.fullmatch(r"\d+(:\d+){1,2}(\.\d*)?").fillna(False).astype(bool)
+    if is_duration.mean() > 0.5:
+        parts = text.str.split(":", expand=True)
+        seconds = pd.Series(0.0, index=text.index)
+        for position in range(parts.shape[1]):
+            part = pd.to_numeric(parts[position], errors="coerce")
+            seconds = seconds * 60.0 + part
+        return seconds.where(is_duration).to_numpy(dtype=np.float64, na_value=np.nan)
+    try:
+        stamps = pd.to_datetime(text, errors="coerce", format="mixed")
+    except (TypeError, ValueError, OverflowError):  # e.g. mixed time zones: reported per row
+        stamps = pd.Series(pd.NaT, index=text.index)
+    first = stamps.dropna()
+    origin = first.iloc[0] if len(first) else pd.Timestamp(0)
+    return (stamps - origin).dt.total_seconds().to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def read_bytes(path: Path) -> bytes:
+    """The whole file; one the system will not give us (permissions, a vanished file) is a
+    one-line error naming it."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise access_error(path, error) from None
+
+
+def access_error(path: Path, error: OSError) -> DataValidationError:
+    return DataValidationError(
+        f"cannot read the file ({error.strerror or error})",
+        file=str(path),
+        remedy="check that it exists and that you may read it",
+    )
+
+
+def unreadable(kind: str, file: str, error: Exception, remedy: str) -> DataValidationError:
+    """A file its parser rejects. Parsers of damaged bytes raise many exception types; all
+    of them mean the same to the user, so the message keeps the parser's first line."""
+    text = str(error).strip()
+    message = text.splitlines()[0] if text else type(error).__name__
+    return DataValidationError(f"cannot read as {kind} ({message})", file=file, remedy=remedy)
+
+
+def clean_names(names: list[object]) -> list[str]:
+    """Header names without surrounding spaces or the UTF-8 byte-order mark that Excel and
+    many Windows tools write before the first name."""
+    return ["" if _is_blank(name) else str(name).replace("\ufeff", "").strip() for name in names]
+
+
+def _is_blank(value: object) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+def require_unique(names: list[str], wanted: list[str], *, file: str) -> None:
+    """Two columns with a name we read would make the choice between them arbitrary."""
+    for name in wanted:
+        positions = [number for number, present in enumerate(names, start=1) if present == name]
+        if len(positions) > 1:
+            raise DataValidationError(
+                f"columns {positions[0]} and {positions[1]} (counting from 1) are both named "
+                f"'{name}', so which one holds the data is ambiguous",
+                file=file,
+                column=name,
+                remedy="rename or drop one of them",
+            )
+
+
+def reject_repeated_header(table: pd.DataFrame, columns: list[str], *, file: str) -> None:
+    """A header line inside the data (files appended to each other) named at its own row,
+    instead of as a cell that is "not a number"."""
+    if not len(table) or not columns:
+        return
+    repeats = np.ones(len(table), dtype=bool)
+    for column in columns:
+        repeats &= (table[column].astype("string").str.strip() == column).fillna(False).to_numpy()
+    if repeats.any():
+        raise DataValidationError(
+            "the header line repeats here (were files appended to each other?)",
+            file=file,
+            row=int(table.index[int(np.flatnonzero(repeats)[0])]),
+            remedy="remove the repeated header lines, or ingest each part as its own file",
+        )
+
+
+def require_columns(names: list[str], columns: list[str], *, file: str, remedy: str) -> None:
     """Error naming the first missing source column, with the nearest name present."""
     for column in columns:
-        if column not in frame.columns:
-            near = difflib.get_close_matches(column, [str(c) for c in frame.columns], n=1)
+        if column not in names:
+            near = difflib.get_close_matches(column, names, n=1)
             hint = f" (nearest present: '{near[0]}')" if near else ""
             raise DataValidationError(
-                f"column is missing{hint}; columns present: {list(frame.columns)[:20]}",
+                f"column is missing{hint}; columns present: {names[:20]}",
                 file=file,
                 column=column,
                 remedy=remedy,

@@ -16,11 +16,16 @@ import pandas as pd
 
 from bsoc.data.readers.common import (
     RawCycle,
+    access_error,
     ambient_from_path,
+    clean_names,
     drop_repeated_times,
     parse_time,
     profile_from_name,
+    reject_repeated_header,
     require_columns,
+    require_unique,
+    unreadable,
 )
 from bsoc.errors import DataValidationError
 
@@ -38,13 +43,17 @@ PREAMBLE_LINES_MAX = 200
 ENCODING = "latin-1"  # the units line carries a degree sign in a Windows code page
 
 
-def _header_line(path: Path) -> int:
-    with path.open(encoding=ENCODING, newline="") as handle:
-        for number, line in enumerate(handle):
-            if line.lstrip('\ufeff"').startswith(HEADER_START):
-                return number
-            if number >= PREAMBLE_LINES_MAX:
-                break
+def _header_line(path: Path) -> tuple[int, list[str]]:
+    """The header's line number and its names, as written."""
+    try:
+        with path.open(encoding=ENCODING, newline="") as handle:
+            for number, line in enumerate(handle):
+                if line.lstrip('\ufeff"').startswith(HEADER_START):
+                    return number, clean_names(next(csv.reader([line])))
+                if number >= PREAMBLE_LINES_MAX:
+                    break
+    except OSError as error:
+        raise access_error(path, error) from None
     raise DataValidationError(
         f"no header line starting '{HEADER_START},Step,Status,Prog Time,...' in the first "
         f"{PREAMBLE_LINES_MAX} lines: not the LG 18650HG2 layout",
@@ -56,7 +65,7 @@ def _header_line(path: Path) -> int:
 def read(path: Path) -> list[RawCycle]:
     """One cycle from one LG HG2 CSV file (rows are numbered from the first data line)."""
     file = str(path)
-    header = _header_line(path)
+    header, names = _header_line(path)
     try:
         table = pd.read_csv(
             path,
@@ -67,18 +76,21 @@ def read(path: Path) -> list[RawCycle]:
             quoting=csv.QUOTE_MINIMAL,
             skipinitialspace=True,
         )
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise DataValidationError(f"cannot parse the CSV ({error})", file=file) from None
-    table.columns = [str(c).strip() for c in table.columns]
+    except Exception as error:  # see common.unreadable
+        raise unreadable("CSV", file, error, "check it is an unmodified LG HG2 file") from None
+    table.columns = clean_names(list(table.columns))
+    used = ["Prog Time", *COLUMNS]
     require_columns(
-        table,
-        ["Prog Time", *COLUMNS],
+        list(table.columns),
+        used,
         file=file,
         remedy="not the LG 18650HG2 layout: check --format, or use --format csv with a map",
     )
+    require_unique(names, used, file=file)
     if len(table) and pd.isna(pd.to_numeric(table["Voltage"].iloc[0], errors="coerce")):
         table = table.iloc[1:]  # the units line (",,,,,,,,V,A,degC,Ah,...") under the header
     table = table.reset_index(drop=True)
+    reject_repeated_header(table, used, file=file)
     frame = pd.DataFrame({canonical: table[source] for source, canonical in COLUMNS.items()})
     frame.insert(0, "time_s", parse_time(table["Prog Time"], file=file, column="Prog Time"))
     frame, repeated = drop_repeated_times(frame)

@@ -8,6 +8,7 @@ from full to empty and is anchored on its own capacity (see :data:`common.SOC_BA
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from bsoc.data.readers.common import (
     ambient_from_path,
     drop_repeated_times,
     profile_from_name,
+    read_bytes,
+    unreadable,
 )
 from bsoc.errors import DataValidationError
 
@@ -42,19 +45,30 @@ def cycle_name(path: Path) -> str:
     return re.sub(r"\s+", "_", stem.strip())
 
 
+def _numeric_field(struct: np.void, source: str, file: str) -> np.ndarray:
+    values = np.asarray(struct[source]).reshape(-1)
+    if values.dtype.kind not in "fiu":
+        raise DataValidationError(
+            f"field meas.{source} is not numeric ({values.dtype})",
+            file=file,
+            column=source,
+            remedy="check the file is an unmodified Panasonic 18650PF file",
+        )
+    return values.astype(np.float64)
+
+
 def read(path: Path) -> list[RawCycle]:
     """One cycle from one ``.mat`` file."""
     from scipy.io import loadmat  # heavy import kept local
-    from scipy.io.matlab import MatReadError
 
     file = str(path)
+    data = read_bytes(path)
     try:
-        content = loadmat(path)
-    except (MatReadError, ValueError, TypeError, OSError, NotImplementedError) as error:
-        raise DataValidationError(
-            f"cannot read as a MATLAB v5 file ({error})",
-            file=file,
-            remedy="give the Panasonic 18650PF .mat files (MATLAB v7.3 files are not supported)",
+        content = loadmat(io.BytesIO(data))
+    except Exception as error:  # see common.unreadable
+        raise unreadable(
+            "a MATLAB v5 file", file, error,
+            "give the Panasonic 18650PF .mat files (MATLAB v7.3 files are not supported)",
         ) from None
     meas = content.get("meas")
     if not isinstance(meas, np.ndarray) or meas.dtype.names is None or meas.size != 1:
@@ -73,15 +87,7 @@ def read(path: Path) -> list[RawCycle]:
                 column=source,
                 remedy="check --format",
             )
-        values = np.asarray(struct[source]).reshape(-1)
-        if values.dtype.kind not in "fiu":
-            raise DataValidationError(
-                f"field meas.{source} is not numeric ({values.dtype})",
-                file=file,
-                column=source,
-                remedy="check the file is an unmodified Panasonic 18650PF file",
-            )
-        columns[canonical] = values.astype(np.float64)
+        columns[canonical] = _numeric_field(struct, source, file)
     lengths = {name: len(values) for name, values in columns.items()}
     if len(set(lengths.values())) != 1:
         raise DataValidationError(
@@ -95,7 +101,7 @@ def read(path: Path) -> list[RawCycle]:
     extra: dict[str, object] = {"repeated_timestamps_dropped": repeated}
     ambient = ambient_from_path(path)
     if ambient is None and "Chamber_Temp_degC" in meas.dtype.names:
-        chamber = np.asarray(struct["Chamber_Temp_degC"], dtype=np.float64).reshape(-1)
+        chamber = _numeric_field(struct, "Chamber_Temp_degC", file)
         if np.isfinite(chamber).any():
             ambient = float(np.round(np.nanmedian(chamber), 1))
             extra["ambient_source"] = "median of meas.Chamber_Temp_degC"

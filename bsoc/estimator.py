@@ -15,17 +15,23 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from bsoc.errors import ModelFileError, OverwriteRefusedError
+from bsoc.errors import ModelFileError
 from bsoc.lazy import import_target
+from bsoc.outputs import OutputKind, check_output, make_folder
 
 SAMPLE_FIELDS: tuple[str, ...] = ("time_s", "voltage_v", "current_a", "temperature_c")
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+# A model folder: config.json, the weights (neural models) or the fit figures (the EKF).
+MODEL_OUTPUT = OutputKind("model", signature=CONFIG_FILE,
+                          legacy_files=(CONFIG_FILE, WEIGHTS_FILE, "ocv.png", "fit_voltage_*C.png"),
+                          legacy_mark="bsoc_version")
 
 # kind -> "module:Class"; the class must provide ``load(directory) -> SocEstimator``.
 # Imported lazily so that `bsoc --help` and the EKF never import torch.
@@ -83,7 +89,10 @@ class SocEstimator(ABC):
 
     @abstractmethod
     def save(self, directory: str | Path, *, force: bool = False) -> Path:
-        """Write ``config.json`` (+ weights) into ``directory``; refuse to overwrite unless ``force``."""
+        """Write ``config.json`` (+ weights) into ``directory``; refuse an existing model.
+
+        ``force`` replaces only a model bsoc wrote (see :mod:`bsoc.outputs`).
+        """
 
     @classmethod
     @abstractmethod
@@ -143,13 +152,13 @@ def load_estimator(directory: str | Path) -> SocEstimator:
     return cls.load(directory)
 
 
-def prepare_model_dir(directory: str | Path, *, force: bool) -> Path:
-    """Create a model folder, refusing to replace an existing model without ``force``."""
-    directory = Path(directory)
-    if (directory / CONFIG_FILE).exists() and not force:
-        raise OverwriteRefusedError(
-            f"a model already exists at {directory}",
-            remedy="choose another --out or pass --force to replace it",
-        )
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory
+def prepare_model_dir(
+    directory: str | Path, *, force: bool, inputs: Iterable[str | Path | None] = ()
+) -> Path:
+    """Create a model folder, refusing early (before minutes of work) what ``save`` would refuse.
+
+    Refused: an existing model without ``force``, a folder that is or holds one of the
+    command's ``inputs``, a file (see :mod:`bsoc.outputs`).
+    """
+    check_output(directory, MODEL_OUTPUT, force=force, inputs=inputs)
+    return make_folder(Path(directory))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bsoc.errors import ConfigError, OverwriteRefusedError
+from bsoc.outputs import check_inputs
 from bsoc.pipeline_steps import STEP_FILE, fingerprint_path, run_step
 
 PROFILES = ("tiny", "quick", "full")
@@ -158,7 +159,13 @@ def run_pipeline(
         raise ConfigError(f"unknown profile '{plan.profile}'", remedy=f"use one of {PROFILES}")
     timings: dict[str, float] = {}
     code = source_fingerprint()
-    for step in plan_steps(plan):
+    steps = plan_steps(plan)
+    if not plan.simulate:  # a given dataset must lie outside every folder the run writes
+        for step in steps:
+            check_inputs(step.output, [plan.data],
+                         remedy="choose another --run, or keep the dataset outside models/ "
+                         "and reports/")
+    for step in steps:
         if step.overwrites_foreign_output() and not force:
             raise OverwriteRefusedError(
                 f"{step.output} exists and was not made by this pipeline",

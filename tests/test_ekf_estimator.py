@@ -175,7 +175,9 @@ def test_save_load_round_trip_without_pickle(
     loaded = load_estimator(tmp_path / "m")
     assert isinstance(loaded, EkfSocEstimator) and loaded.metadata["data"] == {"name": "x"}
     np.testing.assert_array_equal(loaded.predict(samples[:100]), estimator.predict(samples[:100]))
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json"]
+    # config.json, and bsoc's record of the files it wrote (what --force may replace)
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [".bsoc-model.json", "config.json"]
+    assert json.loads((tmp_path / "m" / ".bsoc-model.json").read_text())["files"] == ["config.json"]
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     del config["ecm"]["ocv_v"]
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))

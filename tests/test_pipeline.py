@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
@@ -85,3 +86,35 @@ def test_failed_step_leaves_its_output_claimed_not_done(tmp_path: Path):
     assert not step.overwrites_foreign_output()  # the next run may redo it
     assert run_step(step.name, step.output, inputs, lambda: None, log=lambda _: None)
     assert is_up_to_date(step.output, inputs)
+
+
+def test_force_rerun_replaces_only_the_report_files(pipeline_run: Path, toy_dataset: Path,
+                                                    capsys: pytest.CaptureFixture[str]):
+    """A report the pipeline does not know as its own, replaced with --force: the run's
+    benchmark, sweep and data summary in the same folder and a user's notes stay; a write
+    that fails half-way leaves the old report as it was."""
+    report = pipeline_run / "reports/toy"
+    (report / STEP_FILE).unlink()
+    (report / "notes.md").write_text("mine")
+    before = {p: p.read_bytes() for p in report.rglob("*") if p.is_file()}
+    argv = ["pipeline", "--profile", "tiny", "--data", str(toy_dataset), "--run", "toy", "--force"]
+    real_write = Path.write_text
+
+    def disk_full_at_the_html(self: Path, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        if self.name == "report.html" and ".bsoc-" in self.parent.name:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real_write(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(pipeline_run)
+        patch.setattr(Path, "write_text", disk_full_at_the_html)
+        assert run_cli(argv) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert all(path.read_bytes() == data for path, data in before.items())
+    html = (report / "report.html").stat().st_ino
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(pipeline_run)
+        assert run_cli(argv) == 0
+    assert (report / "report.html").stat().st_ino != html
+    own = {report / "report.html", report / "report.md", *report.glob("figures/*")}
+    assert all(path.read_bytes() == data for path, data in before.items() if path not in own)

@@ -21,12 +21,16 @@ from bsoc import __version__
 from bsoc.bench import speed
 from bsoc.bench.machine import machine_info
 from bsoc.data.dataset import Dataset
-from bsoc.errors import ConfigError, OverwriteRefusedError
+from bsoc.errors import ConfigError
 from bsoc.estimator import SocEstimator, load_estimator, read_config
 from bsoc.evaluate import ScenarioSettings, evaluate_runs, samples_of
+from bsoc.outputs import OutputKind, check_output, write_output
 
 BENCHMARK_FILE = "benchmark.json"
 TRACES_FILE = "traces.npz"
+BENCHMARK_OUTPUT = OutputKind("benchmark", signature=BENCHMARK_FILE,
+                              legacy_files=(BENCHMARK_FILE, TRACES_FILE),
+                              legacy_mark="bsoc_version")
 
 
 def model_file_bytes(directory: Path) -> int:
@@ -66,9 +70,7 @@ def run_benchmark(
     if not model_dirs:
         raise ConfigError("no models to benchmark", remedy="pass one or more --models folders")
     out_dir = Path(out_dir)
-    if (out_dir / BENCHMARK_FILE).exists() and not force:
-        raise OverwriteRefusedError(f"{out_dir / BENCHMARK_FILE} exists",
-                                    remedy="pass --force or choose another --out")
+    check_output(out_dir, BENCHMARK_OUTPUT, force=force, inputs=[dataset_dir, *model_dirs])
     dataset = Dataset.load(dataset_dir)
     cycles = dataset.split(split)
     if not cycles:
@@ -166,9 +168,9 @@ def run_benchmark(
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "traces_file": TRACES_FILE,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out_dir / TRACES_FILE, **traces)
-    (out_dir / BENCHMARK_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    with write_output(out_dir, BENCHMARK_OUTPUT, force=force) as folder:
+        np.savez_compressed(folder / TRACES_FILE, **traces)
+        (folder / BENCHMARK_FILE).write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 

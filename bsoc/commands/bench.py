@@ -17,7 +17,8 @@ def benchmark(
     out: Path = typer.Option(..., "--out", help="Folder for benchmark.json and traces.npz."),
     split: str = typer.Option("test", help="Dataset split to measure on."),
     quick: bool = typer.Option(False, "--quick", help="CI-sized speed runs (fewer repeats)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing benchmark.json."),
+    force: bool = typer.Option(False, "--force", help="Replace the benchmark bsoc wrote at "
+                               "--out (other files there are kept)."),
     json_output: bool = typer.Option(False, "--json", help="Print benchmark.json on stdout."),
 ) -> None:
     """Measure RMSE (three scenarios), size and speed of every model, side by side in one run."""
@@ -75,7 +76,8 @@ def report(
         None, "--sweep", help="sweep.json of 'bsoc compress --sweep' for the Pareto figure, "
         "one per benchmark in order (default: a sweep.json beside each benchmark.json)."
     ),
-    force: bool = typer.Option(False, "--force", help="Replace an existing report."),
+    force: bool = typer.Option(False, "--force", help="Replace the report bsoc wrote at --out "
+                               "(other files there are kept)."),
     json_output: bool = typer.Option(False, "--json", help="Print the written paths as JSON."),
 ) -> None:
     """Write report.html (self-contained) and report.md with figures from benchmark results."""

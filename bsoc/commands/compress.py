@@ -12,23 +12,22 @@ from typing import Any
 import typer
 
 from bsoc.console import command_line, emit_json, err_console, progress, training_progress
+from bsoc.outputs import OutputKind, check_output, write_output
 
 SWEEP_FILE = "sweep.json"
 SWEEP_META_FILE = "sweep.meta.json"
 ANALYSIS_FILE = "analysis.json"
+ANALYSIS_FIGURE = "explained_variance.png"
+ANALYSIS_OUTPUT = OutputKind("analysis", signature=ANALYSIS_FILE,
+                             legacy_files=(ANALYSIS_FILE, ANALYSIS_FIGURE),
+                             legacy_mark="pca_samples")
+SWEEP_OUTPUT = OutputKind("sweep", signature=SWEEP_FILE, legacy_files=(SWEEP_FILE, SWEEP_META_FILE),
+                          legacy_mark="projection")
 
 
 def _pca_progress(bar: Any, description: str) -> Any:
     task = bar.add_task(description, total=None, info="")
     return lambda done, total: bar.update(task, completed=done, total=total, info="time steps")
-
-
-def _refuse_existing(path: Path, force: bool) -> None:
-    from bsoc.errors import OverwriteRefusedError
-
-    if path.exists() and not force:
-        raise OverwriteRefusedError(f"{path} already exists",
-                                    remedy="choose another --out or pass --force to replace it")
 
 
 def _goal(explained_variance: float | None, learnables_reduction: float | None,
@@ -73,7 +72,8 @@ def compress(
     sweep: bool = typer.Option(False, "--sweep", help="Sweep explained-variance goals; write "
                                "OUT/sweep.json with RMSE (val, from start, no fine-tuning) vs "
                                "learnables for projection and SVD at equal learnables."),
-    force: bool = typer.Option(False, "--force", help="Replace existing output at --out."),
+    force: bool = typer.Option(False, "--force", help="Replace the output bsoc wrote at --out "
+                               "(other files there are kept)."),
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Compress a trained SOC network by projection (or truncated SVD, for comparison).
@@ -95,21 +95,24 @@ def compress(
 
             raise ConfigError("--analyze and --sweep are separate runs", remedy="pick one")
         run = _analyze if analyze else _sweep
+        check_output(out, ANALYSIS_OUTPUT if analyze else SWEEP_OUTPUT, force=force,
+                     inputs=[model, data])  # refuse early, before the PCA
         run(model, dataset, out, chosen, mean_handling, force, json_output)
         return
+    from bsoc.estimator import prepare_model_dir
+
+    prepare_model_dir(out, force=force, inputs=[model, data])  # refuse early, before the PCA
     _compress(model, dataset, out, _goal(explained_variance, learnables_reduction, ranks),
-              method, chosen, mean_handling, svd_ranks, force, json_output)
+              method, chosen, mean_handling, svd_ranks, json_output)
 
 
 def _compress(model: Path, dataset: Any, out: Path, goal: Any, method: str,
-              layers: list[str] | None, mean_handling: str, svd_ranks: str, force: bool,
+              layers: list[str] | None, mean_handling: str, svd_ranks: str,
               json_output: bool) -> None:
     from rich.table import Table
 
     from bsoc.compress.workflow import compress_model
-    from bsoc.estimator import prepare_model_dir
 
-    prepare_model_dir(out, force=force)  # refuse early, before the PCA
     with progress(transient=True) as bar:
         estimator, record = compress_model(
             model, dataset, out, goal, method=method, layers=layers, mean_handling=mean_handling,
@@ -156,20 +159,18 @@ def _analyze(model: Path, dataset: Any, out: Path, layers: list[str] | None,
     from bsoc.nn.estimator import LstmSocEstimator
     from bsoc.report.figures import explained_variance
 
-    _refuse_existing(out / ANALYSIS_FILE, force)
     source = LstmSocEstimator.load(model)
     with progress(transient=True) as bar:
         pca = fit_pca(source.network, dataset, mean_handling,
                       _pca_progress(bar, "neuron PCA"))
     result = analyze(source.network, pca)
     shown = [row for row in result["layers"] if layers is None or row["layer"] in layers]
-    result.update(model=str(model), command=command_line(),
+    figure = out / ANALYSIS_FIGURE
+    result.update(model=str(model), command=command_line(), figure=str(figure),
                   data={"name": dataset.name, "fingerprint": dataset.fingerprint()})
-    out.mkdir(parents=True, exist_ok=True)
-    figure = out / "explained_variance.png"
-    explained_variance(result["explained_variance"]).savefig(figure, dpi=110)
-    result["figure"] = str(figure)
-    (out / ANALYSIS_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    with write_output(out, ANALYSIS_OUTPUT, force=force) as folder:
+        explained_variance(result["explained_variance"]).savefig(folder / ANALYSIS_FIGURE, dpi=110)
+        (folder / ANALYSIS_FILE).write_text(json.dumps(result, indent=2) + "\n")
     if json_output:
         emit_json(result)
         return
@@ -201,7 +202,6 @@ def _sweep(model: Path, dataset: Any, out: Path, layers: list[str] | None,
     from bsoc.compress.workflow import SWEEP_LEVELS, sweep
     from bsoc.nn.estimator import LstmSocEstimator
 
-    _refuse_existing(out / SWEEP_FILE, force)
     source = LstmSocEstimator.load(model)
     with progress() as bar:
         task = bar.add_task("sweep", total=2 * len(SWEEP_LEVELS), info="")
@@ -212,14 +212,14 @@ def _sweep(model: Path, dataset: Any, out: Path, layers: list[str] | None,
 
         points = sweep(source, dataset, layers=layers, mean_handling=mean_handling,
                        on_progress=_pca_progress(bar, "neuron PCA"), on_point=on_point)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / SWEEP_FILE).write_text(json.dumps(points, indent=2) + "\n")
     meta = {"model": str(model), "model_learnables": source.learnables(),
             "data": {"name": dataset.name, "fingerprint": dataset.fingerprint(), "split": "val"},
             "levels": list(SWEEP_LEVELS), "mean_handling": mean_handling,
             "rmse": "from the first sample, validation split, no fine-tuning",
             "command": command_line(), "bsoc_version": __version__}
-    (out / SWEEP_META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    with write_output(out, SWEEP_OUTPUT, force=force) as folder:
+        (folder / SWEEP_FILE).write_text(json.dumps(points, indent=2) + "\n")
+        (folder / SWEEP_META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     if json_output:
         emit_json(points)
         return
@@ -241,7 +241,8 @@ def finetune(
                                       "minutes (the best weights so far are kept)."),
     seed: int = typer.Option(None, "--seed", help="Seed for windows and dropout [default: the "
                              "model's training seed]."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing model at --out."),
+    force: bool = typer.Option(False, "--force", help="Replace the model bsoc wrote at --out "
+                               "(other files there are kept)."),
     json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Retrain all learnables of a (compressed) network for a few epochs at a lower rate.
@@ -254,7 +255,7 @@ def finetune(
     from bsoc.data.dataset import Dataset
     from bsoc.estimator import prepare_model_dir
 
-    prepare_model_dir(out, force=force)
+    prepare_model_dir(out, force=force, inputs=[model, data])
     dataset = Dataset.load(data)
     with progress() as bar:
         on_step = training_progress(bar, bar.add_task("fine-tuning", total=None, info=""))
@@ -281,7 +282,8 @@ def finetune(
 def unpack(
     model: Path = typer.Argument(..., help="Compressed model folder (projected-lstm, svd-lstm)."),
     out: Path = typer.Option(..., "--out", help="Model folder to write (kind lstm)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing model at --out."),
+    force: bool = typer.Option(False, "--force", help="Replace the model bsoc wrote at --out "
+                               "(other files there are kept)."),
     json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Turn projected layers back into plain LSTM/FC layers holding the product weights.
@@ -293,7 +295,7 @@ def unpack(
     from bsoc.estimator import prepare_model_dir
     from bsoc.nn.estimator import LstmSocEstimator
 
-    prepare_model_dir(out, force=force)
+    prepare_model_dir(out, force=force, inputs=[model])
     source = LstmSocEstimator.load(model)
     plain = LstmSocEstimator(unpack_network(source.network), kind="lstm", name=out.name,
                              metadata={**source.metadata, "unpacked_from": str(model)})

@@ -10,7 +10,6 @@ from typing import Any
 import typer
 
 from bsoc.console import emit_json, err_console, out_console, progress
-from bsoc.errors import OverwriteRefusedError
 
 
 def ingest(
@@ -106,13 +105,15 @@ def ingest(
     name: str | None = typer.Option(
         None, "--name", help="Dataset name (default: the --out folder name).", show_default=False
     ),
-    force: bool = typer.Option(False, "--force", help="Replace an existing dataset at --out."),
+    force: bool = typer.Option(False, "--force", help="Replace the dataset bsoc wrote at "
+                               "--out (other files there are kept; never an input's folder)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Turn real cell data (files or folders) into a validated bsoc dataset.
 
     Example: bsoc data ingest /data/panasonic-18650pf --format panasonic --out data/pan
     """
+    from bsoc.data.dataset import DATASET_OUTPUT
     from bsoc.data.ingest import IngestOptions, excluded_files
     from bsoc.data.ingest import ingest as run_ingest
     from bsoc.data.inspect import split_names
@@ -125,12 +126,9 @@ def ingest(
         load_map_file,
         parse_pairs,
     )
+    from bsoc.outputs import check_output
 
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise OverwriteRefusedError(
-            f"{out} already exists and is not empty",
-            remedy="choose another --out or pass --force to replace it",
-        )
+    check_output(out, DATASET_OUTPUT, force=force, inputs=[path, map_file])
     given = TableSpec(
         columns=check_columns(parse_pairs(column_map, "--column-map"), "--column-map"),
         units=check_units(parse_pairs(units, "--units"), "--units"),

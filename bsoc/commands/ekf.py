@@ -21,7 +21,9 @@ ekf_app = typer.Typer(
 def fit(
     dataset: Path = typer.Argument(..., help="Dataset folder (manifest.json + cycles/)."),
     out: Path = typer.Option(Path("models/ekf"), "--out", help="Model folder to write."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing model at --out."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace the model bsoc wrote at --out (other files stay)."
+    ),
     json_output: bool = typer.Option(
         False, "--json", help="Print the fit summary as JSON on stdout."
     ),
@@ -34,7 +36,7 @@ def fit(
     from bsoc.ekf.fit import fit_ekf, save_ekf
     from bsoc.estimator import prepare_model_dir
 
-    prepare_model_dir(out, force=force)  # refuse early, before minutes of fitting
+    prepare_model_dir(out, force=force, inputs=[dataset])  # refuse early, before the fit
     data = Dataset.load(dataset)
     command = command_line()
     with progress() as bar:

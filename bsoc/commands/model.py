@@ -6,7 +6,6 @@ Heavy imports (torch, matplotlib) happen inside the commands so ``bsoc --help`` 
 from __future__ import annotations
 
 import shlex
-import shutil
 from pathlib import Path
 
 import typer
@@ -53,8 +52,8 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint/ (kept "
                                 "after an interruption or a --max-minutes stop) with the same "
                                 "options (--max-minutes may differ)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing model or checkpoint "
-                               "at --out."),
+    force: bool = typer.Option(False, "--force", help="Replace the model or checkpoint bsoc "
+                               "wrote at --out (other files there are kept)."),
     json_output: bool = typer.Option(False, "--json", help="Print the training summary as JSON."),
 ) -> None:
     """Train the LSTM SOC network on a dataset (early stopping on its val split).
@@ -67,12 +66,12 @@ def train(
     from bsoc.data.dataset import Dataset
     from bsoc.errors import OverwriteRefusedError
     from bsoc.estimator import prepare_model_dir
-    from bsoc.train import train_model
+    from bsoc.train import CHECKPOINT_STATE, CHECKPOINT_WEIGHTS, train_model
 
     checkpoint = out / CHECKPOINT_DIR
     has_checkpoint = (checkpoint / "checkpoint.json").exists()
     # Resuming continues the model in OUT, so it may replace it; anything else must not.
-    prepare_model_dir(out, force=force or (resume and has_checkpoint))
+    prepare_model_dir(out, force=force or (resume and has_checkpoint), inputs=[data])
     if has_checkpoint and not (resume or force):
         raise OverwriteRefusedError(
             f"an unfinished training run has a checkpoint in {checkpoint}",
@@ -88,8 +87,11 @@ def train(
             command=_command_line(ctx), on_step=on_step,
         )
     estimator.save(out, force=True)
-    if not result.stopped.startswith("time budget"):
-        shutil.rmtree(checkpoint, ignore_errors=True)  # finished: nothing left to resume
+    if not result.stopped.startswith("time budget"):  # finished: nothing left to resume
+        for name in (CHECKPOINT_WEIGHTS, CHECKPOINT_STATE):
+            (checkpoint / name).unlink(missing_ok=True)
+        if checkpoint.is_dir() and not any(checkpoint.iterdir()):  # a user's file stays
+            checkpoint.rmdir()
     validation = estimator.metadata["validation"]
     summary = {
         "model": str(out),

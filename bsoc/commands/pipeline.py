@@ -23,8 +23,8 @@ def pipeline(
     learnables_reduction: float = typer.Option(
         None, "--learnables-reduction", min=0.0, max=0.999,
         help="Compression goal for the projected model (default 0.9; 0.5 for tiny)."),
-    force: bool = typer.Option(False, "--force", help="Overwrite outputs at the run's paths "
-                               "that were not made by the pipeline."),
+    force: bool = typer.Option(False, "--force", help="Replace bsoc outputs at the run's "
+                               "paths that this pipeline did not make (other files are kept)."),
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Run the whole job end to end and print the report's path and the summary table."""

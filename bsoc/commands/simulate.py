@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 
 from bsoc.console import emit_json, err_console, progress
-from bsoc.errors import ConfigError, OverwriteRefusedError
+from bsoc.errors import ConfigError
 
 PROFILES = ("tiny", "quick", "full")
 HELP = (
@@ -45,18 +45,18 @@ def simulate(
         "--workers",
         help="Processes to simulate in; the result does not depend on it.",
     ),
-    force: bool = typer.Option(False, "--force", help="Replace an existing dataset at --out."),
+    force: bool = typer.Option(False, "--force", help="Replace the dataset bsoc wrote at "
+                               "--out (other files there are kept)."),
     json_output: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
     """Simulate the built-in physics-based dataset with PyBaMM (see HELP)."""
     if profile not in PROFILES:
         raise ConfigError(f"unknown --profile '{profile}'", remedy=f"use one of {PROFILES}")
     out = out if out is not None else Path("data") / f"sim-{profile}"
-    if out.exists() and any(out.iterdir()) and not force:
-        raise OverwriteRefusedError(
-            f"{out} already exists and is not empty",
-            remedy="choose another --out or pass --force to replace it",
-        )
+    from bsoc.data.dataset import DATASET_OUTPUT
+    from bsoc.outputs import check_output
+
+    check_output(out, DATASET_OUTPUT, force=force)  # refuse early, before the simulation
     from bsoc.data.simulate import CellConfig, plan_cycles, simulate_dataset
 
     config = CellConfig(model=model)

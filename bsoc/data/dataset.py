@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +21,15 @@ import pandas as pd
 from bsoc import __version__
 from bsoc.data.readers.common import unreadable
 from bsoc.data.schema import SPLITS, Cycle, CycleMeta, validate_frame
-from bsoc.errors import DatasetNotFoundError, DataValidationError, OverwriteRefusedError
+from bsoc.errors import DatasetNotFoundError, DataValidationError
+from bsoc.outputs import OutputKind, write_output
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+# A dataset gets a folder of its own: without --force, any file there refuses the write.
+DATASET_OUTPUT = OutputKind("dataset", signature=MANIFEST,
+                            legacy_files=(MANIFEST, "cycles/*.parquet"),
+                            legacy_mark="bsoc_version", refuse_nonempty=True)
 
 
 @dataclass
@@ -56,8 +60,10 @@ class Dataset:
         return digest.hexdigest()[:16]
 
     def save(self, directory: str | Path, *, force: bool = False) -> Path:
-        """Write the dataset; refuses to replace an existing one unless ``force``."""
-        directory = Path(directory)
+        """Write the dataset; refuses a non-empty folder unless ``force``.
+
+        ``force`` replaces only a dataset bsoc wrote there (see :mod:`bsoc.outputs`).
+        """
         names = [c.meta.name for c in self.cycles]
         if len(set(names)) != len(names):
             duplicated = sorted({n for n in names if names.count(n) > 1})
@@ -65,29 +71,24 @@ class Dataset:
                 f"cycle names must be unique, repeated: {duplicated}",
                 remedy="give each cycle its own name",
             )
-        if directory.exists() and any(directory.iterdir()):
-            if not force:
-                raise OverwriteRefusedError(
-                    f"{directory} already exists and is not empty",
-                    remedy="choose another --out or pass --force to replace it",
-                )
-            shutil.rmtree(directory)
-        (directory / "cycles").mkdir(parents=True, exist_ok=True)
-        entries = []
-        for cycle in self.cycles:
-            relative = f"cycles/{_safe_filename(cycle.meta.name)}.parquet"
-            cycle.frame.to_parquet(directory / relative, index=False)
-            entries.append({"file": relative, "rows": len(cycle.frame), **cycle.meta.to_dict()})
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "name": self.name,
-            "bsoc_version": __version__,
-            "fingerprint": self.fingerprint(),
-            "provenance": self.provenance,
-            "cycles": entries,
-        }
-        (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        return directory
+        with write_output(directory, DATASET_OUTPUT, force=force) as folder:
+            (folder / "cycles").mkdir()
+            entries = []
+            for cycle in self.cycles:
+                relative = f"cycles/{_safe_filename(cycle.meta.name)}.parquet"
+                cycle.frame.to_parquet(folder / relative, index=False)
+                entries.append({"file": relative, "rows": len(cycle.frame),
+                                **cycle.meta.to_dict()})
+            manifest = {
+                "format_version": FORMAT_VERSION,
+                "name": self.name,
+                "bsoc_version": __version__,
+                "fingerprint": self.fingerprint(),
+                "provenance": self.provenance,
+                "cycles": entries,
+            }
+            (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        return Path(directory)
 
     @classmethod
     def load(cls, directory: str | Path) -> Dataset:

@@ -20,7 +20,8 @@ from bsoc.ekf.ecm import EcmTables
 from bsoc.ekf.filter import STATE_SIZE, InitSettings, NoiseSettings, ekf_step, new_state
 from bsoc.ekf.single import SingleStreamStep
 from bsoc.errors import BsocError, ModelFileError
-from bsoc.estimator import CONFIG_FILE, SocEstimator, prepare_model_dir, read_config
+from bsoc.estimator import CONFIG_FILE, MODEL_OUTPUT, SocEstimator, read_config
+from bsoc.outputs import write_output
 
 # Arithmetic of one streaming step (multiplies/adds, plus exp and divisions counted as one op
 # each), read off ekf_step: two ECM look-ups (bilinear: 6 per fine/coarse quantity, 2 per
@@ -120,10 +121,16 @@ class EkfSocEstimator(SocEstimator):
             **self.metadata,
         }
 
+    def write(self, folder: Path) -> Path:
+        """Write ``config.json`` into ``folder`` as it is (the fit stages it with its figures)."""
+        path = folder / CONFIG_FILE
+        path.write_text(json.dumps(self.config(), indent=2) + "\n")
+        return path
+
     def save(self, directory: str | Path, *, force: bool = False) -> Path:
-        directory = prepare_model_dir(directory, force=force)
-        (directory / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2) + "\n")
-        return directory
+        with write_output(directory, MODEL_OUTPUT, force=force) as folder:
+            self.write(folder)
+        return Path(directory)
 
     @classmethod
     def load(cls, directory: str | Path) -> EkfSocEstimator:

@@ -16,6 +16,8 @@ from bsoc.ekf.filter import InitSettings
 from bsoc.ekf.identify import EcmIdentifier, voltage_rmse_by_temperature
 from bsoc.ekf.tuning import NoiseTuner
 from bsoc.errors import ConfigError
+from bsoc.estimator import MODEL_OUTPUT
+from bsoc.outputs import write_output
 
 
 def fit_ekf(
@@ -75,7 +77,9 @@ def fit_ekf(
 def save_ekf(
     estimator: EkfSocEstimator, identifier: EcmIdentifier, directory: str | Path, *, force: bool
 ) -> list[Path]:
-    """Write ``config.json`` and the fit figures; return the files written."""
-    directory = estimator.save(directory, force=force)
-    figures = write_fit_figures(identifier.tables_, identifier.traces_, directory)
-    return [directory / "config.json", *figures]
+    """Write ``config.json`` and the fit figures as one output; return the files written."""
+    directory = Path(directory)
+    with write_output(directory, MODEL_OUTPUT, force=force) as folder:
+        figures = write_fit_figures(identifier.tables_, identifier.traces_, folder)
+        written = [estimator.write(folder), *figures]
+    return [directory / path.name for path in written]

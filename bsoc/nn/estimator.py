@@ -32,13 +32,14 @@ from bsoc.errors import BsocError, ModelFileError
 from bsoc.estimator import (
     CONFIG_FILE,
     ESTIMATOR_CLASSES,
+    MODEL_OUTPUT,
     WEIGHTS_FILE,
     SocEstimator,
-    prepare_model_dir,
     read_config,
 )
 from bsoc.nn.network import SocNetwork
 from bsoc.nn.streaming import StreamingStepper
+from bsoc.outputs import write_output
 
 # config.json keys this class writes itself; everything else is caller metadata.
 _OWN_KEYS = ("kind", "name", "architecture", "normalisation", "learnables", "weight_bytes",
@@ -114,11 +115,11 @@ class LstmSocEstimator(SocEstimator):
         }
 
     def save(self, directory: str | Path, *, force: bool = False) -> Path:
-        directory = prepare_model_dir(directory, force=force)
-        tensors = {k: v.detach().contiguous() for k, v in self.network.state_dict().items()}
-        save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "bsoc-soc-network"})
-        (directory / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2) + "\n")
-        return directory
+        with write_output(directory, MODEL_OUTPUT, force=force) as folder:
+            tensors = {k: v.detach().contiguous() for k, v in self.network.state_dict().items()}
+            save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "bsoc-soc-network"})
+            (folder / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2) + "\n")
+        return Path(directory)
 
     @classmethod
     def load(cls, directory: str | Path) -> LstmSocEstimator:

@@ -19,10 +19,17 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from bsoc.errors import BsocError, OverwriteRefusedError
+from bsoc.errors import BsocError
+from bsoc.outputs import OutputKind, check_output, write_output
 from bsoc.report import figures
 
 SCENARIOS = ("from_start", "cold_start", "degraded_sensors")
+REPORT_FILE = "report.html"
+# A run's report folder also holds that run's benchmark and sweep (the report's inputs):
+# the report replaces only its own files there.
+REPORT_OUTPUT = OutputKind("report", signature=REPORT_FILE,
+                           legacy_files=(REPORT_FILE, "report.md", "figures/*.png"),
+                           own_folder=False)
 
 
 class ReportInputError(BsocError):
@@ -182,14 +189,17 @@ def write_report(
         if not Path(sweep).is_file():
             raise ReportInputError(f"sweep file {sweep} not found",
                                    remedy="run 'bsoc compress MODEL --sweep' first")
-    html_path = out_dir / "report.html"
-    if html_path.exists() and not force:
-        raise OverwriteRefusedError(
-            f"a report already exists at {html_path}", remedy="pass --force or another --out"
-        )
+    check_output(out_dir, REPORT_OUTPUT, force=force, inputs=[*benchmarks, *sweeps])
     padded = sweeps + [None] * (len(benchmarks) - len(sweeps))
     sections = [build_section(Path(b), s and Path(s)) for b, s in zip(benchmarks, padded)]
-    (out_dir / "figures").mkdir(parents=True, exist_ok=True)
+    with write_output(out_dir, REPORT_OUTPUT, force=force) as folder:
+        _write_files(folder, title, sections)
+    return Path(out_dir) / REPORT_FILE
+
+
+def _write_files(folder: Path, title: str, sections: list[Section]) -> None:
+    """report.md, report.html and the figures' PNGs, into ``folder``."""
+    (folder / "figures").mkdir()
     md = [f"# {title}", ""]
     body = [f"<h1>{html.escape(title)}</h1>"]
     for section in sections:
@@ -205,16 +215,15 @@ def write_report(
                     + "".join(f"<li>{html.escape(n)}</li>" for n in section.notes) + "</ul>")
         for file_name, caption, fig in section.figures:
             data = _png(fig)
-            (out_dir / "figures" / file_name).write_bytes(data)
+            (folder / "figures" / file_name).write_bytes(data)
             md += [f"![{caption}](figures/{file_name})", "", f"*{caption}*", ""]
             encoded = base64.b64encode(data).decode()
             body.append(f'<figure><img alt="{html.escape(caption)}" '
                         f'src="data:image/png;base64,{encoded}"><figcaption>'
                         f"{html.escape(caption)}</figcaption></figure>")
             figures.plt.close(fig)
-    (out_dir / "report.md").write_text("\n".join(md))
-    html_path.write_text(_HTML.format(title=html.escape(title), body="\n".join(body)))
-    return html_path
+    (folder / "report.md").write_text("\n".join(md))
+    (folder / REPORT_FILE).write_text(_HTML.format(title=html.escape(title), body="\n".join(body)))
 
 
 _HTML = """<!doctype html>

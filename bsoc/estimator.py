@@ -75,6 +75,11 @@ class SocEstimator(ABC):
             out[t] = soc[0]
         return out
 
+    def predict_many(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
+        """:meth:`predict` of each sequence; neural models run them as one padded batch,
+        which on a CPU costs little more than the longest sequence alone."""
+        return [self.predict(samples) for samples in sequences]
+
     @abstractmethod
     def learnables(self) -> int:
         """Number of learnable parameters, counted as the article's Table 1 does."""

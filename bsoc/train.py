@@ -2,7 +2,14 @@
 
 ``fit`` takes a network (fresh, trained or compressed) and improves it on training windows
 (:mod:`bsoc.data.windows`): random windows with a zero state and a masked warm-up, plus
-windows from the cycle start, so the model is trained exactly as it runs live. Each epoch
+windows from the cycle start, so the model is trained exactly as it runs live. Windows
+longer than ``chunk`` samples are trained by truncated back-propagation through time: the
+network steps through a batch of windows ``chunk`` samples at a time, one optimiser step
+per chunk, its state carried (detached) from chunk to chunk, so a window can be a whole
+drive cycle of hours while memory and the gradient's path stay one chunk long. Windows of
+similar length are batched together, so whole cycles of unequal length waste little on
+padding. The inputs can be augmented with sensor offsets and noise
+(:mod:`bsoc.data.augment`); the targets never are. Each epoch
 it validates on the validation split's *whole* cycles, both from the first sample and
 from a cold start 25 % in (:class:`bsoc.evaluate.ScenarioSettings`), and keeps the weights
 with the best mean of the two RMSEs (early stopping).
@@ -29,11 +36,19 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from bsoc.data.augment import SensorAugmentation
 from bsoc.data.dataset import Dataset
 from bsoc.data.schema import Cycle
-from bsoc.data.windows import Normalisation, SequenceSet, WindowPlan, sample_windows
+from bsoc.data.windows import (
+    Normalisation,
+    SequenceSet,
+    WindowPlan,
+    sample_windows,
+    windows_to_cover,
+)
 from bsoc.errors import ConfigError, ModelFileError
 from bsoc.evaluate import ScenarioSettings
+from bsoc.nn.layers import LstmState
 from bsoc.nn.network import NetworkConfig, SocNetwork
 
 if TYPE_CHECKING:
@@ -49,8 +64,12 @@ class TrainConfig:
 
     epochs: int = 40
     batch_size: int = 32
-    windows_per_epoch: int | None = None  # None: as many windows as cover the train split once
+    # what one epoch trains on, so that a profile costs the same on any dataset; None: as
+    # many windows as cover the train split once
+    samples_per_epoch: int | None = None
     window: WindowPlan = field(default_factory=WindowPlan)
+    chunk: int | None = None  # truncated-BPTT length in samples; None: whole windows
+    augmentation: SensorAugmentation = field(default_factory=SensorAugmentation)
     learning_rate: float = 3e-3
     min_lr_fraction: float = 0.05  # cosine decay ends at this fraction of the peak
     warmup_fraction: float = 0.03  # linear learning-rate warm-up, fraction of all steps
@@ -68,13 +87,28 @@ class TrainConfig:
                               remedy="use positive epochs, batch size and learning rate")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ConfigError("--max-minutes must be positive", remedy="e.g. --max-minutes 5")
+        if self.chunk is not None and self.chunk < 1:
+            raise ConfigError(f"chunk {self.chunk} must be a positive number of samples",
+                              remedy="e.g. 1000, or None to train whole windows")
+
+    @property
+    def chunk_length(self) -> int:
+        return self.chunk or self.window.length
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TrainConfig:
-        return cls(**{**data, "window": WindowPlan(**data["window"])})
+        """Rebuild a recorded config; models trained before chunking and augmentation
+        existed recorded neither, and were trained with neither."""
+        data = dict(data)
+        window = WindowPlan(**data.pop("window"))
+        windows = data.pop("windows_per_epoch", None)  # what bsoc 0.1 recorded
+        if windows is not None:
+            data["samples_per_epoch"] = windows * window.length
+        return cls(**{**data, "window": window,
+                      "augmentation": SensorAugmentation(**data.get("augmentation", {}))})
 
 
 @dataclass(frozen=True)
@@ -89,7 +123,7 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "tiny": Profile(
         NetworkConfig(hidden_sizes=(16, 8)),
-        TrainConfig(epochs=3, batch_size=8, windows_per_epoch=32, patience=3, threads=1,
+        TrainConfig(epochs=3, batch_size=8, samples_per_epoch=2048, patience=3, threads=1,
                     window=WindowPlan(length=64, warmup=8)),
         "tests: a 16/8 network, seconds (one thread: too small to share)",
     ),
@@ -123,15 +157,14 @@ class FitResult:
         return asdict(self)
 
 
-def training_progress(step: int, total_steps: int, elapsed_s: float,
-                      max_minutes: float | None) -> float:
-    """Fraction of the run done after ``step`` (0-based): by steps, or by the time budget
-    if that is further along, so that a time-limited run still anneals its learning rate
-    instead of stopping at a high rate part-way down the schedule."""
-    by_steps = (step + 1) / total_steps
+def training_progress(done: float, elapsed_s: float, max_minutes: float | None) -> float:
+    """Fraction of the run done: ``done`` (epochs done / epochs, counted in steps within an
+    epoch), or the share of the time budget used if that is further along, so that a
+    time-limited run still anneals its learning rate instead of stopping at a high rate
+    part-way down the schedule."""
     if max_minutes is None:
-        return min(1.0, by_steps)
-    return min(1.0, max(by_steps, elapsed_s / (60 * max_minutes)))
+        return min(1.0, done)
+    return min(1.0, max(done, elapsed_s / (60 * max_minutes)))
 
 
 def learning_rate_at(progress: float, config: TrainConfig) -> float:
@@ -142,6 +175,22 @@ def learning_rate_at(progress: float, config: TrainConfig) -> float:
     decayed = min(1.0, (progress - warmup) / max(1e-12, 1 - warmup))
     floor = config.min_lr_fraction
     return config.learning_rate * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * decayed)))
+
+
+def _extents(mask: np.ndarray) -> np.ndarray:
+    """Per window, the samples up to its last counted one (what is after it is padding)."""
+    last = mask.shape[1] - np.argmax(mask[:, ::-1], axis=1)
+    return np.where(mask.any(axis=1), last, 0)
+
+
+def _batches_by_length(extents: np.ndarray, batch_size: int,
+                       rng: np.random.Generator) -> list[tuple[np.ndarray, int]]:
+    """Windows of similar length batched together, batches in random order: (indices,
+    samples to run). Whole cycles of 1-4 hours padded to the longest would waste half."""
+    order = rng.permutation(len(extents))
+    order = order[np.argsort(extents[order], kind="stable")]
+    batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+    return [(batches[k], int(extents[batches[k]].max())) for k in rng.permutation(len(batches))]
 
 
 def _masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -274,10 +323,8 @@ def _fit(
     if len(train) == 0 or len(val) == 0:
         raise ConfigError("training needs cycles in both the train and the val split",
                           remedy="re-split the dataset so that val holds at least one cycle")
-    windows = config.windows_per_epoch or max(
-        config.batch_size, int(train.lengths.sum()) // config.window.length)
-    steps_per_epoch = math.ceil(windows / config.batch_size)
-    total_steps = config.epochs * steps_per_epoch
+    windows = max(config.batch_size, windows_to_cover(train, config.window,
+                                                      config.samples_per_epoch))
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
     checkpoint = _Checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
@@ -296,38 +343,48 @@ def _fit(
         start_epoch = saved["next_epoch"]
     stopped = "epochs done"
     last_val = history[-1]["val"]["score"] if history else float("nan")
+    steps_done = sum(row["batches"] for row in history)
     for epoch in range(start_epoch, config.epochs):
         if bad_epochs >= config.patience:
             stopped = f"early stopping: no improvement for {config.patience} epochs"
             break
         rng = np.random.default_rng([config.seed, epoch])
         torch.manual_seed(config.seed * 1_000_003 + epoch)
-        x, y, mask = (torch.from_numpy(a)
-                      for a in sample_windows(train, config.window, windows, rng))
-        order = torch.from_numpy(rng.permutation(windows))
+        x, y, mask = sample_windows(train, config.window, windows, rng)
+        batches = _batches_by_length(_extents(mask), config.batch_size, rng)
+        # its own stream: augmenting changes no window and no batch, so ablations compare alike
+        x = config.augmentation.apply(x, np.random.default_rng([config.seed, epoch, 1]))
+        epoch_steps = sum(math.ceil(length / config.chunk_length) for _, length in batches)
         network.train()
-        losses = []
+        losses: list[float] = []
         out_of_time = False
-        for batch in range(steps_per_epoch):
-            step = epoch * steps_per_epoch + batch
-            progress = training_progress(step, total_steps, time.monotonic() - started,
-                                         config.max_minutes)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate_at(progress, config)
-            index = order[batch * config.batch_size : (batch + 1) * config.batch_size]
-            prediction, _ = network(x[index])
-            loss = _masked_mse(prediction, y[index], mask[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(network.parameters(), config.grad_clip)
-            optimizer.step()
-            losses.append(loss.item())
-            if on_step is not None:
-                on_step({"step": step + 1, "total_steps": total_steps, "epoch": epoch + 1,
-                         "loss": losses[-1], "val_rmse_pct": last_val})
-            elapsed = time.monotonic() - started
-            if config.max_minutes is not None and elapsed > 60 * config.max_minutes:
-                out_of_time = True
+        for index, length in batches:
+            xb, yb, mb = (torch.from_numpy(a[index, :length]) for a in (x, y, mask))
+            state: list[LstmState] | None = None
+            for start in range(0, length, config.chunk_length):
+                progress = training_progress((epoch + len(losses) / epoch_steps) / config.epochs,
+                                             time.monotonic() - started, config.max_minutes)
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate_at(progress, config)
+                chunk = slice(start, start + config.chunk_length)
+                prediction, state = network(xb[:, chunk], state)
+                loss = _masked_mse(prediction, yb[:, chunk], mb[:, chunk])
+                optimizer.zero_grad(set_to_none=True)
+                if mb[:, chunk].any():  # a chunk inside every window's warm-up teaches nothing
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(network.parameters(), config.grad_clip)
+                    optimizer.step()
+                state = [(h.detach(), c.detach()) for h, c in state]
+                losses.append(loss.item())
+                steps_done += 1
+                if on_step is not None:
+                    on_step({"step": steps_done, "total_steps": config.epochs * epoch_steps,
+                             "epoch": epoch + 1, "loss": losses[-1], "val_rmse_pct": last_val})
+                elapsed = time.monotonic() - started
+                if config.max_minutes is not None and elapsed > 60 * config.max_minutes:
+                    out_of_time = True
+                    break
+            if out_of_time:
                 break
         validation = validate(network, val, settings)
         last_val = validation["score"]
@@ -380,14 +437,19 @@ def train_model(
     threads: int | None = None,
     checkpoint_dir: Path | None = None,
     resume: bool = False,
+    init_from: Path | None = None,
     name: str = "lstm",
     command: str = "",
     on_step: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[LstmSocEstimator, FitResult]:
-    """Train a new network of ``profile`` on ``data``'s train split; early-stop on its val split.
+    """Train a network of ``profile`` on ``data``'s train split; early-stop on its val split.
 
+    The network is new, or with ``init_from`` a copy of a trained model's (pretraining on
+    bsoc's simulated cells, then training on a user's few real cycles): its weights and
+    its input normalisation, which those weights were learnt with, are kept as the start.
     Returns the estimator (not yet saved) whose metadata records data name and fingerprint,
-    seed, profile, training config and history, validation metrics and ``command``.
+    seed, profile, training config and history, validation metrics, the initial model and
+    ``command``.
     """
     from bsoc.evaluate import evaluate
     from bsoc.nn.estimator import LstmSocEstimator
@@ -399,6 +461,18 @@ def train_model(
                             threads=threads)
     train, val = data.split("train"), data.split("val")
     network = new_network(chosen.network, train, seed)
+    pretrained: dict[str, Any] | None = None
+    if init_from is not None:
+        start = LstmSocEstimator.load(init_from)
+        if start.network.architecture() != network.architecture():
+            raise ConfigError(
+                f"{init_from} is not a {profile}-profile network "
+                f"({start.network.config.hidden_sizes} hidden units, kind {start.kind})",
+                remedy=f"pretrain with the same --profile {profile}, or drop --init-from",
+            )
+        network = start.network
+        pretrained = {"path": str(init_from), "name": start.name, "kind": start.kind,
+                      "data": start.metadata.get("data", {})}
     result = fit(network, train, val, config, checkpoint_dir=checkpoint_dir, resume=resume,
                  on_step=on_step)
     estimator = LstmSocEstimator(network, name=name)
@@ -411,6 +485,7 @@ def train_model(
         "training": {"profile": profile, "config": config.to_json(), **result.to_json()},
         "validation": validation,
         "learnables_table": network.learnables_table(),
+        "initialised_from": pretrained,
         "command": command,
     }
     return estimator, result

@@ -52,6 +52,19 @@ def test_table1_streaming_equals_predict(toy_dataset: Path) -> None:
     np.testing.assert_allclose(streamed, estimator.predict(samples), atol=1e-5, rtol=0)
 
 
+def test_predicting_many_sequences_together_equals_one_by_one(toy_dataset: Path) -> None:
+    estimator = _estimator()
+    samples = _samples(toy_dataset)
+    sequences = [samples[:50], samples, samples[100:400], samples[:1]]
+    together = estimator.predict_many(sequences)
+    assert [len(s) for s in together] == [50, len(samples), 300, 1]
+    for alone, batched in zip(sequences, together):  # end padding never reaches the outputs
+        np.testing.assert_allclose(batched, estimator.predict(alone), atol=1e-6, rtol=0)
+    assert estimator.predict_many([]) == []
+    with pytest.raises(Exception, match=r"samples \(T, 4\)"):
+        estimator.predict_many([samples, samples[:, :3]])
+
+
 def test_many_streams_are_independent_and_inputs_untouched(toy_dataset: Path) -> None:
     estimator = _estimator()
     samples = _samples(toy_dataset, 120)

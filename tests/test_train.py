@@ -12,7 +12,16 @@ import torch
 
 from bsoc.cli import main
 from bsoc.data.dataset import Dataset
-from bsoc.data.windows import Normalisation, SequenceSet, WindowPlan, sample_windows
+from bsoc.data.augment import SensorAugmentation
+from bsoc.errors import ConfigError
+from bsoc.evaluate import ScenarioSettings
+from bsoc.data.windows import (
+    Normalisation,
+    SequenceSet,
+    WindowPlan,
+    sample_windows,
+    windows_to_cover,
+)
 from bsoc.train import (PROFILES, TrainConfig, fit, learning_rate_at, new_network,
                         training_progress)
 
@@ -65,7 +74,7 @@ def test_short_cycles_are_padded_and_masked(toy: Dataset) -> None:
 
 def test_learning_rate_warms_up_then_decays_to_its_floor() -> None:
     config = TrainConfig(learning_rate=1e-2, min_lr_fraction=0.1, warmup_fraction=0.1)
-    rates = [learning_rate_at(training_progress(step, 100, 0.0, None), config)
+    rates = [learning_rate_at(training_progress((step + 1) / 100, 0.0, None), config)
              for step in range(100)]
     assert 0 < rates[0] < rates[5] < rates[9] == pytest.approx(1e-2)
     assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
@@ -73,10 +82,10 @@ def test_learning_rate_warms_up_then_decays_to_its_floor() -> None:
 
 
 def test_a_time_budget_advances_the_schedule_when_it_runs_out_before_the_steps() -> None:
-    assert training_progress(9, 100, 30.0, max_minutes=1.0) == pytest.approx(0.5)
-    assert training_progress(89, 100, 30.0, max_minutes=1.0) == pytest.approx(0.9)
-    assert training_progress(9, 100, 90.0, max_minutes=1.0) == 1.0
-    assert training_progress(9, 100, 1e6, max_minutes=None) == pytest.approx(0.1)
+    assert training_progress(0.1, 30.0, max_minutes=1.0) == pytest.approx(0.5)
+    assert training_progress(0.9, 30.0, max_minutes=1.0) == pytest.approx(0.9)
+    assert training_progress(0.1, 90.0, max_minutes=1.0) == 1.0
+    assert training_progress(0.1, 1e6, max_minutes=None) == pytest.approx(0.1)
 
 
 def _tiny(epochs: int) -> TrainConfig:
@@ -103,7 +112,7 @@ def test_interrupted_then_resumed_training_equals_an_uninterrupted_run(
     fit(straight, train, val, config)
 
     interrupted = new_network(PROFILES["tiny"].network, train, seed=3)
-    steps_per_epoch = config.windows_per_epoch // config.batch_size
+    steps_per_epoch = config.samples_per_epoch // config.window.length // config.batch_size
 
     def stop_in_epoch_3(info: dict) -> None:
         if info["step"] == 2 * steps_per_epoch + 1:
@@ -158,3 +167,161 @@ def test_cli_trains_evaluates_and_refuses_to_overwrite(
     assert {row["cycle"] for row in report["by_condition"]} == {"toy_8", "toy_9"}
     assert (tmp_path / "eval" / "evaluation.json").is_file()
     assert (tmp_path / "eval" / "soc_per_cycle.png").stat().st_size > 1000
+
+
+def test_state_carried_across_chunks_equals_one_long_forward_pass(toy: Dataset) -> None:
+    network = new_network(PROFILES["tiny"].network, toy.split("train"), seed=5).eval()
+    x = torch.from_numpy(SequenceSet.from_cycles(toy.split("train")).padded()[0][:3, :300])
+    whole, final = network(x)
+    state, pieces = None, []
+    for start in range(0, 300, 70):  # unequal last chunk on purpose
+        out, state = network(x[:, start : start + 70], state)
+        pieces.append(out)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), whole, atol=1e-6, rtol=1e-5)
+    for (h, c), (h_ref, c_ref) in zip(state, final):
+        torch.testing.assert_close(h, h_ref, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(c, c_ref, atol=1e-6, rtol=1e-5)
+
+
+def test_a_chunk_gradient_is_the_long_sequence_gradient_of_that_chunk_loss(toy: Dataset) -> None:
+    """Truncation only cuts the path back through the carried state: the first chunk's
+    loss has the same gradient as in the whole sequence (causality), and a later chunk's
+    loss with the carried state detached is the whole pass's with the state cut there."""
+    network = new_network(PROFILES["tiny"].network, toy.split("train"), seed=6).eval()
+    x = torch.from_numpy(SequenceSet.from_cycles(toy.split("train")).padded()[0][:2, :120])
+    target = torch.full((2, 120), 0.5)
+
+    def grads(loss: torch.Tensor) -> list[torch.Tensor]:
+        network.zero_grad()
+        loss.backward()
+        return [p.grad.clone() for p in network.parameters()]
+
+    whole, _ = network(x)
+    reference = grads(((whole[:, :40] - target[:, :40]) ** 2).mean())
+    first, state = network(x[:, :40])
+    chunked = grads(((first - target[:, :40]) ** 2).mean())
+    for a, b in zip(chunked, reference):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+    with torch.no_grad():
+        _, state = network(x[:, :40])
+    second, _ = network(x[:, 40:], [(h.detach(), c.detach()) for h, c in state])
+    cut = grads(((second - target[:, 40:]) ** 2).mean())
+    with torch.no_grad():
+        _, carried = network(x[:, :40])
+    again, _ = network(x[:, 40:], carried)
+    for a, b in zip(cut, grads(((again - target[:, 40:]) ** 2).mean())):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    assert any(g.abs().sum() > 0 for g in cut)
+
+
+def test_chunked_training_steps_once_per_chunk_and_resumes_identically(
+    toy: Dataset, tmp_path: Path
+) -> None:
+    train, val = toy.split("train"), toy.split("val")
+    config = replace(_tiny(2), window=WindowPlan(length=200, warmup=20), chunk=50,
+                     samples_per_epoch=16 * 200)
+    steps: list[int] = []
+    straight = new_network(PROFILES["tiny"].network, train, seed=2)
+    result = fit(straight, train, val, config, on_step=lambda info: steps.append(info["step"]))
+    # 16 windows of 200 samples (toy cycles are longer) in batches of 8: 2 x 4 chunks an epoch
+    assert [row["batches"] for row in result.history] == [8, 8] and steps == list(range(1, 17))
+
+    def stop_in_epoch_2(info: dict) -> None:
+        if info["step"] == 11:
+            raise KeyboardInterrupt
+
+    interrupted = new_network(PROFILES["tiny"].network, train, seed=2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(interrupted, train, val, config, checkpoint_dir=tmp_path, on_step=stop_in_epoch_2)
+    resumed = new_network(PROFILES["tiny"].network, train, seed=77)
+    fit(resumed, train, val, config, checkpoint_dir=tmp_path, resume=True)
+    for key, value in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, atol=0, rtol=0)
+
+
+def test_augmentation_changes_the_inputs_and_never_the_targets(
+    toy: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bsoc.train as train_module
+
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    original_loss = train_module._masked_mse
+    monkeypatch.setattr(train_module, "_masked_mse", lambda p, y, m: (
+        seen.append((y.clone(), m.clone())), original_loss(p, y, m))[1])
+    inputs: list[torch.Tensor] = []
+
+    def run(augmentation: SensorAugmentation) -> tuple[list, list]:
+        seen.clear()
+        inputs.clear()
+        train = toy.split("train")
+        network = new_network(PROFILES["tiny"].network, train, seed=1)
+        network.register_forward_pre_hook(
+            lambda module, args: inputs.append(args[0].clone()) if module.training else None)
+        fit(network, train, toy.split("val"), replace(_tiny(1), augmentation=augmentation))
+        return list(seen), list(inputs)
+
+    clean_targets, clean_inputs = run(SensorAugmentation())
+    noisy = SensorAugmentation(voltage_offset_v=0.004, current_offset_a=0.11,
+                               temperature_offset_c=5.0, voltage_noise_v=0.002)
+    noisy_targets, noisy_inputs = run(noisy)
+    assert len(clean_targets) == len(noisy_targets) > 0
+    for (y, m), (y_aug, m_aug) in zip(clean_targets, noisy_targets):
+        assert torch.equal(y, y_aug) and torch.equal(m, m_aug)
+    differences = [b - a for a, b in zip(clean_inputs, noisy_inputs)]
+    assert all(d.abs().max() > 0 for d in differences)
+    current_shift = torch.cat([d[..., 1] for d in differences])
+    temperature_shift = torch.cat([d[..., 2] for d in differences])
+    assert current_shift.abs().max() <= 0.11 + 1e-5 and temperature_shift.abs().max() <= 5 + 1e-5
+    # offsets are one per window: constant along time (no noise on I and T here)
+    assert torch.allclose(current_shift, current_shift[:, :1].expand_as(current_shift), atol=1e-5)
+
+
+def test_augmentation_rejects_negative_amplitudes() -> None:
+    with pytest.raises(Exception, match=">= 0"):
+        SensorAugmentation(current_noise_a=-0.1)
+
+
+def test_windows_weight_cycles_by_the_samples_one_window_takes() -> None:
+    lengths = [100, 200, 400, 1000]
+    data = SequenceSet(features=[np.zeros((n, 3), np.float32) for n in lengths],
+                       soc=[np.full(n, 0.5, np.float32) for n in lengths],
+                       time_s=[np.arange(n, dtype=np.float64) for n in lengths],
+                       names=[f"c{n}" for n in lengths])
+    plan = WindowPlan(length=300, warmup=0, from_start_fraction=1.0)
+    # one window takes 100, 200, 300, 300 samples: mean window (sum w^2 / sum w) 255.6
+    assert windows_to_cover(data, plan) == 1700 // (230_000 / 900)
+    _, _, mask = sample_windows(data, plan, 9000, np.random.default_rng(0))
+    counted = mask.sum(axis=1)
+    shares = [np.mean(counted == n) for n in (100, 200, 300)]
+    np.testing.assert_allclose(shares, [1 / 9, 2 / 9, 6 / 9], atol=0.015)
+
+
+def test_training_can_start_from_a_pretrained_model(toy: Dataset, tmp_path: Path) -> None:
+    from bsoc.train import train_model, validate
+
+    pretrained, _ = train_model(toy, profile="tiny", seed=1)
+    pretrained.save(tmp_path / "pretrained")
+    start_score = validate(pretrained.network, SequenceSet.from_cycles(toy.split("val")),
+                           ScenarioSettings())["score"]
+    tuned, result = train_model(toy, profile="tiny", seed=2, epochs=1,
+                                init_from=tmp_path / "pretrained")
+    assert result.initial_validation["score"] == pytest.approx(start_score, rel=1e-6)
+    assert tuned.metadata["initialised_from"]["path"] == str(tmp_path / "pretrained")
+    torch.testing.assert_close(tuned.network.input_mean, pretrained.network.input_mean)
+    fresh, fresh_result = train_model(toy, profile="tiny", seed=2, epochs=1)
+    assert fresh.metadata["initialised_from"] is None
+    assert fresh_result.initial_validation["score"] != pytest.approx(start_score, rel=1e-3)
+    with pytest.raises(ConfigError, match="not a quick-profile network"):
+        train_model(toy, profile="quick", epochs=1, init_from=tmp_path / "pretrained")
+
+
+def test_a_recorded_config_of_windows_per_epoch_reads_as_samples() -> None:
+    recorded = {**_tiny(2).to_json(), "windows_per_epoch": 10}
+    recorded.pop("samples_per_epoch")
+    recorded.pop("augmentation")
+    recorded.pop("chunk")
+    config = TrainConfig.from_json(recorded)
+    assert config.samples_per_epoch == 10 * config.window.length
+    assert not config.augmentation.enabled and config.chunk is None
+    assert TrainConfig.from_json(_tiny(2).to_json()) == _tiny(2)

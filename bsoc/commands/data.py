@@ -48,7 +48,7 @@ def ingest(
         None,
         "--val-pattern",
         help="Regex on cycle names for the val split (checked after test; default "
-        "panasonic/lg-hg2: 'HWFET|HWFTb'). Everything else is train.",
+        "panasonic: 'HWFET|HWFTb|Cycle_4', lg-hg2: 'HWFET|HWFTb'). Everything else is train.",
         show_default=False,
     ),
     exclude_pattern: str | None = typer.Option(

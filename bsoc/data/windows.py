@@ -9,8 +9,14 @@ cell is rarely switched on at full charge. Training windows mirror that:
 * *start windows* begin at a cycle's first sample, exactly like the "from start" use,
   and count from the first step.
 
-Windows are drawn with probability proportional to a cycle's length, so every sample is
-equally likely to be trained on. Lengths are in samples (datasets are 1 Hz by convention).
+A window is up to ``length`` samples long, so a ``length`` above the longest drive cycle
+makes start windows whole cycles: SOC hours into a drive depends on the charge
+moved since the start, which a network can only learn to integrate from windows that
+long (the training loop steps through them in chunks, carrying the state). Cycles are
+drawn with probability proportional to the part of them one window covers,
+``min(length, cycle length)``: every sample of a cycle shorter than a window is equally
+likely to be trained on, and a 40-hour C/20 test does not crowd out the drive cycles.
+Lengths are in samples (datasets are 1 Hz by convention).
 """
 
 from __future__ import annotations
@@ -115,6 +121,19 @@ class WindowPlan:
                                       remedy="pass a fraction such as 0.25")
 
 
+def _cycle_weights(data: SequenceSet, plan: WindowPlan) -> np.ndarray:
+    """How many samples one window takes from each cycle."""
+    return np.minimum(data.lengths, plan.length).astype(np.float64)
+
+
+def windows_to_cover(data: SequenceSet, plan: WindowPlan, samples: int | None = None) -> int:
+    """How many windows hold, in expectation, ``samples`` samples (default: the whole set)."""
+    covered = _cycle_weights(data, plan)
+    mean_window = float((covered**2).sum() / covered.sum())
+    wanted = int(data.lengths.sum()) if samples is None else samples
+    return max(1, int(wanted // mean_window))
+
+
 def sample_windows(
     data: SequenceSet, plan: WindowPlan, count: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -123,14 +142,18 @@ def sample_windows(
     Cycles shorter than the window give their whole length, padded and masked.
     """
     lengths = data.lengths
-    cycles = rng.choice(len(data), size=count, p=lengths / lengths.sum())
+    weights = _cycle_weights(data, plan)
+    cycles = rng.choice(len(data), size=count, p=weights / weights.sum())
     from_start = rng.random(count) < plan.from_start_fraction
     x = np.zeros((count, plan.length, data.features[0].shape[1]), np.float32)
     y = np.zeros((count, plan.length), np.float32)
     mask = np.zeros((count, plan.length), bool)
     for n, (cycle, at_start) in enumerate(zip(cycles, from_start)):
         total = int(lengths[cycle])
-        start = 0 if at_start else int(rng.integers(0, max(total - plan.length, 0) + 1))
+        # a cold start anywhere a full window fits; in a cycle shorter than two windows,
+        # anywhere in its first half, so that it still starts mid-cycle
+        latest = max(total - plan.length, total // 2)
+        start = 0 if at_start else int(rng.integers(0, latest + 1))
         stop = min(start + plan.length, total)
         x[n, : stop - start] = data.features[cycle][start:stop]
         y[n, : stop - start] = data.soc[cycle][start:stop]

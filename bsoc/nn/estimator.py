@@ -78,15 +78,24 @@ class LstmSocEstimator(SocEstimator):
         return self._stepper.step(samples, states)
 
     def predict(self, samples: np.ndarray) -> np.ndarray:
-        samples = np.asarray(samples)
-        if samples.ndim != 2 or samples.shape[1] != 4:
-            raise BsocError(f"predict needs samples (T, 4), got {samples.shape}",
-                            remedy="pass rows of [time_s, voltage_v, current_a, temperature_c]")
-        features = torch.from_numpy(np.ascontiguousarray(samples[None, :, 1:4], np.float32))
-        # features: (1, T, 3)
+        return self.predict_many([samples])[0]
+
+    def predict_many(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
+        """One forward pass over the sequences zero-padded at the end, which a causal
+        network's outputs on the real samples never see."""
+        for samples in sequences:
+            if np.ndim(samples) != 2 or np.shape(samples)[1] != 4:
+                raise BsocError(f"predict needs samples (T, 4), got {np.shape(samples)}",
+                                remedy="pass rows of [time_s, voltage_v, current_a, "
+                                "temperature_c]")
+        if not sequences:
+            return []
+        features = np.zeros((len(sequences), max(len(s) for s in sequences), 3), np.float32)
+        for row, samples in zip(features, sequences):
+            row[: len(samples)] = np.asarray(samples)[:, 1:4]
         with torch.inference_mode():
-            soc, _ = self.network(features)
-        return soc[0].numpy().astype(np.float64)
+            soc, _ = self.network(torch.from_numpy(features))  # (N, T_max)
+        return [soc[n, : len(s)].numpy().astype(np.float64) for n, s in enumerate(sequences)]
 
     def learnables(self) -> int:
         return self.network.learnables()

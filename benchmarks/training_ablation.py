@@ -37,8 +37,9 @@ SENSOR_ERRORS = SensorAugmentation(voltage_offset_v=0.004, current_offset_a=0.11
                                    current_noise_a=0.05, temperature_noise_c=0.5)
 WINDOWS = {"window": WindowPlan(length=500, warmup=50, from_start_fraction=0.25),
            "batch_size": 32, "chunk": None}
-WHOLE_CYCLES = {"window": WindowPlan(length=16384, warmup=300, from_start_fraction=0.5),
-                "batch_size": 16, "chunk": 1000}
+# same batch and chunk as WINDOWS, so both cost the same per step and take as many steps
+WHOLE_CYCLES = {"window": WindowPlan(length=16384, warmup=100, from_start_fraction=0.5),
+                "batch_size": 32, "chunk": 500}
 BASES: dict[str, dict[str, Any]] = {"windows": WINDOWS, "stateful": WHOLE_CYCLES}
 # a variant is a base and any of these, joined by "+": "stateful+augmented+pretrained"
 MODIFIERS = ("augmented", "pretrained")
@@ -76,7 +77,7 @@ def figures(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_variant(data: Dataset, variant: str, seed: int, base: TrainConfig,
-                pretrained: Path | None) -> dict[str, Any]:
+                pretrained: Path | None, models: Path | None) -> dict[str, Any]:
     overrides, from_pretrained = parse_variant(variant)
     config = replace(base, seed=seed, **overrides)
     train, val = data.split("train"), data.split("val")
@@ -93,8 +94,14 @@ def run_variant(data: Dataset, variant: str, seed: int, base: TrainConfig,
 
     result = fit(network, train, val, config, on_step=report_epoch)
     estimator = LstmSocEstimator(network, name=variant)
+    if models is not None:
+        estimator.metadata = {"training": {"config": config.to_json(), **result.to_json()},
+                              "data": {"name": data.name, "fingerprint": data.fingerprint()},
+                              "seed": seed}
+        estimator.save(models / f"{variant}-seed{seed}", force=True)
     return {
         "variant": variant, "seed": seed, "config": config.to_json(),
+        "history": result.history,
         "best_epoch": result.best_epoch, "epochs_run": len(result.history),
         "stopped": result.stopped, "train_seconds": result.seconds,
         "val": figures(evaluate(estimator, val)),
@@ -145,6 +152,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--models", type=Path, help="folder to save each run's model in")
     args = parser.parse_args()
     data = Dataset.load(args.data)
     base = replace(PROFILES["full"].train, epochs=args.epochs, patience=args.patience,
@@ -160,7 +168,7 @@ def main() -> None:
             if (variant, seed) in done:
                 continue
             started = time.monotonic()
-            runs.append(run_variant(data, variant, seed, base, args.pretrained))
+            runs.append(run_variant(data, variant, seed, base, args.pretrained, args.models))
             print(f"{variant} seed {seed}: test RMSE {runs[-1]['test']['rmse_pct']:.2f} % "
                   f"({time.monotonic() - started:.0f} s)", flush=True)
             args.out.parent.mkdir(parents=True, exist_ok=True)

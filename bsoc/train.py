@@ -6,9 +6,9 @@ windows from the cycle start, so the model is trained exactly as it runs live. W
 longer than ``chunk`` samples are trained by truncated back-propagation through time: the
 network steps through a batch of windows ``chunk`` samples at a time, one optimiser step
 per chunk, its state carried (detached) from chunk to chunk, so a window can be a whole
-drive cycle of hours while memory and the gradient's path stay one chunk long. Windows of
-similar length are batched together, so whole cycles of unequal length waste little on
-padding. The inputs can be augmented with sensor offsets and noise
+drive cycle of hours while memory and the gradient's path stay one chunk long. Windows
+run end to end in ``batch_size`` lanes (:class:`bsoc.data.windows.Lanes`), so whole cycles
+of unequal length waste little on padding and every batch mixes many cycles. The inputs can be augmented with sensor offsets and noise
 (:mod:`bsoc.data.augment`); the targets never are. Each epoch
 it validates on the validation split's *whole* cycles, both from the first sample and
 from a cold start 25 % in (:class:`bsoc.evaluate.ScenarioSettings`), and keeps the weights
@@ -40,10 +40,12 @@ from bsoc.data.augment import SensorAugmentation
 from bsoc.data.dataset import Dataset
 from bsoc.data.schema import Cycle
 from bsoc.data.windows import (
+    Lanes,
     Normalisation,
     SequenceSet,
     WindowPlan,
     sample_windows,
+    window_extents,
     windows_to_cover,
 )
 from bsoc.errors import ConfigError, ModelFileError
@@ -175,22 +177,6 @@ def learning_rate_at(progress: float, config: TrainConfig) -> float:
     decayed = min(1.0, (progress - warmup) / max(1e-12, 1 - warmup))
     floor = config.min_lr_fraction
     return config.learning_rate * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * decayed)))
-
-
-def _extents(mask: np.ndarray) -> np.ndarray:
-    """Per window, the samples up to its last counted one (what is after it is padding)."""
-    last = mask.shape[1] - np.argmax(mask[:, ::-1], axis=1)
-    return np.where(mask.any(axis=1), last, 0)
-
-
-def _batches_by_length(extents: np.ndarray, batch_size: int,
-                       rng: np.random.Generator) -> list[tuple[np.ndarray, int]]:
-    """Windows of similar length batched together, batches in random order: (indices,
-    samples to run). Whole cycles of 1-4 hours padded to the longest would waste half."""
-    order = rng.permutation(len(extents))
-    order = order[np.argsort(extents[order], kind="stable")]
-    batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
-    return [(batches[k], int(extents[batches[k]].max())) for k in rng.permutation(len(batches))]
 
 
 def _masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -351,40 +337,38 @@ def _fit(
         rng = np.random.default_rng([config.seed, epoch])
         torch.manual_seed(config.seed * 1_000_003 + epoch)
         x, y, mask = sample_windows(train, config.window, windows, rng)
-        batches = _batches_by_length(_extents(mask), config.batch_size, rng)
+        lanes = Lanes.lay_out(window_extents(mask), config.batch_size, config.chunk_length, rng)
         # its own stream: augmenting changes no window and no batch, so ablations compare alike
         x = config.augmentation.apply(x, np.random.default_rng([config.seed, epoch, 1]))
-        epoch_steps = sum(math.ceil(length / config.chunk_length) for _, length in batches)
         network.train()
         losses: list[float] = []
         out_of_time = False
-        for index, length in batches:
-            xb, yb, mb = (torch.from_numpy(a[index, :length]) for a in (x, y, mask))
-            state: list[LstmState] | None = None
-            for start in range(0, length, config.chunk_length):
-                progress = training_progress((epoch + len(losses) / epoch_steps) / config.epochs,
-                                             time.monotonic() - started, config.max_minutes)
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate_at(progress, config)
-                chunk = slice(start, start + config.chunk_length)
-                prediction, state = network(xb[:, chunk], state)
-                loss = _masked_mse(prediction, yb[:, chunk], mb[:, chunk])
-                optimizer.zero_grad(set_to_none=True)
-                if mb[:, chunk].any():  # a chunk inside every window's warm-up teaches nothing
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(network.parameters(), config.grad_clip)
-                    optimizer.step()
-                state = [(h.detach(), c.detach()) for h, c in state]
-                losses.append(loss.item())
-                steps_done += 1
-                if on_step is not None:
-                    on_step({"step": steps_done, "total_steps": config.epochs * epoch_steps,
-                             "epoch": epoch + 1, "loss": losses[-1], "val_rmse_pct": last_val})
-                elapsed = time.monotonic() - started
-                if config.max_minutes is not None and elapsed > 60 * config.max_minutes:
-                    out_of_time = True
-                    break
-            if out_of_time:
+        state: list[LstmState] | None = None
+        for step in range(lanes.steps):
+            progress = training_progress((epoch + step / lanes.steps) / config.epochs,
+                                         time.monotonic() - started, config.max_minutes)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate_at(progress, config)
+            (xb, yb, mb), starts = lanes.batch(step, x, y, mask)
+            if state is not None:  # lanes starting a window start from a zero state
+                keep = torch.from_numpy(~starts).float()[:, None]
+                state = [(h * keep, c * keep) for h, c in state]
+            prediction, final = network(torch.from_numpy(xb), state)
+            loss = _masked_mse(prediction, torch.from_numpy(yb), torch.from_numpy(mb))
+            optimizer.zero_grad(set_to_none=True)
+            if mb.any():  # a chunk inside every window's warm-up teaches nothing
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(network.parameters(), config.grad_clip)
+                optimizer.step()
+            state = [(h.detach(), c.detach()) for h, c in final]
+            losses.append(loss.item())
+            steps_done += 1
+            if on_step is not None:
+                on_step({"step": steps_done, "total_steps": config.epochs * lanes.steps,
+                         "epoch": epoch + 1, "loss": losses[-1], "val_rmse_pct": last_val})
+            elapsed = time.monotonic() - started
+            if config.max_minutes is not None and elapsed > 60 * config.max_minutes:
+                out_of_time = True
                 break
         validation = validate(network, val, settings)
         last_val = validation["score"]

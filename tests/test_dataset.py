@@ -46,3 +46,20 @@ def test_load_revalidates_edited_cycle(toy_dataset, tmp_path):
         Dataset.load(out)
     assert caught.value.row == 5 and caught.value.column == "voltage_v"
     assert entry["file"] in str(caught.value)
+
+
+def test_cycles_whose_names_make_the_same_file_name_keep_their_own_files(toy_dataset, tmp_path):
+    from dataclasses import replace
+
+    data = Dataset.load(toy_dataset)
+    first, second, third = data.cycles[:3]
+    clashing = [type(first)(first.frame, replace(first.meta, name="drive a")),
+                type(second)(second.frame, replace(second.meta, name="drive_a")),
+                type(third)(third.frame, replace(third.meta, name="Drive_A"))]
+    out = Dataset(name="clash", cycles=clashing, provenance={}).save(tmp_path / "clash")
+    files = [entry["file"] for entry in Dataset.manifest(out)["cycles"]]
+    assert files == ["cycles/drive_a.parquet", "cycles/drive_a-2.parquet",
+                     "cycles/Drive_A-3.parquet"]
+    for saved, original in zip(Dataset.load(out), clashing, strict=True):
+        assert saved.meta.name == original.meta.name
+        pd.testing.assert_frame_equal(saved.frame, original.frame, check_exact=True)

@@ -16,6 +16,7 @@ from bsoc.data.augment import SensorAugmentation
 from bsoc.errors import ConfigError
 from bsoc.evaluate import ScenarioSettings
 from bsoc.data.windows import (
+    Lanes,
     Normalisation,
     SequenceSet,
     WindowPlan,
@@ -316,6 +317,23 @@ def test_training_can_start_from_a_pretrained_model(toy: Dataset, tmp_path: Path
         train_model(toy, profile="quick", epochs=1, init_from=tmp_path / "pretrained")
 
 
+def test_cli_trains_from_a_pretrained_model(
+    toy_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, second = tmp_path / "sim", tmp_path / "real"
+    assert _run(["train", "--data", str(toy_dataset), "--out", str(first), "--profile", "tiny",
+                 "--epochs", "1"], capsys)[0] == 0
+    code, _, _ = _run(["train", "--data", str(toy_dataset), "--out", str(second), "--profile",
+                       "tiny", "--epochs", "1", "--init-from", str(first)], capsys)
+    assert code == 0
+    config = json.loads((second / "config.json").read_text())
+    assert config["initialised_from"]["path"] == str(first)
+    assert "--init-from" in config["command"]
+    code, _, err = _run(["train", "--data", str(toy_dataset), "--out", str(tmp_path / "x"),
+                         "--profile", "quick", "--init-from", str(first)], capsys)
+    assert code == 2 and "not a quick-profile network" in err and "Traceback" not in err
+
+
 def test_a_recorded_config_of_windows_per_epoch_reads_as_samples() -> None:
     recorded = {**_tiny(2).to_json(), "windows_per_epoch": 10}
     recorded.pop("samples_per_epoch")
@@ -325,3 +343,31 @@ def test_a_recorded_config_of_windows_per_epoch_reads_as_samples() -> None:
     assert config.samples_per_epoch == 10 * config.window.length
     assert not config.augmentation.enabled and config.chunk is None
     assert TrainConfig.from_json(_tiny(2).to_json()) == _tiny(2)
+
+
+def test_lanes_run_every_chunk_of_every_window_once_in_order() -> None:
+    extents = np.array([250, 100, 0, 420, 60, 180])
+    lanes = Lanes.lay_out(extents, lanes=3, chunk=100, rng=np.random.default_rng(4))
+    seen: dict[int, list[int]] = {}
+    for b in range(lanes.window.shape[1]):
+        column = [(w, k) for w, k in zip(lanes.window[:, b], lanes.offset[:, b]) if w >= 0]
+        for w, k in column:
+            seen.setdefault(int(w), []).append(int(k))
+        # within a lane a window's chunks are consecutive, and it starts at chunk 0
+        for (w0, k0), (w1, k1) in zip(column, column[1:]):
+            assert (w1 == w0 and k1 == k0 + 1) or k1 == 0
+    assert seen == {0: [0, 1, 2], 1: [0], 2: [0], 3: [0, 1, 2, 3, 4], 4: [0], 5: [0, 1]}
+    assert lanes.steps == 5  # 13 chunks over 3 lanes, balanced as windows allow
+
+    x = np.arange(6 * 420, dtype=np.float32).reshape(6, 420, 1)
+    (chunk,), starts = lanes.batch(0, x)
+    assert chunk.shape == (3, 100, 1) and starts.all()
+    for step in range(lanes.steps):
+        (chunk,), starts = lanes.batch(step, x)
+        for b, (w, k) in enumerate(zip(lanes.window[step], lanes.offset[step])):
+            if w < 0:
+                assert starts[b] and not chunk[b].any()
+            else:
+                piece = x[w, k * 100 : (k + 1) * 100]
+                np.testing.assert_array_equal(chunk[b, : len(piece)], piece)
+                assert starts[b] == (k == 0)

@@ -52,6 +52,9 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint/ (kept "
                                 "after an interruption or a --max-minutes stop) with the same "
                                 "options (--max-minutes may differ)."),
+    init_from: Path = typer.Option(None, "--init-from", help="Start from this trained model's "
+                                   "weights and normalisation (same profile), e.g. one trained "
+                                   "on 'bsoc data simulate' cells, instead of a new network."),
     force: bool = typer.Option(False, "--force", help="Replace the model or checkpoint bsoc "
                                "wrote at --out (other files there are kept)."),
     json_output: bool = typer.Option(False, "--json", help="Print the training summary as JSON."),
@@ -71,7 +74,8 @@ def train(
     checkpoint = out / CHECKPOINT_DIR
     has_checkpoint = (checkpoint / "checkpoint.json").exists()
     # Resuming continues the model in OUT, so it may replace it; anything else must not.
-    prepare_model_dir(out, force=force or (resume and has_checkpoint), inputs=[data])
+    prepare_model_dir(out, force=force or (resume and has_checkpoint),
+                      inputs=[data, *([init_from] if init_from else [])])
     if has_checkpoint and not (resume or force):
         raise OverwriteRefusedError(
             f"an unfinished training run has a checkpoint in {checkpoint}",
@@ -83,8 +87,8 @@ def train(
 
         estimator, result = train_model(
             dataset, profile=profile, epochs=epochs, max_minutes=max_minutes, seed=seed,
-            threads=threads, checkpoint_dir=checkpoint, resume=resume, name=out.name,
-            command=_command_line(ctx), on_step=on_step,
+            threads=threads, checkpoint_dir=checkpoint, resume=resume, init_from=init_from,
+            name=out.name, command=_command_line(ctx), on_step=on_step,
         )
     estimator.save(out, force=True)
     if not result.stopped.startswith("time budget"):  # finished: nothing left to resume

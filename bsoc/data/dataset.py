@@ -74,8 +74,9 @@ class Dataset:
         with write_output(directory, DATASET_OUTPUT, force=force) as folder:
             (folder / "cycles").mkdir()
             entries = []
-            for cycle in self.cycles:
-                relative = f"cycles/{_safe_filename(cycle.meta.name)}.parquet"
+            files = _unique_filenames([c.meta.name for c in self.cycles])
+            for cycle, file in zip(self.cycles, files):
+                relative = f"cycles/{file}.parquet"
                 cycle.frame.to_parquet(folder / relative, index=False)
                 entries.append({"file": relative, "rows": len(cycle.frame),
                                 **cycle.meta.to_dict()})
@@ -202,3 +203,19 @@ def _read_cycle(path: Path) -> pd.DataFrame:
 def _safe_filename(name: str) -> str:
     keep = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
     return keep.strip("._") or "cycle"
+
+
+def _unique_filenames(names: list[str]) -> list[str]:
+    """A file name per cycle name; names that differ only in characters a file name cannot
+    hold ("a b", "a_b") or in case (on a case-insensitive disk) get numbered, never one
+    file for two cycles (the manifest maps each cycle to its file)."""
+    taken: set[str] = set()
+    files = []
+    for name in names:
+        base = candidate = _safe_filename(name)
+        number = 2
+        while candidate.lower() in taken:
+            candidate, number = f"{base}-{number}", number + 1
+        taken.add(candidate.lower())
+        files.append(candidate)
+    return files

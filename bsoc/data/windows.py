@@ -159,3 +159,67 @@ def sample_windows(
         y[n, : stop - start] = data.soc[cycle][start:stop]
         mask[n, 0 if at_start else plan.warmup : stop - start] = True
     return x, y, mask
+
+
+def window_extents(mask: np.ndarray) -> np.ndarray:
+    """Per window, the samples up to its last counted one (what is after it is padding)."""
+    last = mask.shape[1] - np.argmax(mask[:, ::-1], axis=1)
+    return np.where(mask.any(axis=1), last, 0)
+
+
+@dataclass
+class Lanes:
+    """Windows laid end to end in parallel lanes, cut into chunks: the batches of
+    truncated back-propagation through time.
+
+    Step ``s`` trains lane ``b`` on chunk ``offset[s, b]`` of window ``window[s, b]``
+    (-1: the lane has run out), with the state carried from the lane's previous chunk
+    unless that chunk is a window's first. Every batch so mixes windows of all cycles at
+    all phases, as a batch of random short windows does, where batching whole windows
+    together would step many times through the same few cycles in a row.
+    """
+
+    window: np.ndarray  # (S, B) int
+    offset: np.ndarray  # (S, B) int
+    chunk: int
+
+    @property
+    def steps(self) -> int:
+        return len(self.window)
+
+    @classmethod
+    def lay_out(cls, extents: np.ndarray, lanes: int, chunk: int,
+                rng: np.random.Generator) -> Lanes:
+        """Longest window first, each to the lane with the fewest chunks so far (so lanes end
+        nearly together), then each lane's windows in random order."""
+        chunks = np.maximum(1, -(-extents.astype(int) // chunk))
+        order = rng.permutation(len(extents))
+        order = order[np.argsort(-chunks[order], kind="stable")]
+        assigned: list[list[int]] = [[] for _ in range(min(lanes, len(extents)))]
+        load = np.zeros(len(assigned), int)
+        for index in order:
+            lane = int(np.argmin(load))
+            assigned[lane].append(int(index))
+            load[lane] += chunks[index]
+        queues = [[(index, k) for index in rng.permutation(mine) for k in range(chunks[index])]
+                  for mine in assigned]
+        steps = int(load.max())
+        window = np.full((steps, len(queues)), -1)
+        offset = np.zeros((steps, len(queues)), int)
+        for b, queue in enumerate(queues):
+            if queue:
+                window[: len(queue), b], offset[: len(queue), b] = np.array(queue).T
+        return cls(window, offset, chunk)
+
+    def batch(self, step: int, *arrays: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        """Step ``step``'s chunk of each (N, L, ...) array as (B, chunk, ...), zero where a
+        lane has run out or a window ends, and which lanes start a window (state reset)."""
+        out = [np.zeros((self.window.shape[1], self.chunk, *a.shape[2:]), a.dtype)
+               for a in arrays]
+        for b, (index, k) in enumerate(zip(self.window[step], self.offset[step])):
+            if index < 0:
+                continue
+            for target, source in zip(out, arrays):
+                piece = source[index, k * self.chunk : (k + 1) * self.chunk]
+                target[b, : len(piece)] = piece
+        return out, (self.offset[step] == 0) | (self.window[step] < 0)

@@ -337,7 +337,8 @@ def _fit(
         rng = np.random.default_rng([config.seed, epoch])
         torch.manual_seed(config.seed * 1_000_003 + epoch)
         x, y, mask = sample_windows(train, config.window, windows, rng)
-        lanes = Lanes.lay_out(window_extents(mask), config.batch_size, config.chunk_length, rng)
+        lanes = Lanes.lay_out(window_extents(mask), config.batch_size, config.chunk_length,
+                              config.window.warmup, rng)
         # its own stream: augmenting changes no window and no batch, so ablations compare alike
         x = config.augmentation.apply(x, np.random.default_rng([config.seed, epoch, 1]))
         network.train()
@@ -349,7 +350,7 @@ def _fit(
                                          time.monotonic() - started, config.max_minutes)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate_at(progress, config)
-            (xb, yb, mb), starts = lanes.batch(step, x, y, mask)
+            xb, yb, mb, starts = lanes.batch(step, x, y, mask)
             if state is not None:  # lanes starting a window start from a zero state
                 keep = torch.from_numpy(~starts).float()[:, None]
                 state = [(h * keep, c * keep) for h, c in state]

@@ -347,27 +347,35 @@ def test_a_recorded_config_of_windows_per_epoch_reads_as_samples() -> None:
 
 def test_lanes_run_every_chunk_of_every_window_once_in_order() -> None:
     extents = np.array([250, 100, 0, 420, 60, 180])
-    lanes = Lanes.lay_out(extents, lanes=3, chunk=100, rng=np.random.default_rng(4))
+    lanes = Lanes.lay_out(extents, lanes=3, chunk=100, warmup=30, rng=np.random.default_rng(4))
     seen: dict[int, list[int]] = {}
     for b in range(lanes.window.shape[1]):
         column = [(w, k) for w, k in zip(lanes.window[:, b], lanes.offset[:, b]) if w >= 0]
         for w, k in column:
             seen.setdefault(int(w), []).append(int(k))
-        # within a lane a window's chunks are consecutive, and it starts at chunk 0
+        # a window's chunks follow each other in a lane; only a lane's first chunk may
+        # start inside a window (the lane's random phase), and only that one is a restart
         for (w0, k0), (w1, k1) in zip(column, column[1:]):
             assert (w1 == w0 and k1 == k0 + 1) or k1 == 0
-    assert seen == {0: [0, 1, 2], 1: [0], 2: [0], 3: [0, 1, 2, 3, 4], 4: [0], 5: [0, 1]}
-    assert lanes.steps == 5  # 13 chunks over 3 lanes, balanced as windows allow
+        assert list(np.flatnonzero(lanes.restart[:, b])) == ([0] if column[0][1] > 0 else [])
+    assert {w: sorted(ks) for w, ks in seen.items()} == {
+        0: [0, 1, 2], 1: [0], 2: [0], 3: [0, 1, 2, 3, 4], 4: [0], 5: [0, 1]}
+    assert lanes.steps == 5  # 13 chunks over 3 lanes, the 5-chunk window alone in one
+    assert lanes.restart.any()  # seed 4 cuts into a window
 
     x = np.arange(6 * 420, dtype=np.float32).reshape(6, 420, 1)
-    (chunk,), starts = lanes.batch(0, x)
-    assert chunk.shape == (3, 100, 1) and starts.all()
+    y = x[..., 0] / 1000
+    mask = np.ones((6, 420), bool)
     for step in range(lanes.steps):
-        (chunk,), starts = lanes.batch(step, x)
+        xb, yb, mb, starts = lanes.batch(step, x, y, mask)
+        assert xb.shape == (3, 100, 1) and yb.shape == mb.shape == (3, 100)
         for b, (w, k) in enumerate(zip(lanes.window[step], lanes.offset[step])):
             if w < 0:
-                assert starts[b] and not chunk[b].any()
-            else:
-                piece = x[w, k * 100 : (k + 1) * 100]
-                np.testing.assert_array_equal(chunk[b, : len(piece)], piece)
-                assert starts[b] == (k == 0)
+                assert starts[b] and not xb[b].any() and not mb[b].any()
+                continue
+            piece = x[w, k * 100 : (k + 1) * 100]
+            np.testing.assert_array_equal(xb[b, : len(piece)], piece)
+            np.testing.assert_array_equal(yb[b, : len(piece)], y[w, k * 100 : (k + 1) * 100])
+            assert starts[b] == (k == 0 or lanes.restart[step, b])
+            counted_from = 30 if lanes.restart[step, b] else 0
+            assert not mb[b, :counted_from].any() and mb[b, counted_from : len(piece)].all()

@@ -174,24 +174,30 @@ class Lanes:
 
     Step ``s`` trains lane ``b`` on chunk ``offset[s, b]`` of window ``window[s, b]``
     (-1: the lane has run out), with the state carried from the lane's previous chunk
-    unless that chunk is a window's first. Every batch so mixes windows of all cycles at
-    all phases, as a batch of random short windows does, where batching whole windows
-    together would step many times through the same few cycles in a row.
+    unless that chunk is a window's first. Every batch so mixes windows of many cycles,
+    as a batch of random short windows does. Each lane also starts at a random point of
+    its sequence (its queue rotated, the cut window's first part moved to the end): lanes
+    that all began with a window's first chunk would step in lockstep, every batch at the
+    same time since the start (all near full charge, then all near empty), and the
+    optimiser would chase that drift. The chunk a rotation cuts into starts from a zero
+    state, a cold start, so its first ``warmup`` samples are not counted.
     """
 
     window: np.ndarray  # (S, B) int
     offset: np.ndarray  # (S, B) int
+    restart: np.ndarray  # (S, B) bool: a zero state in the middle of a window
     chunk: int
+    warmup: int
 
     @property
     def steps(self) -> int:
         return len(self.window)
 
     @classmethod
-    def lay_out(cls, extents: np.ndarray, lanes: int, chunk: int,
+    def lay_out(cls, extents: np.ndarray, lanes: int, chunk: int, warmup: int,
                 rng: np.random.Generator) -> Lanes:
         """Longest window first, each to the lane with the fewest chunks so far (so lanes end
-        nearly together), then each lane's windows in random order."""
+        nearly together), then each lane's windows in random order, rotated at random."""
         chunks = np.maximum(1, -(-extents.astype(int) // chunk))
         order = rng.permutation(len(extents))
         order = order[np.argsort(-chunks[order], kind="stable")]
@@ -201,25 +207,35 @@ class Lanes:
             lane = int(np.argmin(load))
             assigned[lane].append(int(index))
             load[lane] += chunks[index]
-        queues = [[(index, k) for index in rng.permutation(mine) for k in range(chunks[index])]
-                  for mine in assigned]
         steps = int(load.max())
-        window = np.full((steps, len(queues)), -1)
-        offset = np.zeros((steps, len(queues)), int)
-        for b, queue in enumerate(queues):
-            if queue:
-                window[: len(queue), b], offset[: len(queue), b] = np.array(queue).T
-        return cls(window, offset, chunk)
+        window = np.full((steps, len(assigned)), -1)
+        offset = np.zeros((steps, len(assigned)), int)
+        restart = np.zeros((steps, len(assigned)), bool)
+        for b, mine in enumerate(assigned):
+            queue = [(index, k) for index in rng.permutation(mine) for k in range(chunks[index])]
+            if not queue:
+                continue
+            turn = int(rng.integers(len(queue)))
+            queue = queue[turn:] + queue[:turn]
+            window[: len(queue), b], offset[: len(queue), b] = np.array(queue).T
+            restart[0, b] = offset[0, b] > 0
+        return cls(window, offset, restart, chunk, warmup)
 
-    def batch(self, step: int, *arrays: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-        """Step ``step``'s chunk of each (N, L, ...) array as (B, chunk, ...), zero where a
-        lane has run out or a window ends, and which lanes start a window (state reset)."""
-        out = [np.zeros((self.window.shape[1], self.chunk, *a.shape[2:]), a.dtype)
-               for a in arrays]
+    def batch(self, step: int, features: np.ndarray, soc: np.ndarray, mask: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Step ``step``'s chunk of the (N, L, ...) window arrays as (B, chunk, ...), zero
+        where a lane has run out or a window ends, and which lanes start from a zero state."""
+        lanes = self.window.shape[1]
+        x = np.zeros((lanes, self.chunk, features.shape[2]), features.dtype)
+        y = np.zeros((lanes, self.chunk), soc.dtype)
+        m = np.zeros((lanes, self.chunk), bool)
         for b, (index, k) in enumerate(zip(self.window[step], self.offset[step])):
             if index < 0:
                 continue
-            for target, source in zip(out, arrays):
-                piece = source[index, k * self.chunk : (k + 1) * self.chunk]
-                target[b, : len(piece)] = piece
-        return out, (self.offset[step] == 0) | (self.window[step] < 0)
+            cut = slice(k * self.chunk, (k + 1) * self.chunk)
+            piece = features[index, cut]
+            x[b, : len(piece)], y[b, : len(piece)], m[b, : len(piece)] = (
+                piece, soc[index, cut], mask[index, cut])
+        m[self.restart[step], : self.warmup] = False
+        starts = (self.offset[step] == 0) | (self.window[step] < 0) | self.restart[step]
+        return x, y, m, starts

@@ -65,6 +65,18 @@ class OverwriteRefusedError(BsocError):
     exit_code = 2
 
 
+class UnsafeOutputError(BsocError):
+    """Writing the output would bury an input or replace a file bsoc did not write."""
+
+    exit_code = 2
+
+
+class OutputNotWritableError(BsocError):
+    """The output folder cannot be written (permissions, read-only disk, no space)."""
+
+    exit_code = 2
+
+
 class ConfigError(BsocError):
     """A command-line option or configuration value is out of range or inconsistent."""
 

@@ -28,21 +28,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from bsoc.errors import BsocError, OverwriteRefusedError
+from bsoc.errors import OutputNotWritableError, OverwriteRefusedError, UnsafeOutputError
 
 _STAGE_PATTERN = re.compile(r"\.(?P<name>.+)\.bsoc-(?P<pid>\d+)-(?:new|old)-[0-9a-f]+")
-
-
-class UnsafeOutputError(BsocError):
-    """Writing the output would bury an input or replace a file bsoc did not write."""
-
-    exit_code = 2
-
-
-class OutputNotWritableError(BsocError):
-    """The output folder cannot be written (permissions, read-only disk, no space)."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)

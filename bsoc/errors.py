@@ -47,6 +47,11 @@ class DataValidationError(BsocError):
         self.message = message  # without the location, so it can be re-pointed at the source
 
 
+class SocReferenceError(DataValidationError):
+    """A cycle holds no point where its SOC is known (no full charge), so its charge count
+    cannot become SOC. A folder ingest leaves such files out (each named) unless strict."""
+
+
 class DatasetNotFoundError(BsocError):
     """A dataset folder or its manifest is missing."""
 

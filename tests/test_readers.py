@@ -1,5 +1,6 @@
 """Readers, SOC derivation and resampling, on small files built here in each source layout
-(so they always run), plus ``realdata`` checks against the shared Panasonic files."""
+(so they always run), plus ``realdata`` checks against the shared Panasonic files. The LG
+18650HG2 layout has its own file, tests/test_lg_hg2.py."""
 
 from __future__ import annotations
 
@@ -160,65 +161,6 @@ def test_panasonic_errors_name_file_source_row_and_field(tmp_path):
     path.write_text("not a mat file")
     with pytest.raises(DataValidationError, match="MATLAB"):
         ingest(path, _options(), name="x", command="test")
-
-
-LG_PREAMBLE = """Test Name:,551_LA92
-Procedure:,LA92
-Comment:,LG HG2 cell
-"""
-LG_HEADER = (
-    "Time Stamp,Step,Status,Prog Time,Step Time,Cycle,Cycle Level,Procedure,Voltage,Current,"
-    "Temperature,Capacity,WhAccu,Cnt,Empty\n,,,,,,,,V,A,\xb0C,Ah,Wh,Cnt,\n"
-)
-
-
-def write_lg(
-    path: Path, t: np.ndarray, i: np.ndarray, *, voltage_text: dict[int, str] | None = None
-) -> None:
-    """A CSV in the LG 18650HG2 layout (latin-1, preamble, header, units line)."""
-    ah = coulomb_soc(t, i, 1.0, 0.0)
-    lines = []
-    for k, (tk, ik, ahk) in enumerate(zip(t, i, ah, strict=True)):
-        hours, rest = divmod(tk, 3600)
-        minutes, seconds = divmod(rest, 60)
-        prog = f"{int(hours):02d}:{int(minutes):02d}:{seconds:06.3f}"
-        voltage = (voltage_text or {}).get(k, f"{4.1 + 0.02 * ik + ahk / 10:.5f}")
-        lines.append(
-            f"11/26/2018 10:31:04 AM,1,DCH,{prog},{prog},0,0,LA92,{voltage},{ik:.5f},"
-            f"23.5,{ahk:.6f},0,{k},\n"
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes((LG_PREAMBLE + LG_HEADER + "".join(lines)).encode("latin-1"))
-
-
-def test_lg_hg2_layout(tmp_path):
-    t, i = drive_profile(400.0, 30.0)
-    path = tmp_path / "LG_HG2" / "25degC" / "551_LA92.csv"
-    write_lg(path, t, i)
-    cycle = ingest(path, _options("lg-hg2"), name="lg", command="test").dataset.cycles[0]
-    assert (cycle.meta.name, cycle.meta.profile, cycle.meta.split) == (
-        "25degC_551_LA92",
-        "la92",
-        "test",
-    )
-    assert cycle.meta.cell == "LG 18650HG2" and cycle.meta.capacity_ah == 3.0
-    ah = coulomb_soc(t, i, 1.0, 0.0)
-    trimmed = cycle.meta.extra["rest_trimmed_s"]
-    expected = 1 + np.interp(cycle.frame["time_s"] + trimmed, t, np.round(ah, 6)) / 3.0
-    np.testing.assert_allclose(cycle.frame["soc"], expected, atol=1e-6)
-
-
-def test_lg_hg2_bad_cell_names_data_row_and_source_column(tmp_path):
-    t, i = drive_profile(20.0, 5.0)
-    path = tmp_path / "25degC" / "552_UDDS.csv"
-    write_lg(path, t, i, voltage_text={17: "n/a"})
-    with pytest.raises(DataValidationError) as caught:
-        ingest(path, _options("lg-hg2"), name="lg", command="test")
-    assert (caught.value.row, caught.value.column) == (17, "Voltage")
-    other = tmp_path / "plain.csv"
-    other.write_text("a,b\n1,2\n")
-    with pytest.raises(DataValidationError, match="LG 18650HG2"):
-        ingest(other, _options("lg-hg2"), name="lg", command="test")
 
 
 def _vendor_table(t: np.ndarray, i: np.ndarray) -> pd.DataFrame:
@@ -516,3 +458,70 @@ def test_a_folder_that_cannot_be_listed_is_an_error_not_a_silent_gap(panasonic_f
     monkeypatch.setattr(os, "scandir", scandir)
     with pytest.raises(DataValidationError, match="cannot list the folder .Permission denied"):
         ingest(panasonic_folder, _options(), name="x", command="test")
+
+
+BRACKETED_MAP = ("time_s=Time [s],voltage_v=Voltage [V],current_a=Current [A],"
+                 "temperature_c=Temperature [degC],ah=Capacity [Ah]")
+
+
+def _bracketed_csv(path: Path, t: np.ndarray, i: np.ndarray, *, repeat_at: int | None = None
+                   ) -> Path:
+    """A table as re-exported LG data often is: unit-bracketed names, a tester's repeated
+    time stamp at ``repeat_at`` (the later record holds the state: 0.1 V higher)."""
+    frame = pd.DataFrame({"Time [s]": t, "Voltage [V]": 4.1 + 0.02 * i - t / 1e4,
+                          "Current [A]": i, "Temperature [degC]": 25.0,
+                          "Capacity [Ah]": coulomb_soc(t, i, 1.0, 0.0)})  # fmt: skip
+    if repeat_at is not None:
+        later = frame.iloc[[repeat_at]].assign(**{"Voltage [V]": frame["Voltage [V]"][repeat_at]
+                                                  + 0.1})
+        frame = pd.concat([frame.iloc[: repeat_at + 1], later, frame.iloc[repeat_at + 1:]])
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_repeated_time_stamps_are_an_error_unless_keep_last_is_asked(tmp_path):
+    t = np.arange(0, 300.0)
+    path = _bracketed_csv(tmp_path / "hg2.csv", t, np.full_like(t, -1.0), repeat_at=100)
+    spec = TableSpec(columns=dict(pair.split("=") for pair in BRACKETED_MAP.split(",")),
+                     capacity_ah=3.0)
+    with pytest.raises(DataValidationError, match="--duplicate-times keep-last") as caught:
+        ingest(path, _options("csv", spec=spec, trim_rest=False), name="x", command="test")
+    assert (caught.value.row, caught.value.column) == (101, "Time [s]")
+    result = ingest(path, _options("csv", spec=spec, trim_rest=False, duplicate_times="keep-last"),
+                    name="x", command="test")
+    cycle = result.dataset.cycles[0]
+    assert cycle.meta.extra["repeated_timestamps_dropped"] == 1
+    assert any(note.startswith("dropped 1 repeated time stamps") for note in result.notes)
+    assert result.dataset.provenance["options"]["duplicate_times"] == "keep-last"
+    voltage = 4.1 - 0.02 - t / 1e4
+    kept = voltage[100] + 0.1  # the later record: averaged over (99, 100] with the one before
+    assert cycle.frame["voltage_v"][100] == pytest.approx((voltage[99] + kept) / 2, abs=1e-12)
+    assert len(cycle.frame) == 300
+    with pytest.raises(ConfigError, match="unknown --duplicate-times"):
+        _options("csv", capacity_ah=3.0, duplicate_times="keep-first")
+    with pytest.raises(ConfigError, match="does not apply to --format panasonic"):
+        _options("panasonic", duplicate_times="keep-last")
+
+
+def _run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from bsoc.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    captured = capsys.readouterr()
+    return int(done.value.code or 0), captured.out, captured.err
+
+
+def test_messages_print_bracketed_names_as_written(tmp_path, capsys):
+    t = np.concatenate([np.arange(0, 300.0), np.arange(8000.0, 8300.0)])  # a 2 h logging gap
+    path = _bracketed_csv(tmp_path / "run [s].csv", t, np.full_like(t, -1.0))
+    argv = ["data", "ingest", str(path), "--format", "csv", "--capacity", "3"]
+    code, out, err = _run_cli([*argv, "--column-map", BRACKETED_MAP, "--out",
+                               str(tmp_path / "ds")], capsys)
+    assert code == 0
+    assert "note: run [s]: cut at a 7701 s logging gap" in err
+    assert "train (1): run [s]" in out
+    wrong = BRACKETED_MAP.replace("Temperature [degC]", "Temperature [C]")
+    code, _, err = _run_cli([*argv, "--column-map", wrong, "--out", str(tmp_path / "x")], capsys)
+    assert code == 2
+    assert "column 'Temperature [C]'" in err and "'Temperature [degC]'" in err

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from bsoc.console import emit_json, err_console, out_console, progress
 
@@ -29,8 +30,31 @@ def ingest(
     capacity: float | None = typer.Option(
         None,
         "--capacity",
-        help="Capacity Q (Ah) for SOC = 1 + Ah/Q (default: nominal, 2.9 panasonic, 3.0 "
-        "lg-hg2; required for csv/parquet). Capacity/OCV tests use their own measured Q.",
+        help="Capacity Q (Ah) for SOC = 1 + (charge since full)/Q (required for csv/parquet; "
+        "default: see --soc-capacity). Panasonic's OCV test uses its own measured Q.",
+        show_default=False,
+    ),
+    soc_capacity: str | None = typer.Option(
+        None,
+        "--soc-capacity",
+        help="What Q is, unless --capacity gives it: nominal (2.9 panasonic, 3.0 lg-hg2), "
+        "c20-25degC (the capacity the C/20 test nearest 25 degC measures; lg-hg2's default) "
+        "or c20-each-temperature (each cycle's own temperature's C/20 capacity). Recorded "
+        "in the manifest with the capacity of every C/20 test.",
+        show_default=False,
+    ),
+    strict: bool = typer.Option(
+        False,
+        "--strict",
+        help="Refuse a file without a usable SOC reference (no full charge in it or before "
+        "it) instead of leaving it out of the folder with a note.",
+    ),
+    duplicate_times: str | None = typer.Option(
+        None,
+        "--duplicate-times",
+        help="csv/parquet: equal time stamps are an error, or keep-last keeps the last "
+        "record of each (a tester's step-end record; counted and recorded). lg-hg2 and "
+        "panasonic always keep the last.",
         show_default=False,
     ),
     trim_rest: bool = typer.Option(
@@ -41,14 +65,16 @@ def ingest(
     test_pattern: str | None = typer.Option(
         None,
         "--test-pattern",
-        help="Regex on cycle names for the test split (default panasonic/lg-hg2: 'UDDS|LA92').",
+        help="Regex on cycle names for the test split (default panasonic: 'UDDS|LA92', lg-hg2: "
+        "'UDDS|LA92|US06').",
         show_default=False,
     ),
     val_pattern: str | None = typer.Option(
         None,
         "--val-pattern",
         help="Regex on cycle names for the val split (checked after test; default "
-        "panasonic: 'HWFET|HWFTb|Cycle_4', lg-hg2: 'HWFET|HWFTb'). Everything else is train.",
+        "panasonic: 'HWFET|HWFTb|Cycle_4', lg-hg2: 'HWFET|HWFTb|Mixed8'). Everything else is "
+        "train.",
         show_default=False,
     ),
     exclude_pattern: str | None = typer.Option(
@@ -148,6 +174,9 @@ def ingest(
         exclude_pattern=exclude_pattern,
         spec=spec,
         max_gap_s=max_gap,
+        soc_capacity=soc_capacity,
+        strict=strict,
+        duplicate_times=duplicate_times,
     )
     files = excluded_files(find_files(path, fmt), path, options)[0]
     # The full option set is recorded in the manifest's provenance.options.
@@ -159,10 +188,10 @@ def ingest(
             options,
             name=name or out.resolve().name,
             command=command,
-            on_file=lambda f: bar.update(task, advance=1, info=f.name),
+            on_file=lambda f: bar.update(task, advance=1, info=escape(f.name)),
         )
     for note in result.notes:
-        err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
     result.dataset.save(out, force=force)
     splits = split_names(result.dataset)
     for split, names in splits.items():
@@ -181,11 +210,13 @@ def ingest(
         emit_json(summary)
         return
     err_console.print(
-        f"wrote {out}: {len(result.dataset)} cycles from {len(files)} files in "
-        f"{result.seconds:.1f} s (fingerprint {summary['fingerprint']})"
+        escape(f"wrote {out}: {len(result.dataset)} cycles from {len(files)} files in "
+               f"{result.seconds:.1f} s (fingerprint {summary['fingerprint']})"),
+        highlight=False, soft_wrap=True,
     )
     for split, names in splits.items():
-        out_console.print(f"[bold]{split}[/] ({len(names)}): {', '.join(names)}", soft_wrap=True)
+        out_console.print(f"[bold]{split}[/] ({len(names)}): {escape(', '.join(names))}",
+                          soft_wrap=True, highlight=False)
 
 
 def inspect(
@@ -213,7 +244,7 @@ def inspect(
             task = bar.add_task("figures", total=len(data), info="")
             for cycle in data:
                 figures.append(str(plot_cycle(cycle, figure_path(out, cycle))))
-                bar.update(task, advance=1, info=cycle.meta.name)
+                bar.update(task, advance=1, info=escape(cycle.meta.name))
     summary = {"dataset": str(dataset), "name": data.name, "cycles": rows, "figures": figures}
     if figures:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -221,7 +252,7 @@ def inspect(
         emit_json(summary)
         return
     table = Table(
-        title=f"{data.name}: {len(data)} cycles ({dataset})",
+        title=escape(f"{data.name}: {len(data)} cycles ({dataset})"),
         box=box.SIMPLE_HEAD,
         pad_edge=False,
         collapse_padding=True,
@@ -232,7 +263,7 @@ def inspect(
         table.add_column(header, justify="left" if left else "right", no_wrap=True)
     for row in rows:
         table.add_row(
-            row["cycle"],
+            escape(row["cycle"]),
             row["split"],
             row["profile"] or "-",
             f"{row['ambient_c']:g}",
@@ -243,7 +274,8 @@ def inspect(
         )
     out_console.print(table)
     if figures:
-        err_console.print(f"figures: {out} ({len(figures)} PNG, summary.json)")
+        err_console.print(escape(f"figures: {out} ({len(figures)} PNG, summary.json)"),
+                          highlight=False)
 
 
 def _duration(seconds: float) -> str:

@@ -7,16 +7,19 @@ For each cycle a reader returns (source units, source rows):
    recorded in the manifest);
 3. validate against the canonical schema (SOC still absent), and check that the median
    sampling interval is one a cell tester or logger uses (a time unit mistake otherwise);
-4. derive SOC from the amp-hour counter, or by coulomb counting, anchored either at a
-   full charge at the start (Q = the given or nominal capacity) or, for slow
-   full-to-empty tests, on the cycle's own delivered charge; a small overshoot above
-   1 (regeneration right after the full charge) is clipped and counted, never silently.
+4. cut the cycle at a logging gap longer than ``max_gap_s``;
+5. derive SOC from the amp-hour counter, or by coulomb counting, anchored where the
+   reader says the cell is full: at the file's own full point (:mod:`bsoc.data.reference`),
+   at the start, or, for slow full-to-empty tests, on the cycle's own delivered charge.
+   Q is the SOC definition's capacity (:data:`SOC_CAPACITIES`; the C/20 tests of the
+   ingest measure it per temperature). A small overshoot above 1 (regeneration right
+   after the full charge) is clipped and counted, never silently; a file with no usable
+   reference is left out of a folder ingest, named, or refused with ``strict``.
    A SOC column given in the file is checked against the coulomb count instead: a gross
    disagreement is a unit mistake (an error), a moderate one a note;
-5. cut the cycle at a logging gap longer than ``max_gap_s``, trim the initial rest,
-   shift time to start at 0;
-6. resample to a fixed rate, charge-conserving (:mod:`bsoc.data.resample`);
-7. validate again and assign the split by regular expressions on the cycle name.
+6. trim the initial rest, shift time to start at 0;
+7. resample to a fixed rate, charge-conserving (:mod:`bsoc.data.resample`);
+8. validate again and assign the split by regular expressions on the cycle name.
 """
 
 from __future__ import annotations
@@ -35,11 +38,12 @@ import pandas as pd
 from bsoc import __version__
 from bsoc.data import readers
 from bsoc.data.dataset import Dataset
-from bsoc.data.readers.common import RawCycle, read_bytes
+from bsoc.data.readers.common import OCV_KIND, RawCycle, profile_from_name, read_bytes
 from bsoc.data.readers.mapping import TableSpec, conversions, convert_units
+from bsoc.data.reference import REST_CURRENT_A, ChargeCutoff, charge_count, soc_from_full_point
 from bsoc.data.resample import METHOD, cumulative_integral, interval_charge_ah, resample
 from bsoc.data.schema import Cycle, CycleMeta, numeric_column, validate_frame
-from bsoc.errors import ConfigError, DataValidationError
+from bsoc.errors import ConfigError, DataValidationError, SocReferenceError
 
 # Split rules of the project's real-data benchmark on the Panasonic data (and the same
 # drive-cycle families for LG HG2): held-out UDDS/LA92 for test; for validation the
@@ -50,15 +54,26 @@ from bsoc.errors import ConfigError, DataValidationError
 # for training.
 DEFAULT_SPLIT_PATTERNS: dict[str, tuple[str | None, str | None]] = {
     "panasonic": ("UDDS|LA92", "HWFET|HWFTb|Cycle_4"),
-    "lg-hg2": ("UDDS|LA92", "HWFET|HWFTb"),
+    "lg-hg2": ("UDDS|LA92|US06", "HWFET|HWFTb|Mixed8"),
 }
 # Files left out by default, matched on their path below PATH. Panasonic's end-of-tests
 # capacity runs are of the cell aged by ~110 cycles (2.4 Ah instead of 2.8): with the
 # fresh cell's Q their SOC labels would contradict every other cycle's.
 DEFAULT_EXCLUDE_PATTERNS: dict[str, str] = {"panasonic": "end_of_tests"}
-REST_CURRENT_A = 0.005  # |I| at or below this is rest for trimming
-SOC_OVERSHOOT_LIMIT = 0.02  # above 1 + this, "starts full" is wrong: an error, not a clip
+# What Q in SOC = 1 + (charge since full) / Q is: the cell's nominal capacity, the capacity
+# its C/20 test measures at the temperature nearest 25 degC (the convention of the
+# literature on the LG 18650HG2 data: SOC is the fraction of the 25 degC capacity, so a
+# cold cell never reaches 0), or the C/20 capacity at each cycle's own temperature (SOC 0
+# is empty at that temperature). ``--capacity AH`` gives Q directly.
+SOC_CAPACITIES: tuple[str, ...] = ("nominal", "c20-25degC", "c20-each-temperature")
+DEFAULT_SOC_CAPACITY: dict[str, str] = {"lg-hg2": "c20-25degC"}
+# Equal time stamps in a csv/parquet table: an error, or the tester's step-end rule (the
+# later record is the state at that instant). The lg-hg2 and panasonic layouts always
+# keep the last, as their testers write them.
+DUPLICATE_TIMES: tuple[str, ...] = ("error", "keep-last")
+SOC_OVERSHOOT_LIMIT = 0.02  # above 1 + this, the reference is wrong: an error, not a clip
 ROUNDING = 1e-9
+CLIP_NOTED = 1e-4  # SOC above 1 by less is the counter's last digit: clipped, not counted
 # Median interval between samples: real tester logs run from 0.1 s (drive cycles) to 60 s
 # (C/20 tests). Outside these bounds the time column is almost surely in another unit.
 SAMPLE_INTERVAL_RANGE_S = (1e-3, 600.0)
@@ -89,6 +104,9 @@ class IngestOptions:
     exclude_pattern: str | None = None
     spec: TableSpec = field(default_factory=TableSpec)
     max_gap_s: float = 3600.0
+    soc_capacity: str | None = None
+    strict: bool = False
+    duplicate_times: str | None = None
 
     def __post_init__(self) -> None:
         readers.check_format(self.fmt)
@@ -111,6 +129,8 @@ class IngestOptions:
                 f"--format {self.fmt} needs the cell's capacity",
                 remedy="pass --capacity AH (or capacity_ah in the map file)",
             )
+        self._check_soc_capacity()
+        self._check_duplicate_times(tabular)
         default_test, default_val = DEFAULT_SPLIT_PATTERNS.get(self.fmt, (None, None))
         self.test_pattern = self.test_pattern if self.test_pattern is not None else default_test
         self.val_pattern = self.val_pattern if self.val_pattern is not None else default_val
@@ -129,7 +149,40 @@ class IngestOptions:
                     remedy="escape special characters, e.g. 'UDDS|LA92'",
                 ) from None
 
+    def _check_soc_capacity(self) -> None:
+        if self.soc_capacity is None:
+            return
+        if self.soc_capacity not in SOC_CAPACITIES:
+            raise ConfigError(f"unknown --soc-capacity '{self.soc_capacity}'",
+                              remedy=f"use one of {', '.join(SOC_CAPACITIES)}")
+        if self.capacity_ah is not None:
+            raise ConfigError(
+                f"--capacity {self.capacity_ah:g} and --soc-capacity {self.soc_capacity} both "
+                "say what Q is", remedy="pass one of them")
+
+    def _check_duplicate_times(self, tabular: bool) -> None:
+        if self.duplicate_times is None:
+            if tabular:
+                self.duplicate_times = "error"
+            return
+        if not tabular:
+            raise ConfigError(
+                f"--duplicate-times does not apply to --format {self.fmt}: its layout keeps "
+                "the last record of equal time stamps (the tester's step-end record)",
+                remedy="drop --duplicate-times")
+        if self.duplicate_times not in DUPLICATE_TIMES:
+            raise ConfigError(f"unknown --duplicate-times '{self.duplicate_times}'",
+                              remedy=f"use one of {', '.join(DUPLICATE_TIMES)}")
+
+    @property
+    def soc_definition(self) -> str:
+        """How Q is chosen: 'given' (--capacity), or one of SOC_CAPACITIES."""
+        if self.capacity_ah is not None:
+            return "given"
+        return self.soc_capacity or DEFAULT_SOC_CAPACITY.get(self.fmt, "nominal")
+
     def capacity_for(self, raw: RawCycle) -> float:
+        """The capacity the unit checks scale with (given, else nominal)."""
         return float(self.capacity_ah or raw.nominal_capacity_ah or 0.0)
 
     def to_dict(self) -> dict[str, Any]:
@@ -145,6 +198,9 @@ class IngestOptions:
             "units": self.spec.units,
             "current_sign": self.spec.current_sign or "discharge-negative",
             "max_gap_s": self.max_gap_s,
+            "soc_capacity": self.soc_definition,
+            "strict": self.strict,
+            "duplicate_times": self.duplicate_times or "keep-last (fixed by the layout)",
         }
 
 
@@ -217,46 +273,49 @@ def _numeric(raw: RawCycle, rows: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def derive_soc(
-    time_s: np.ndarray,
-    current_a: np.ndarray,
-    ah: np.ndarray | None,
-    capacity: float,
-    basis: str,
-    *,
-    file: str | None = None,
+    frame: pd.DataFrame, ah: np.ndarray | None, capacity: float, raw: RawCycle, rows: np.ndarray
 ) -> tuple[np.ndarray, float, dict[str, Any]]:
-    """SOC from the charge count; returns (soc, Q used, record of how)."""
-    if ah is not None:
-        charge = ah - ah[0]
-        source = "amp-hour counter"
-    else:
-        charge = cumulative_integral(time_s, current_a, time_s) / 3600.0
-        source = "trapezoidal coulomb count of current"
-    record: dict[str, Any] = {"soc_source": source, "soc_basis": basis}
-    if basis == "own-capacity":
-        capacity = float(charge[0] - charge.min())
-        if capacity <= 0:
-            raise DataValidationError(
-                "the cycle delivers no charge, so its own capacity is undefined",
-                file=file,
-                remedy="ingest it as a drive cycle or give SOC",
-            )
-        record["soc_reference"] = (
-            f"SOC 1 at the start (full), 0 at the deepest discharge: Q = {capacity:.4f} Ah "
-            "delivered between them"
+    """SOC from the charge count, anchored as ``raw.soc_basis`` says; (soc, Q used, record)."""
+    time_s, current = frame["time_s"].to_numpy(), frame["current_a"].to_numpy()
+    charge, record = charge_count(time_s, current, ah)
+    record["soc_basis"] = raw.soc_basis
+    if raw.soc_basis == "full-point":
+        cutoff = ChargeCutoff(float(raw.charge_voltage_v or 0.0),
+                              float(raw.nominal_capacity_ah or capacity))
+        soc, reference = soc_from_full_point(
+            time_s, current, frame["voltage_v"].to_numpy(), charge, capacity, cutoff,
+            file=raw.source_file,
         )
+        reference["row"] = int(rows[reference.pop("position")])
     else:
-        record["soc_reference"] = f"SOC 1 at the start (full charge), Q = {capacity:.4f} Ah"
-    return 1.0 + charge / capacity, capacity, record
+        if raw.soc_basis == "own-capacity":
+            capacity = float(charge[0] - charge.min())
+            if capacity <= 0:
+                raise SocReferenceError(
+                    "the cycle delivers no charge, so its own capacity is undefined",
+                    file=raw.source_file,
+                    remedy="ingest it as a drive cycle or give SOC",
+                )
+            kind = "full at the first sample, empty at its deepest discharge (own capacity)"
+        else:
+            kind = "full at the first sample (the layout's cycles start from a full charge)"
+        soc = 1.0 + charge / capacity
+        reference = {"kind": kind, "row": int(rows[0]), "capacity_ah": capacity}
+    record["soc_reference"] = reference
+    return soc, capacity, record
 
 
 def _bound_soc(soc: np.ndarray, raw: RawCycle, rows: np.ndarray, capacity: float) -> np.ndarray:
     over = soc > 1.0 + SOC_OVERSHOOT_LIMIT
     if over.any():
         row = int(np.flatnonzero(over)[0])
-        raise DataValidationError(
-            f"the charge count rises {(soc[row] - 1) * capacity:.3f} Ah above the start: the "
-            "cycle does not start full, or the current sign is flipped",
+        anchor = (
+            "its full point: the cell is not full there" if raw.soc_basis == "full-point"
+            else "the start: the cycle does not start full"
+        )
+        raise SocReferenceError(
+            f"the charge count rises {(soc[row] - 1) * capacity:.3f} Ah above {anchor}, or "
+            "the current sign is flipped",
             file=raw.source_file,
             row=int(rows[row]),
             column=raw.sources.get("current_a", "current_a"),
@@ -273,7 +332,7 @@ def _bound_soc(soc: np.ndarray, raw: RawCycle, rows: np.ndarray, capacity: float
             remedy="pass the cell's measured capacity with --capacity, or check the time and "
             "current units (--units time=ms, current=mA)",
         )
-    clipped = soc > 1.0
+    clipped = soc > 1.0 + CLIP_NOTED
     raw.extra["soc_clipped_above_1"] = int(clipped.sum())
     if clipped.any():
         raw.extra["soc_max_before_clip"] = float(soc.max())
@@ -289,18 +348,20 @@ def _charge_ah(frame: pd.DataFrame, until_s: float) -> float:
     return float(cumulative_integral(time_s, current, np.array([until_s]))[0] / 3600.0)
 
 
-def _cut_at_gap(frame: pd.DataFrame, max_gap_s: float, extra: dict[str, Any]) -> pd.DataFrame:
+def _cut_at_gap(
+    frame: pd.DataFrame, ah: np.ndarray | None, max_gap_s: float, extra: dict[str, Any]
+) -> tuple[pd.DataFrame, np.ndarray | None]:
     steps = np.diff(frame["time_s"].to_numpy())
     gaps = np.flatnonzero(steps > max_gap_s)
     if len(gaps) == 0:
-        return frame
+        return frame, ah
     end = int(gaps[0]) + 1
     extra["cut_at_gap"] = {
         "gap_s": float(steps[gaps[0]]),
         "at_time_s": float(frame["time_s"].iloc[end - 1]),
         "rows_dropped": len(frame) - end,
     }
-    return frame.iloc[:end]
+    return frame.iloc[:end], None if ah is None else ah[:end]
 
 
 def _trim_rest(frame: pd.DataFrame, extra: dict[str, Any]) -> pd.DataFrame:
@@ -366,51 +427,67 @@ def _check_given_soc(frame: pd.DataFrame, raw: RawCycle, capacity: float) -> str
     return None
 
 
-def prepare(raw: RawCycle, options: IngestOptions) -> tuple[Cycle, list[str]]:
-    """One raw cycle -> one canonical, validated, resampled cycle (+ notes for the log)."""
-    notes: list[str] = []
-    rows = raw.frame.index.to_numpy()
-    capacity = options.capacity_for(raw)
+def _measured(
+    raw: RawCycle, options: IngestOptions, rows: np.ndarray
+) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """The raw cycle as numbers in canonical units, validated (SOC may still be absent), and
+    its amp-hour counter if it has one; cut at the first logging gap."""
     columns = _numeric(raw, rows)
     convert_units(columns, options.spec)
     ah = columns.pop("ah", None)
-    frame = _validated(pd.DataFrame(columns), raw, rows, capacity)
+    frame = _validated(pd.DataFrame(columns), raw, rows, options.capacity_for(raw))
     _check_sampling(frame, raw)
+    return _cut_at_gap(frame, ah, options.max_gap_s, raw.extra)
+
+
+def _ambient(raw: RawCycle, frame: pd.DataFrame, options: IngestOptions) -> float:
+    if options.spec.ambient_c is not None:
+        return float(options.spec.ambient_c)
+    if raw.ambient_c is not None:
+        return float(raw.ambient_c)
+    raw.extra["ambient_source"] = "first temperature sample (none in the name or options)"
+    return round(float(frame["temperature_c"].iloc[0]), 1)
+
+
+CapacityRule = Callable[[RawCycle, float], float]
+
+
+def prepare(
+    raw: RawCycle, options: IngestOptions, soc_capacity: CapacityRule | None = None
+) -> tuple[Cycle, list[str]]:
+    """One raw cycle -> one canonical, validated, resampled cycle (+ notes for the log).
+
+    ``soc_capacity(raw, ambient)`` is Q of the SOC definition (default: given, else nominal).
+    """
+    notes: list[str] = []
+    rows = raw.frame.index.to_numpy()
+    capacity = options.capacity_for(raw)
+    frame, ah = _measured(raw, options, rows)
     extra = raw.extra
-    q_used = capacity
-    if "soc" not in frame:
-        soc, q_used, record = derive_soc(
-            frame["time_s"].to_numpy(),
-            frame["current_a"].to_numpy(),
-            ah,
-            capacity,
-            raw.soc_basis,
-            file=raw.source_file,
-        )
-        extra.update(record)
-        frame["soc"] = _bound_soc(soc, raw, rows, q_used)
-        frame = _validated(frame, raw, rows, capacity)
-        if extra["soc_clipped_above_1"]:
-            notes.append(
-                f"{raw.name}: clipped {extra['soc_clipped_above_1']} samples of SOC above 1 "
-                f"(max {extra['soc_max_before_clip']:.5f}, regeneration after full charge)"
-            )
-        if ah is not None:
-            extra["ah_counter_minus_current_integral_ah"] = float(
-                (ah[-1] - ah[0]) - _charge_ah(frame, frame["time_s"].iloc[-1])
-            )
-    else:
-        extra["soc_source"] = "given in the file"
-        disagreement = _check_given_soc(frame, raw, capacity)
-        if disagreement:
-            notes.append(disagreement)
-    frame = _cut_at_gap(frame, options.max_gap_s, extra)
     if "cut_at_gap" in extra:
         gap = extra["cut_at_gap"]
         notes.append(
             f"{raw.name}: cut at a {gap['gap_s']:.0f} s logging gap at "
             f"t = {gap['at_time_s']:.0f} s ({gap['rows_dropped']} rows after it dropped)"
         )
+    ambient = _ambient(raw, frame, options)
+    q_used = soc_capacity(raw, ambient) if soc_capacity else capacity
+    if "soc" not in frame:
+        soc, q_used, record = derive_soc(frame, ah, q_used, raw, rows)
+        extra.update(record)
+        frame["soc"] = _bound_soc(soc, raw, rows, q_used)
+        frame = _validated(frame, raw, rows, capacity)
+        if extra["soc_clipped_above_1"]:
+            notes.append(
+                f"{raw.name}: clipped {extra['soc_clipped_above_1']} samples of SOC above 1 "
+                f"(max {extra['soc_max_before_clip']:.5f}: charge counted above the full "
+                "point, e.g. regeneration)"
+            )
+    else:
+        extra["soc_source"] = "given in the file"
+        disagreement = _check_given_soc(frame, raw, capacity)
+        if disagreement:
+            notes.append(disagreement)
     if options.trim_rest:
         frame = _trim_rest(frame, extra)
     origin = float(frame["time_s"].iloc[0])
@@ -430,15 +507,11 @@ def prepare(raw: RawCycle, options: IngestOptions) -> tuple[Cycle, list[str]]:
         - _charge_ah(native, frame["time_s"].iloc[-1]),
     }
     frame = validate_frame(frame, file=raw.source_file, nominal_capacity_ah=capacity)
-    ambient = options.spec.ambient_c if options.spec.ambient_c is not None else raw.ambient_c
-    if ambient is None:
-        ambient = round(float(frame["temperature_c"].iloc[0]), 1)
-        extra["ambient_source"] = "first temperature sample (none in the name or options)"
     meta = CycleMeta(
         name=raw.name,
         cell=raw.cell,
         nominal_capacity_ah=float(raw.nominal_capacity_ah or capacity),
-        ambient_c=float(ambient),
+        ambient_c=ambient,
         split=split_for(raw.name, options),
         capacity_ah=float(q_used),
         source_file=raw.source_file,
@@ -446,6 +519,76 @@ def prepare(raw: RawCycle, options: IngestOptions) -> tuple[Cycle, list[str]]:
         extra=extra,
     )
     return Cycle(frame=frame, meta=meta), notes
+
+
+def c20_capacities(files: list[Path], options: IngestOptions) -> dict[float, dict[str, Any]]:
+    """Capacity per ambient temperature from the slow ('ocv', C/20) tests among ``files``:
+    the charge each delivers below its full point (median over the tests of one ambient).
+
+    Files that the ingest will leave out for want of a reference are skipped here too.
+    """
+    found: dict[float, list[tuple[float, str]]] = {}
+    for file in files:
+        if profile_from_name(file.stem) != OCV_KIND:
+            continue
+        for raw in readers.read(file, options.fmt, options.spec, options.duplicate_times):
+            if raw.profile != OCV_KIND:
+                continue
+            rows = raw.frame.index.to_numpy()
+            frame, ah = _measured(raw, options, rows)
+            try:  # with Q = 1, 1 - SOC is the charge below full in Ah
+                soc, q_used, _ = derive_soc(frame, ah, 1.0, raw, rows)
+            except SocReferenceError:
+                continue
+            ambient = _ambient(raw, frame, options)
+            found.setdefault(ambient, []).append((q_used * (1.0 - float(soc.min())), raw.name))
+    return {
+        ambient: {
+            "capacity_ah": float(np.median([q for q, _ in tests])),
+            "cycles": [name for _, name in tests],
+        }
+        for ambient, tests in sorted(found.items())
+    }
+
+
+def _nearest(temperatures: list[float], to: float) -> float:
+    return min(temperatures, key=lambda t: (abs(t - to), -t))
+
+
+def soc_capacity_rule(
+    options: IngestOptions, measured: dict[float, dict[str, Any]], notes: list[str]
+) -> tuple[CapacityRule, dict[str, Any]]:
+    """Q per cycle under the chosen SOC definition, and the definition as recorded."""
+    definition = options.soc_definition
+    if definition.startswith("c20") and not measured:
+        if options.soc_capacity is not None:
+            raise ConfigError(
+                f"--soc-capacity {definition} needs a C/20 test among the files (a name with "
+                "C20 or OCV), and there is none",
+                remedy="ingest the folder with the C/20 tests, pass --capacity AH, or use "
+                "--soc-capacity nominal",
+            )
+        notes.append("no C/20 test among the files: SOC is on the nominal capacity "
+                     "(--capacity AH gives another)")
+        definition = "nominal"
+    record: dict[str, Any] = {
+        "capacity": definition,
+        "soc": "1 + (charge since the full point) / Q",
+        "c20_capacity_by_temperature": {f"{t:g}": m for t, m in measured.items()},
+    }
+    if definition == "given":
+        given = float(options.capacity_ah or 0.0)
+        record["q_ah"] = given
+        return (lambda raw, ambient: given), record
+    if definition == "nominal":
+        return (lambda raw, ambient: options.capacity_for(raw)), record
+    temperatures = list(measured)
+    if definition == "c20-25degC":
+        reference = _nearest(temperatures, 25.0)
+        q = measured[reference]["capacity_ah"]
+        record.update(q_ah=q, measured_at_c=reference)
+        return (lambda raw, ambient: q), record
+    return (lambda raw, ambient: measured[_nearest(temperatures, ambient)]["capacity_ah"]), record
 
 
 def _unique_names(cycles: list[Cycle], root: Path) -> None:
@@ -466,25 +609,55 @@ def ingest(
     command: str,
     on_file: Callable[[Path], None] | None = None,
 ) -> IngestResult:
-    """Read every file under ``path`` and return the dataset (not yet saved) and log notes."""
+    """Read every file under ``path`` and return the dataset (not yet saved) and log notes.
+
+    A file without a usable SOC reference is left out of a folder, with a note naming it
+    and why (all are listed in the provenance); alone, or with ``options.strict``, it is
+    an error.
+    """
     started = time.perf_counter()
     path = Path(path)
+    root = path if path.is_dir() else path.parent
     files, excluded = excluded_files(readers.find_files(path, options.fmt), path, options)
     notes = [f"converting {note}, as asked" for *_, note in conversions(options.spec)]
     if excluded:
         notes.append(f"left out {len(excluded)} files matching --exclude-pattern "
                      f"'{options.exclude_pattern}': {', '.join(excluded)}")
+    capacity_of, soc_definition = soc_capacity_rule(
+        options, c20_capacities(files, options), notes
+    )
     cycles: list[Cycle] = []
+    left_out: list[dict[str, str]] = []
     for file in files:
         digest = hashlib.sha256(read_bytes(file)).hexdigest()[:16]
-        for raw in readers.read(file, options.fmt, options.spec):
+        for raw in readers.read(file, options.fmt, options.spec, options.duplicate_times):
             raw.extra["source_sha256"] = digest
-            cycle, cycle_notes = prepare(raw, options)
+            try:
+                cycle, cycle_notes = prepare(raw, options, capacity_of)
+            except SocReferenceError as error:
+                if options.strict or path.is_file():
+                    raise
+                relative = str(file.relative_to(root))
+                left_out.append({"file": relative, "reason": error.message})
+                notes.append(f"left out {relative}: {error.message}")
+                continue
             cycles.append(cycle)
             notes.extend(cycle_notes)
         if on_file is not None:
             on_file(file)
-    _unique_names(cycles, path if path.is_dir() else path.parent)
+    if left_out:
+        notes.append(
+            f"left out {len(left_out)} of {len(files)} files that hold no usable SOC reference "
+            "(each named above, all in the manifest's provenance.left_out); --strict makes "
+            "them errors"
+        )
+    if not cycles:
+        raise SocReferenceError(
+            f"none of the {len(files)} files holds a usable SOC reference",
+            file=str(path),
+            remedy="check --format, or give SOC in a column",
+        )
+    _unique_names(cycles, root)
     repeated = sum(c.meta.extra.get("repeated_timestamps_dropped", 0) for c in cycles)
     if repeated:
         files_with = sum(1 for c in cycles if c.meta.extra.get("repeated_timestamps_dropped"))
@@ -499,6 +672,8 @@ def ingest(
         "source": str(path.resolve()),
         "options": options.to_dict(),
         "excluded_files": excluded,
+        "left_out": left_out,
+        "soc_definition": soc_definition,
         "resampling": METHOD,
         "conversions": [n for n in notes if n.startswith("converting ")],
         "sign_convention": "current_a discharge negative; soc fraction 0..1",

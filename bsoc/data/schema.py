@@ -54,7 +54,9 @@ class CycleMeta:
     split: str = "train"
     capacity_ah: float | None = None  # measured capacity used for SOC, if known
     source_file: str | None = None
-    profile: str | None = None  # kind of load: udds-like, highway, cc, pulse, ...
+    # kind of load: ocv, capacity, cc, pulse, hppc, charge, a drive cycle (udds, la92,
+    # hwfet, us06, nn, urban, highway, aggressive) or mixed; None if unknown
+    profile: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -207,13 +209,16 @@ def _check_time(time_s: np.ndarray, file: str | None) -> None:
     bad = steps <= 0
     if bad.any():
         row = _first_row(bad) + 1
-        kind = "duplicated" if steps[row - 1] == 0 else "goes backwards"
+        duplicated = steps[row - 1] == 0
         raise DataValidationError(
-            f"time {kind} ({time_s[row - 1]} s then {time_s[row]} s); time must strictly increase",
+            f"time {'duplicated' if duplicated else 'goes backwards'} ({time_s[row - 1]} s then "
+            f"{time_s[row]} s); time must strictly increase",
             file=file,
             row=row,
             column="time_s",
-            remedy="sort the samples by time and drop duplicates",
+            remedy="drop the duplicates (ingest: --duplicate-times keep-last keeps the last "
+            "record of each time, as testers mean their step-end records)" if duplicated
+            else "sort the samples by time",
         )
 
 

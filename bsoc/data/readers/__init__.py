@@ -71,13 +71,17 @@ def _walk(folder: Path) -> list[Path]:
     return [file for file in found if file.is_file()]
 
 
-def read(path: Path, fmt: str, spec: TableSpec) -> list[RawCycle]:
-    """Read one file in the given format."""
+def read(
+    path: Path, fmt: str, spec: TableSpec, duplicate_times: str | None = None
+) -> list[RawCycle]:
+    """Read one file in the given format (``duplicate_times``: csv/parquet only, see
+    :func:`table.read`)."""
     if fmt == "panasonic":
         return panasonic.read(path)
     if fmt == "lg-hg2":
         return lg_hg2.read(path)
-    return table.read(path, fmt, spec.columns, spec.cell or "unknown cell")
+    return table.read(path, fmt, spec.columns, spec.cell or "unknown cell",
+                      duplicate_times=duplicate_times or "error")
 
 
 __all__ = ["FORMATS", "RawCycle", "TableSpec", "check_format", "find_files", "read"]

@@ -23,8 +23,11 @@ from bsoc.errors import DataValidationError
 # How SOC is anchored when the file has no SOC column:
 #   "full-at-start": the file starts fully charged, SOC = 1 + dAh / Q (Q = given capacity);
 #   "own-capacity":  the file runs from full to empty (a slow capacity/OCV test), so Q is
-#                    the charge it delivers from its start to its deepest point.
-SOC_BASES: tuple[str, ...] = ("full-at-start", "own-capacity")
+#                    the charge it delivers from its start to its deepest point;
+#   "full-point":    SOC 1 where the file's own data shows the cell full (the end of a CV
+#                    charge at ``charge_voltage_v``, or a start at rest near it), counted
+#                    forwards and backwards from there (:mod:`bsoc.data.reference`).
+SOC_BASES: tuple[str, ...] = ("full-at-start", "own-capacity", "full-point")
 
 
 @dataclass
@@ -45,17 +48,25 @@ class RawCycle:
     ambient_c: float | None
     profile: str | None
     soc_basis: str = "full-at-start"
+    charge_voltage_v: float | None = None  # the CV charge voltage, for the "full-point" basis
     extra: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
 
 
 _AMBIENT = re.compile(r"(?<![A-Za-z0-9.])([n-]?)(\d+(?:\.\d+)?) ?d(?:eg)?C(?![a-z])")
 
-# Ordered: the first pattern that matches the cycle name gives its profile.
+OCV_KIND = "ocv"
+# The load kind ("profile") of a cycle from its name; the first pattern that matches wins.
+# ocv: slow (C/20) discharge/charge tests; capacity: 1C capacity tests; cc: other
+# constant-current discharges; pulse: pulse cycles with rests; charge: the charges between
+# tests; then each drive cycle, and mixed drive cycles.
 _PROFILES: tuple[tuple[str, str], ...] = (
-    ("ocv", r"OCV|C20"),
-    ("cc", r"Dis1C|(?<![A-Za-z0-9])\d*C_?(dis)?charge|(^|_)CC(_|$)"),
+    (OCV_KIND, r"OCV|C20"),
     ("hppc", r"HPPC"),
+    ("capacity", r"Dis1C|Cap_?\d*C|Capacity"),
+    ("cc", r"Dis_\d|(?<![A-Za-z0-9])\d*C_?(dis)?charge|(^|_)CC(_|$)"),
+    ("pulse", r"PausCycl|Puls"),
+    ("charge", r"(^|_)Charge\d*(_|$)"),
     ("us06", r"US06"),
     ("udds", r"UDDS"),
     ("la92", r"LA92"),
@@ -76,7 +87,7 @@ def ambient_from_path(path: Path) -> float | None:
 
 
 def profile_from_name(name: str) -> str | None:
-    """Kind of load from the cycle name (udds, la92, hwfet, us06, nn, mixed, cc, ocv...)."""
+    """Kind of load from the cycle name (ocv, capacity, pulse, hppc, charge, udds, mixed...)."""
     for profile, pattern in _PROFILES:
         if re.search(pattern, name, flags=re.IGNORECASE):
             return profile

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -23,6 +24,7 @@ from bsoc.data.readers.common import (
     RawCycle,
     ambient_from_path,
     clean_names,
+    drop_repeated_times,
     parse_time,
     profile_from_name,
     read_bytes,
@@ -98,8 +100,14 @@ def _parquet_table(data: bytes, file: str) -> tuple[list[str], pd.DataFrame]:
     return names, table.reset_index(drop=True)
 
 
-def read(path: Path, fmt: str, columns: dict[str, str], cell: str) -> list[RawCycle]:
-    """One cycle from one table; ``columns`` maps canonical name -> source column."""
+def read(
+    path: Path, fmt: str, columns: dict[str, str], cell: str, *, duplicate_times: str = "error"
+) -> list[RawCycle]:
+    """One cycle from one table; ``columns`` maps canonical name -> source column.
+
+    ``duplicate_times="keep-last"`` drops all but the last of equal consecutive time stamps
+    (a tester's step-end records; counted in the cycle's record); with "error" validation
+    reports the first one."""
     file = str(path)
     load = _parquet_table if fmt == "parquet" else _csv_table
     names, body = load(read_bytes(path), file)
@@ -122,6 +130,9 @@ def read(path: Path, fmt: str, columns: dict[str, str], cell: str) -> list[RawCy
         )
     frame = pd.DataFrame({name: table[source] for name, source in present.items()})
     frame["time_s"] = parse_time(frame["time_s"], file=file, column=present["time_s"])
+    extra: dict[str, Any] = {}
+    if duplicate_times == "keep-last":
+        frame, extra["repeated_timestamps_dropped"] = drop_repeated_times(frame)
     return [
         RawCycle(
             frame=frame,
@@ -131,6 +142,7 @@ def read(path: Path, fmt: str, columns: dict[str, str], cell: str) -> list[RawCy
             nominal_capacity_ah=None,
             ambient_c=ambient_from_path(path),
             profile=profile_from_name(path.stem),
+            extra=extra,
             sources=present,
         )
     ]

@@ -2,10 +2,11 @@
 
 ``EcmIdentifier().fit(train_cycles)`` learns :class:`~bsoc.ekf.ecm.EcmTables` in three steps:
 
-1. **OCV.** From the low-rate cycles (``meta.profile == "ocv"``): voltage binned by SOC per
-   branch; with a charge and a discharge branch the OCV is their mean (IR drop and hysteresis
-   cancel), where only one branch covers a SOC range it is shifted by the half-gap nearest to
-   it. A single-branch curve is corrected for its IR drop once the resistances are known
+1. **OCV.** From the low-rate cycles (``meta.profile == "ocv"``) of every temperature that
+   has one: voltage binned by SOC per branch (its constant-current part); with a charge and a
+   discharge branch the OCV is their mean (IR drop and hysteresis cancel), where only one
+   branch covers a SOC range it is shifted by the half-gap nearest to it, and SOC that a
+   temperature's test does not reach follows the reference temperature's curve. A single-branch curve is corrected for its IR drop once the resistances are known
    (``OCV = V - (R0 + R1 + R2) I``, then the group is refitted). Without any low-rate cycle a
    pseudo-OCV (voltage minus an initial ``R0 I``, binned by SOC) is the starting point.
 2. **Dynamics, per ambient temperature (start).** The pulse/drive cycles of one ambient form
@@ -108,11 +109,19 @@ def _binned(soc: np.ndarray, value: np.ndarray, n: int) -> np.ndarray:
         return np.where(counts > 0, sums / counts, np.nan)
 
 
-def _filled(values: np.ndarray) -> np.ndarray:
-    """Fill NaN entries by linear interpolation (constant beyond the ends)."""
+def _filled(values: np.ndarray, base: np.ndarray | None = None) -> np.ndarray:
+    """Fill NaN entries by linear interpolation; beyond the ends constant, or following
+    ``base`` shifted to meet the last value (the shape of another temperature's curve)."""
     ok = np.isfinite(values)
     positions = np.arange(len(values))
-    return np.interp(positions, positions[ok], values[ok])
+    filled = np.interp(positions, positions[ok], values[ok])
+    if base is None:
+        return filled
+    first, last = positions[ok][[0, -1]]
+    below, above = positions < first, positions > last
+    filled[below] = base[below] + (values[first] - base[first])
+    filled[above] = base[above] + (values[last] - base[last])
+    return filled
 
 
 def _monotone(ocv: np.ndarray) -> np.ndarray:
@@ -120,22 +129,27 @@ def _monotone(ocv: np.ndarray) -> np.ndarray:
     return np.maximum.accumulate(ocv) + 1e-5 * np.linspace(0.0, 1.0, len(ocv))
 
 
-def ocv_from_low_rate(cycles: Sequence[Cycle], n_points: int) -> tuple[np.ndarray, float | None]:
+def ocv_from_low_rate(
+    cycles: Sequence[Cycle], n_points: int, base: np.ndarray | None = None
+) -> tuple[np.ndarray, float | None]:
     """OCV on a uniform SOC grid from low-rate cycles, and the branch current if single-branch.
 
     Returns ``(ocv, None)`` when charge and discharge branches were averaged, else
-    ``(ocv, mean current)`` so that the caller can remove the IR drop later.
+    ``(ocv, mean current)`` so that the caller can remove the IR drop later. A branch is its
+    constant-current part (at least 80 % of the branch's median current): the taper of a CV
+    charge holds the voltage at the limit while SOC still rises. SOC the cycles do not reach
+    (a cold C/20 test on the 25 degC capacity stops short of 0) follows ``base`` (another
+    temperature's curve) where given, else the nearest value.
     """
     branches: dict[int, list[tuple[np.ndarray, float]]] = {-1: [], 1: []}
     for cycle in cycles:
         frame = cycle.frame
         current = frame["current_a"].to_numpy()
-        moving = np.abs(current) > 1e-6
-        if not moving.any():
-            continue
-        on_load = np.abs(current) > 0.25 * np.median(np.abs(current[moving]))
         for sign in (-1, 1):
-            mask = on_load & (sign * current > 0)
+            branch = sign * current > 1e-6
+            if not branch.any():
+                continue
+            mask = branch & (sign * current >= 0.8 * np.median(sign * current[branch]))
             if mask.sum() >= 10:
                 curve = _binned(
                     frame["soc"].to_numpy()[mask], frame["voltage_v"].to_numpy()[mask], n_points
@@ -155,11 +169,11 @@ def ocv_from_low_rate(cycles: Sequence[Cycle], n_points: int) -> tuple[np.ndarra
         )
     if len(means) == 1:
         ((curve, current),) = means.values()
-        return _monotone(_filled(curve)), current
+        return _monotone(_filled(curve, base)), current
     discharge, charge = means[-1][0], means[1][0]
     half_gap = _filled((charge - discharge) / 2.0)
     ocv = np.where(np.isfinite(discharge), discharge + half_gap, charge - half_gap)
-    return _monotone(_filled(ocv)), None
+    return _monotone(_filled(ocv, base)), None
 
 
 def _r0_guess(series: Sequence[_Series], capacity_ah: float) -> float:
@@ -531,7 +545,6 @@ class EcmIdentifier:
         by_ambient: dict[float, list[Cycle]] = defaultdict(list)
         for cycle in low_rate:
             by_ambient[_ambient_key(cycle)].append(cycle)
-        own_ocv = {a: ocv_from_low_rate(found, self.ocv_points) for a, found in by_ambient.items()}
         series = {a: [_uniform(c) for c in found] for a, found in groups.items()}
         capacity = {
             a: float(np.median([_cycle_capacity(c) for c in found])) for a, found in groups.items()
@@ -540,7 +553,8 @@ class EcmIdentifier:
         def nearest(keys: Sequence[float]) -> float:
             return min(keys, key=lambda a: (abs(a - REFERENCE_TEMPERATURE_C), -a))
 
-        ref_ambient = nearest([a for a in own_ocv if a in groups] or list(groups))
+        ref_ambient = nearest([a for a in by_ambient if a in groups] or list(groups))
+        own_ocv = self._own_ocv(by_ambient, ref_ambient)
         if ref_ambient in own_ocv:
             ref_own = own_ocv[ref_ambient]
         else:
@@ -604,6 +618,20 @@ class EcmIdentifier:
         }
         self.traces_ = [self._trace(groups[a][0]) for a in ambients]
         return self
+
+    def _own_ocv(
+        self, by_ambient: dict[float, list[Cycle]], ref_ambient: float
+    ) -> dict[float, tuple[np.ndarray, float | None]]:
+        """Each temperature's OCV from its own low-rate cycles, the reference temperature's
+        first: it gives the shape where another temperature's test does not reach."""
+        own: dict[float, tuple[np.ndarray, float | None]] = {}
+        if ref_ambient in by_ambient:
+            own[ref_ambient] = ocv_from_low_rate(by_ambient[ref_ambient], self.ocv_points)
+        base = own[ref_ambient][0] if own else None
+        for ambient, found in by_ambient.items():
+            if ambient != ref_ambient:
+                own[ambient] = ocv_from_low_rate(found, self.ocv_points, base)
+        return own
 
     @staticmethod
     def _ocv_source(

@@ -116,6 +116,18 @@ def write_output(path: str | Path, kind: OutputKind, *, force: bool) -> Iterator
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def save_tensors(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.torch.save_file`` with the permissions of any other file written here:
+    safetensors creates its files readable by their owner only, so a service or a
+    colleague running as another user could not load a model bsoc wrote."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def make_folder(path: Path) -> Path:
     """``mkdir -p`` with a one-line error when the place cannot be written."""
     try:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from bsoc.data.augment import SensorAugmentation
 from bsoc.data.dataset import Dataset
@@ -51,6 +51,7 @@ from bsoc.data.windows import (
 from bsoc.errors import ConfigError, ModelFileError
 from bsoc.evaluate import ScenarioSettings
 from bsoc.nn.layers import LstmState
+from bsoc.outputs import save_tensors
 from bsoc.nn.network import NetworkConfig, SocNetwork
 
 if TYPE_CHECKING:
@@ -229,7 +230,7 @@ class _Checkpoint:
             for key, value in moments.items():
                 tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).reshape(-1).clone()
         state = {**state, "param_groups": optim_state["param_groups"]}
-        save_file(tensors, str(self.directory / (CHECKPOINT_WEIGHTS + ".tmp")))
+        save_tensors(tensors, self.directory / (CHECKPOINT_WEIGHTS + ".tmp"))
         (self.directory / (CHECKPOINT_STATE + ".tmp")).write_text(json.dumps(state, indent=1))
         for name in (CHECKPOINT_WEIGHTS, CHECKPOINT_STATE):  # both complete, then both swapped
             (self.directory / (name + ".tmp")).replace(self.directory / name)

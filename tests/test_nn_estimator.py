@@ -141,3 +141,9 @@ def test_mismatched_weights_are_refused(tmp_path: Path) -> None:
     (tmp_path / "a" / "model.safetensors").unlink()
     with pytest.raises(ModelFileError, match="missing"):
         load_estimator(tmp_path / "a")
+
+
+def test_saved_weights_are_as_readable_as_the_config(tmp_path: Path) -> None:
+    folder = _estimator().save(tmp_path / "model")
+    weights, config = (folder / "model.safetensors").stat(), (folder / "config.json").stat()
+    assert weights.st_mode & 0o777 == config.st_mode & 0o777

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from bsoc import __version__
 from bsoc.data.schema import FEATURE_COLUMNS
@@ -39,7 +39,7 @@ from bsoc.estimator import (
 )
 from bsoc.nn.network import SocNetwork
 from bsoc.nn.streaming import StreamingStepper
-from bsoc.outputs import write_output
+from bsoc.outputs import save_tensors, write_output
 
 # config.json keys this class writes itself; everything else is caller metadata.
 _OWN_KEYS = ("kind", "name", "architecture", "normalisation", "learnables", "weight_bytes",
@@ -126,7 +126,7 @@ class LstmSocEstimator(SocEstimator):
     def save(self, directory: str | Path, *, force: bool = False) -> Path:
         with write_output(directory, MODEL_OUTPUT, force=force) as folder:
             tensors = {k: v.detach().contiguous() for k, v in self.network.state_dict().items()}
-            save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "bsoc-soc-network"})
+            save_tensors(tensors, folder / WEIGHTS_FILE, metadata={"format": "bsoc-soc-network"})
             (folder / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2) + "\n")
         return Path(directory)
 

@@ -122,9 +122,10 @@ def _cell(values: list[float | None], digits: int = 2) -> str:
 
 def table(runs: list[dict[str, Any]]) -> str:
     """Markdown: one row per variant, mean ± sample standard deviation over its seeds."""
-    lines = ["| variant | seeds | best epoch | val RMSE | test RMSE | test cold start | "
-             "test degraded | test MAE 25 °C | test RMSE −20 °C | cold-start median "
-             "convergence | not re-acquired |", "|" + "---|" * 11]
+    header = ("| variant | seeds | best epoch | val RMSE | test RMSE | test cold start | "
+              "test degraded | test MAE 25 °C | test RMSE −20 °C | cold-start median "
+              "convergence | not re-acquired |")
+    lines = [header, "|" + "---|" * 11]
     for variant in dict.fromkeys(run["variant"] for run in runs):
         mine = [run for run in runs if run["variant"] == variant]
         test = [run["test"] for run in mine]
@@ -137,7 +138,8 @@ def table(runs: list[dict[str, Any]]) -> str:
             _cell([t["mae_25c_pct"] for t in test]) + " %",
             _cell([t["rmse_by_temperature_pct"].get("-20") for t in test]) + " %",
             _cell([t["cold_start_median_convergence_s"] for t in test], 0) + " s",
-            _cell([t["cold_start_not_converged"] for t in test], 1) + f" of {test[0]['cycles']} |",
+            (_cell([t["cold_start_not_converged"] for t in test], 1)
+             + f" of {test[0]['cycles']} |"),
         ]))
     return "\n".join(lines)
 

@@ -8,8 +8,9 @@ network steps through a batch of windows ``chunk`` samples at a time, one optimi
 per chunk, its state carried (detached) from chunk to chunk, so a window can be a whole
 drive cycle of hours while memory and the gradient's path stay one chunk long. Windows
 run end to end in ``batch_size`` lanes (:class:`bsoc.data.windows.Lanes`), so whole cycles
-of unequal length waste little on padding and every batch mixes many cycles. The inputs can be augmented with sensor offsets and noise
-(:mod:`bsoc.data.augment`); the targets never are. Each epoch
+of unequal length waste little on padding and every batch mixes many cycles. The inputs
+can be augmented with sensor offsets and noise (:mod:`bsoc.data.augment`); the targets
+never are. Each epoch
 it validates on the validation split's *whole* cycles, both from the first sample and
 from a cold start 25 % in (:class:`bsoc.evaluate.ScenarioSettings`), and keeps the weights
 with the best mean of the two RMSEs (early stopping).
@@ -51,8 +52,8 @@ from bsoc.data.windows import (
 from bsoc.errors import ConfigError, ModelFileError
 from bsoc.evaluate import ScenarioSettings
 from bsoc.nn.layers import LstmState
-from bsoc.outputs import save_tensors
 from bsoc.nn.network import NetworkConfig, SocNetwork
+from bsoc.outputs import save_tensors
 
 if TYPE_CHECKING:
     from bsoc.nn.estimator import LstmSocEstimator

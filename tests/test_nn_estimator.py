@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_nn import TwoFactorMap, two_factor_registered  # noqa: F401
 
 from bsoc.data.dataset import Dataset
 from bsoc.errors import ModelFileError, OverwriteRefusedError
@@ -15,7 +16,6 @@ from bsoc.estimator import StreamSet, load_estimator
 from bsoc.nn.estimator import LstmSocEstimator
 from bsoc.nn.network import NetworkConfig, SocNetwork
 from bsoc.nn.streaming import StreamingStepper
-from test_nn import TwoFactorMap, two_factor_registered  # noqa: F401
 
 
 def _samples(toy_dataset: Path, n: int | None = None) -> np.ndarray:

@@ -11,10 +11,8 @@ import pytest
 import torch
 
 from bsoc.cli import main
-from bsoc.data.dataset import Dataset
 from bsoc.data.augment import SensorAugmentation
-from bsoc.errors import ConfigError
-from bsoc.evaluate import ScenarioSettings
+from bsoc.data.dataset import Dataset
 from bsoc.data.windows import (
     Lanes,
     Normalisation,
@@ -23,8 +21,9 @@ from bsoc.data.windows import (
     sample_windows,
     windows_to_cover,
 )
-from bsoc.train import (PROFILES, TrainConfig, fit, learning_rate_at, new_network,
-                        training_progress)
+from bsoc.errors import ConfigError
+from bsoc.evaluate import ScenarioSettings
+from bsoc.train import PROFILES, TrainConfig, fit, learning_rate_at, new_network, training_progress
 
 
 @pytest.fixture(scope="module")

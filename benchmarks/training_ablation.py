@@ -42,7 +42,11 @@ WINDOWS = {"window": WindowPlan(length=500, warmup=50, from_start_fraction=0.25)
 # ten epochs): a state carried over hours makes the loss far more sensitive to the weights.
 WHOLE_CYCLES = {"window": WindowPlan(length=16384, warmup=100, from_start_fraction=0.5),
                 "batch_size": 32, "chunk": 500, "learning_rate": 5e-4}
-BASES: dict[str, dict[str, Any]] = {"windows": WINDOWS, "stateful": WHOLE_CYCLES}
+# Between the two: 33 minutes of context, the state carried through four 500-sample chunks.
+LONG_WINDOWS = {"window": WindowPlan(length=2000, warmup=100, from_start_fraction=0.25),
+                "batch_size": 32, "chunk": 500, "learning_rate": 1e-3}
+BASES: dict[str, dict[str, Any]] = {"windows": WINDOWS, "long": LONG_WINDOWS,
+                                    "stateful": WHOLE_CYCLES}
 # a variant is a base and any of these, joined by "+": "stateful+augmented+pretrained"
 MODIFIERS = ("augmented", "pretrained")
 

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from bsoc.cli import main
-from bsoc.pipeline import PipelinePlan, plan_steps
+from bsoc.data.dataset import Dataset
+from bsoc.data.simulate import SIMULATED_BY
+from bsoc.pipeline import PipelinePlan, plan_steps, pretrains_by_default
 from bsoc.pipeline_steps import STEP_FILE
 
 
@@ -42,6 +44,35 @@ def test_pipeline_produces_report_and_all_models(pipeline_run: Path):
     assert json.loads((pipeline_run / "reports/toy/sweep/sweep.json").read_text())["projection"]
     summary = json.loads((pipeline_run / "reports/toy/data/summary.json").read_text())
     assert len(summary["cycles"]) == len(summary["figures"]) > 0
+
+
+def test_a_given_dataset_is_trained_on_after_pretraining_on_simulated_cells(pipeline_run: Path):
+    pretraining = json.loads((pipeline_run / "data/toy-pretraining/manifest.json").read_text())
+    assert pretraining["provenance"]["made_by"] == "bsoc data simulate"
+    pretrained = json.loads((pipeline_run / "models/toy/pretrained/config.json").read_text())
+    assert pretrained["data"]["fingerprint"] == pretraining["fingerprint"]
+    lstm = json.loads((pipeline_run / "models/toy/lstm/config.json").read_text())
+    assert lstm["initialised_from"]["path"] == "models/toy/pretrained"
+    assert lstm["data"]["name"] == "toy"
+
+
+def test_only_measured_cells_are_pretrained_for_by_default(toy_dataset: Path, tmp_path: Path):
+    assert pretrains_by_default(toy_dataset)
+    assert not pretrains_by_default(None)
+    simulated = Dataset.load(toy_dataset)
+    simulated.provenance = {"made_by": SIMULATED_BY}
+    assert not pretrains_by_default(simulated.save(tmp_path / "sim"))
+
+
+@pytest.mark.parametrize(("simulate", "pretrain"), [(True, False), (False, False), (False, True)])
+def test_pretraining_steps_only_when_asked(tmp_path: Path, simulate: bool, pretrain: bool):
+    plan = PipelinePlan(profile="tiny", run="r", data=tmp_path / "d", simulate=simulate,
+                        pretrain=pretrain)
+    steps = {step.name: step for step in plan_steps(plan)}
+    assert ("pretrain (simulated cells)" in steps) is pretrain
+    assert ("--init-from" in steps["train"].argv) is pretrain
+    if pretrain:
+        assert steps["pretrain (simulated cells)"].output in steps["train"].reads
 
 
 def test_second_run_skips_every_step(pipeline_run: Path, toy_dataset: Path, capsys):

@@ -23,13 +23,17 @@ def pipeline(
     learnables_reduction: float = typer.Option(
         None, "--learnables-reduction", min=0.0, max=0.999,
         help="Compression goal for the projected model (default 0.9; 0.5 for tiny)."),
+    pretrain: bool = typer.Option(
+        None, "--pretrain/--no-pretrain",
+        help="Train on cells simulated for it first, then on --data [default: yes for a "
+             "dataset that 'bsoc data simulate' did not make]."),
     force: bool = typer.Option(False, "--force", help="Replace bsoc outputs at the run's "
                                "paths that this pipeline did not make (other files are kept)."),
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Run the whole job end to end and print the report's path and the summary table."""
     from bsoc.cli import app
-    from bsoc.pipeline import PipelinePlan, run_pipeline
+    from bsoc.pipeline import PipelinePlan, pretrains_by_default, run_pipeline
 
     plan = PipelinePlan(
         profile=profile,
@@ -38,6 +42,7 @@ def pipeline(
         simulate=data is None,
         seed=seed,
         learnables_reduction=learnables_reduction,
+        pretrain=pretrains_by_default(data) if pretrain is None else pretrain,
     )
 
     def invoke(argv: list[str]) -> None:

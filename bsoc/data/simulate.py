@@ -36,6 +36,7 @@ from bsoc.data.sensors import SensorModel
 from bsoc.errors import ConfigError, SimulationError
 
 KELVIN = 273.15
+SIMULATED_BY = "bsoc data simulate"  # provenance["made_by"] of every simulated dataset
 MODELS: tuple[str, ...] = ("SPMe", "DFN")
 OCV_C_RATE = 0.05  # C/20 pseudo-OCV discharge
 OUTPUT_VARIABLES = (  # only these are computed: evaluating all of them costs more than solving
@@ -447,7 +448,7 @@ def simulation_provenance(
     for cycle in cycles:
         splits.setdefault(cycle.meta.split, []).append(cycle.meta.name)
     return {
-        "made_by": "bsoc data simulate",
+        "made_by": SIMULATED_BY,
         "command": command,
         "profile": scale,
         "seed": seed,

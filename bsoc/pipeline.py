@@ -54,6 +54,7 @@ class PipelinePlan:
     seed: int = 0
     learnables_reduction: float | None = None  # None: the profile's DEFAULT_REDUCTION
     pretrain: bool = False  # on simulated cells first (see PRETRAINING)
+    threads: int | None = None  # torch threads to train with; None: the profile's
     root: Path = Path(".")
 
     @property
@@ -116,8 +117,10 @@ def plan_steps(plan: PipelinePlan) -> list[Step]:
                       ["data", "inspect", data, "--out", str(plan.report / "data")], [plan.data],
                       artefact="summary.json", takes_force=False))
     seed = ["--seed", str(plan.seed)]
+    # fine-tuning inherits the threads from the model's recorded training
+    threads = [] if plan.threads is None else ["--threads", str(plan.threads)]
     train = Step("train", lstm, ["train", "--data", data, "--out", str(lstm), "--profile",
-                                 profile, *seed], [plan.data])
+                                 profile, *seed, *threads], [plan.data])
     if plan.pretrain:
         cells, budget = PRETRAINING[profile]
         pretrained, pretraining = models / "pretrained", plan.pretraining_data
@@ -127,7 +130,7 @@ def plan_steps(plan: PipelinePlan) -> list[Step]:
                  artefact="manifest.json"),
             Step("pretrain (simulated cells)", pretrained,
                  ["train", "--data", str(pretraining), "--out", str(pretrained), "--profile",
-                  profile, *seed, *budget], [pretraining]),
+                  profile, *seed, *threads, *budget], [pretraining]),
         ]
         train.argv += ["--init-from", str(pretrained)]
         train.reads.append(pretrained)

@@ -75,6 +75,14 @@ def test_pretraining_steps_only_when_asked(tmp_path: Path, simulate: bool, pretr
         assert steps["pretrain (simulated cells)"].output in steps["train"].reads
 
 
+def test_threads_reach_both_trainings(tmp_path: Path):
+    plan = PipelinePlan(profile="tiny", run="r", data=tmp_path / "d", simulate=False,
+                        pretrain=True, threads=1)
+    trainings = [step.argv for step in plan_steps(plan) if step.argv[0] == "train"]
+    assert len(trainings) == 2
+    assert all(argv[argv.index("--threads") + 1] == "1" for argv in trainings)
+
+
 def test_second_run_skips_every_step(pipeline_run: Path, toy_dataset: Path, capsys):
     stamps = {p: p.stat().st_mtime_ns for p in (pipeline_run / "models/toy").rglob("config.json")}
     with pytest.MonkeyPatch.context() as patch:

@@ -27,6 +27,9 @@ def pipeline(
         None, "--pretrain/--no-pretrain",
         help="Train on cells simulated for it first, then on --data [default: yes for a "
              "dataset that 'bsoc data simulate' did not make]."),
+    threads: int = typer.Option(None, "--threads", min=1, help="Torch threads to train and "
+                                "fine-tune with [default: the profile's]. Use 1 on a busy "
+                                "machine."),
     force: bool = typer.Option(False, "--force", help="Replace bsoc outputs at the run's "
                                "paths that this pipeline did not make (other files are kept)."),
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -43,6 +46,7 @@ def pipeline(
         seed=seed,
         learnables_reduction=learnables_reduction,
         pretrain=pretrains_by_default(data) if pretrain is None else pretrain,
+        threads=threads,
     )
 
     def invoke(argv: list[str]) -> None:

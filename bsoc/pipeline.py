@@ -40,7 +40,7 @@ FINETUNE_BUDGET = {"tiny": [], "quick": ["--max-minutes", "1"], "full": ["--max-
 # best recipe (README, "Real cells"). The full profile pretrains on the quick set, which
 # simulates in minutes, so that the whole training stays within an hour on 2 cores.
 PRETRAINING = {"tiny": ("tiny", ["--epochs", "1"]), "quick": ("quick", ["--max-minutes", "2"]),
-               "full": ("quick", ["--epochs", "10"])}
+               "full": ("quick", ["--epochs", "20"])}
 
 
 @dataclass(frozen=True)

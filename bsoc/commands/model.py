@@ -41,8 +41,8 @@ def train(
                               "with train and val splits."),
     out: Path = typer.Option(..., "--out", help="Model folder to write, e.g. models/lstm."),
     profile: str = typer.Option("quick", "--profile", help="tiny (tests, seconds), quick "
-                                "(demo, ~3-4 min on 2 cores) or full (best accuracy, 30 "
-                                "epochs, ~40 min)."),
+                                "(demo, ~3-4 min on 2 cores) or full (best accuracy, 60 "
+                                "epochs, ~30 min)."),
     epochs: int = typer.Option(None, "--epochs", min=1, help="Override the profile's epochs."),
     max_minutes: float = typer.Option(None, "--max-minutes", help="Stop after this many "
                                       "minutes of training (the best weights so far are kept)."),

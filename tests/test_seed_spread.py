@@ -11,7 +11,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "seed_spread.py"
 
 
 @pytest.fixture(scope="module")
-def seed_spread():  # noqa: ANN201
+def seed_spread():
     spec = importlib.util.spec_from_file_location("seed_spread", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -30,7 +30,7 @@ def _benchmark(rmse: float, not_converged: list[str]) -> dict:
     }]}
 
 
-def test_mean_and_sample_spread_over_seeds(seed_spread):  # noqa: ANN001
+def test_mean_and_sample_spread_over_seeds(seed_spread):
     text = seed_spread.tables([_benchmark(1.0, []), _benchmark(2.0, ["a"]),
                                _benchmark(3.0, ["a", "b"])])
     row = next(line for line in text.splitlines() if line.startswith("| lstm | 3 |"))
@@ -41,5 +41,5 @@ def test_mean_and_sample_spread_over_seeds(seed_spread):  # noqa: ANN001
     assert per_temperature == "| lstm | 1.80 ± 1.00 % | 2.25 ± 1.00 % |"
 
 
-def test_one_run_has_no_spread(seed_spread):  # noqa: ANN001
+def test_one_run_has_no_spread(seed_spread):
     assert "| lstm | 1 | 1.50 % |" in seed_spread.tables([_benchmark(1.5, [])])

@@ -231,8 +231,9 @@ def _sweep(model: Path, dataset: Any, out: Path, layers: list[str] | None,
 
 def finetune(
     model: Path = typer.Argument(..., help="Model folder to fine-tune (e.g. a projected-lstm)."),
-    data: Path = typer.Option(..., "--data", help="Dataset folder with train and val splits "
-                              "(the one the model was trained and compressed on)."),
+    data: Path = typer.Option(..., "--data", help="Dataset folder with train and val splits: "
+                              "the one the model was trained and compressed on, or another "
+                              "cell's, to transfer the model to it."),
     out: Path = typer.Option(..., "--out", help="Model folder to write (same kind as MODEL)."),
     epochs: int = typer.Option(None, "--epochs", min=1, help="Epochs [default: 10]."),
     lr: float = typer.Option(None, "--lr", help="Peak learning rate [default: a tenth of the "

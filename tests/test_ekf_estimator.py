@@ -93,6 +93,34 @@ def test_initialises_from_ir_corrected_voltage_wider_under_load(tables: EcmTable
     assert (state[:, STATUS] == RUNNING).all()
 
 
+@pytest.mark.parametrize("streams", [1, 2])  # the single-stream float path and the vectorised one
+def test_first_voltage_sets_the_start_and_is_not_used_again(
+    tables: EcmTables, streams: int
+) -> None:
+    """A full cell whose first sample is under load with the voltage still at rest (a load
+    step the voltage has not followed yet): V - R0 I lies above OCV(100 %), SOC starts at 1.
+
+    The failure this guards against: that same voltage was used again for an update, and its
+    remainder, projected off SOC > 1, set both RC voltages to +48 mV here (+72 mV on the
+    Panasonic -10 degC drives), against the current's sign; unlearning them pulled SOC
+    down by 10 % for the rest of the cycle. Now the RC voltages and the covariance start as
+    initialised, and the voltage updates the state from the next sample on.
+    """
+    estimator = EkfSocEstimator(tables, NOISE)
+    full = tables.lookup(np.array([1.0]), np.array([25.0]))
+    rest_v = float(full.ocv[0])
+    fresh = np.stack([estimator.initial_state()] * streams)
+    soc, state = estimator.step_batch(np.array([[0.0, rest_v, -2.0, 25.0]] * streams), fresh)
+    init = estimator.init
+    expected_p = np.diag([init.unknown_soc_std**2, init.rc_std**2, init.rc_std**2]).reshape(-1)
+    np.testing.assert_array_equal(soc, 1.0)
+    np.testing.assert_array_equal(state[:, 1:3], 0.0)
+    np.testing.assert_array_equal(state[:, 3:12], np.tile(expected_p, (streams, 1)))
+    loaded_v = float(full.ocv[0] + full.r0[0] * -2.0)
+    _, state = estimator.step_batch(np.array([[1.0, loaded_v, -2.0, 25.0]] * streams), state)
+    assert (state[:, 3] < 0.01 * expected_p[0]).all()  # the next voltage is measured
+
+
 def test_bad_samples_never_give_nan_and_are_handled_as_documented(
     tables: EcmTables, samples: np.ndarray
 ) -> None:

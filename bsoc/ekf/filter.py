@@ -225,7 +225,11 @@ def ekf_step(
     the IR-corrected voltage is a far better first guess, above all when cold, where the
     filter otherwise spends thousands of seconds pulling SOC from 50 % (measured on the
     training cycles; widening the RC std with R_i * I did not help there). Without a usable
-    voltage the start is ``init.unknown_soc`` with the wide std.
+    voltage the start is ``init.unknown_soc`` with the wide std. The voltage a start is read
+    from does not update the state as well: used twice, it would shrink P as if measured
+    twice, and where V - R0 I lies above OCV(100 %) (a load step the voltage has not followed
+    yet) its remainder, projected off SOC > 1, would charge the RC voltages against the
+    current's sign, which the filter then unlearns at the cost of SOC.
     """
     samples = np.asarray(samples, dtype=np.float64)
     states = np.asarray(states, dtype=np.float64)
@@ -302,9 +306,10 @@ def ekf_step(
     )
     H = np.stack([now.docv, np.ones(n), np.ones(n)], axis=1)
     r = voltage_variance(tables, noise.voltage_std, temp_c)
-    x_post, P_post = update(x_pred, P_pred, np.where(v_ok, y, 0.0), H, r, noise.gate_sigma)
-    x_post = np.where(v_ok[:, None], x_post, x_pred)
-    P_post = np.where(v_ok[:, None, None], P_post, P_pred)
+    measured = v_ok & (status != FRESH)  # a fresh stream's voltage set its start
+    x_post, P_post = update(x_pred, P_pred, np.where(measured, y, 0.0), H, r, noise.gate_sigma)
+    x_post = np.where(measured[:, None], x_post, x_pred)
+    P_post = np.where(measured[:, None, None], P_post, P_pred)
     x_post = project_soc(x_post, P_post)
 
     new = states.copy()

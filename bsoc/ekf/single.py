@@ -120,7 +120,7 @@ class SingleStreamStep:
             p = [p[3 * a + b] * f[a] * f[b] + (q[a] if a == b else 0.0)
                  for a in range(3) for b in range(3)]
         x0, x1, x2 = _project(x0, x1, x2, p)
-        if v_ok:
+        if v_ok and status != FRESH:  # a fresh stream's voltage set its start (see ekf_step)
             x0, x1, x2, p = self._update(x0, x1, x2, p, voltage, current, temp_c, j, w)
             x0, x1, x2 = _project(x0, x1, x2, p)
         new = [x0, x1, x2, *p, time_s, current, temp_c, state[CAPACITY], RUNNING]

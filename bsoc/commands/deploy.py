@@ -53,6 +53,35 @@ def quantize(
                           f"{summary['val_rmse_pct_int8']:.2f} % (int8)")
 
 
+def export(
+    model: Path = typer.Argument(..., help="Model folder (lstm, projected-lstm, svd-lstm, or "
+                                 "an -int8 one)."),
+    fmt: str = typer.Option(..., "--format", help="onnx (step and sequence graphs)."),
+    out: Path = typer.Option(..., "--out", help="Folder to write the exported files and "
+                             "export.json into."),
+    force: bool = typer.Option(False, "--force", help="Replace the export bsoc wrote at --out "
+                               "(other files there are kept)."),
+    json_output: bool = typer.Option(False, "--json", help="Print export.json's record."),
+) -> None:
+    """Export a SOC network for deployment.
+
+    onnx: bsoc_step.onnx (samples (B, 4) and state (B, S) in, soc (B,) and new_state out)
+    and bsoc_sequence.onnx (samples (B, T, 4) in, soc (B, T) out), standard operators,
+    an int8 model's weights kept int8.
+    """
+    from bsoc.export.write import check_export, export_model
+
+    check_export(out, model, fmt, force=force)
+    record = export_model(model, out, fmt, force=force, command=command_line())
+    if json_output:
+        emit_json(record)
+        return
+    err_console.print(f"[bold green]{record['kind']} exported as {fmt} to {out}[/]: "
+                      f"{', '.join(record['files'])} ({record['weights']} weights, state of "
+                      f"{record['state_size']} floats)")
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``quantize`` to the root app."""
+    """Add ``quantize`` and ``export`` to the root app."""
     app.command("quantize")(quantize)
+    app.command("export")(export)

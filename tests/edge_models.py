@@ -13,12 +13,14 @@ import torch
 from bsoc.cli import main
 from bsoc.compress.maps import ProjectedMap
 from bsoc.compress.project import Goal
+from bsoc.compress.quantize import quantize_network
 from bsoc.compress.svd import compress_network_using_svd
 from bsoc.data.dataset import Dataset
 from bsoc.nn.estimator import LstmSocEstimator
 from bsoc.nn.network import NetworkConfig, SocNetwork
 
 KINDS = ("lstm", "projected-lstm", "svd-lstm")
+ALL_KINDS = (*KINDS, *(f"{kind}-int8" for kind in KINDS))
 
 
 def _plain(hidden: tuple[int, ...], seed: int) -> SocNetwork:
@@ -50,6 +52,14 @@ def float_estimator(kind: str, hidden: tuple[int, ...] = (16, 8), seed: int = 0
     elif kind == "svd-lstm":
         network, _ = compress_network_using_svd(network, Goal(learnables_reduction=0.5))
     return LstmSocEstimator(network.eval(), kind=kind, name=kind)
+
+
+def estimator_of_kind(kind: str) -> LstmSocEstimator:
+    """A float model of ``kind``, or the int8 version of one for ``<kind>-int8``."""
+    source = float_estimator(kind.removesuffix("-int8"))
+    if not kind.endswith("-int8"):
+        return source
+    return LstmSocEstimator(quantize_network(source.network), kind=kind, name=kind)
 
 
 def cycle_samples(toy_dataset: Path, n: int | None = None) -> np.ndarray:

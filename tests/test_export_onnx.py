@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from edge_models import KINDS, cycle_samples, float_estimator, run_cli
+from edge_models import ALL_KINDS, cycle_samples, estimator_of_kind, run_cli
 from test_ekf_synthetic import true_tables
 
-from bsoc.compress.quantize import quantize_network
 from bsoc.ekf.estimator import EkfSocEstimator
 from bsoc.ekf.filter import NoiseSettings
 from bsoc.estimator import StreamSet
@@ -20,18 +19,10 @@ from bsoc.nn.estimator import LstmSocEstimator
 onnx = pytest.importorskip("onnx", reason="onnx is in the export extra: pip install '.[export]'")
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is in the export extra")
 
-ALL_KINDS = [*KINDS, *(f"{kind}-int8" for kind in KINDS)]
-
-
-def _estimator(kind: str) -> LstmSocEstimator:
-    source = float_estimator(kind.removesuffix("-int8"))
-    if not kind.endswith("-int8"):
-        return source
-    return LstmSocEstimator(quantize_network(source.network), kind=kind, name=kind)
 
 
 def _export(kind: str, tmp_path: Path) -> tuple[LstmSocEstimator, Path]:
-    estimator = _estimator(kind)
+    estimator = estimator_of_kind(kind)
     estimator.save(tmp_path / "model")
     export_model(tmp_path / "model", tmp_path / "onnx", "onnx")
     return estimator, tmp_path / "onnx"
@@ -98,7 +89,7 @@ def test_projected_graph_keeps_thin_factors_and_int8_keeps_int8(tmp_path: Path) 
 def test_cli_export_records_the_interface_and_refuses_what_it_cannot_export(
     tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    _estimator("svd-lstm-int8").save(tmp_path / "model")
+    estimator_of_kind("svd-lstm-int8").save(tmp_path / "model")
     code, out, err = run_cli(["export", str(tmp_path / "model"), "--format", "onnx", "--out",
                            str(tmp_path / "out"), "--json"], capsys)
     assert code == 0, err

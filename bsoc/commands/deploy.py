@@ -56,7 +56,8 @@ def quantize(
 def export(
     model: Path = typer.Argument(..., help="Model folder (lstm, projected-lstm, svd-lstm, or "
                                  "an -int8 one)."),
-    fmt: str = typer.Option(..., "--format", help="onnx (step and sequence graphs)."),
+    fmt: str = typer.Option(..., "--format", help="onnx (step and sequence graphs) or c "
+                            "(a dependency-free C99 library for a microcontroller)."),
     out: Path = typer.Option(..., "--out", help="Folder to write the exported files and "
                              "export.json into."),
     force: bool = typer.Option(False, "--force", help="Replace the export bsoc wrote at --out "
@@ -68,6 +69,10 @@ def export(
     onnx: bsoc_step.onnx (samples (B, 4) and state (B, S) in, soc (B,) and new_state out)
     and bsoc_sequence.onnx (samples (B, T, 4) in, soc (B, T) out), standard operators,
     an int8 model's weights kept int8.
+
+    c: bsoc_model.h/.c with bsoc_init(state) and bsoc_step(state, v, i, t) -> soc,
+    weights as const arrays (int8 with scales for an int8 model), no malloc, no libm;
+    a README says how to call it from firmware; run_cycle.c checks it on a host.
     """
     from bsoc.export.write import check_export, export_model
 

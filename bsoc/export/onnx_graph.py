@@ -19,6 +19,7 @@ quantises the activations (measured: 2e-3 off in SOC).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -142,8 +143,11 @@ def sequence_model(arrays: NetworkArrays) -> onnx.ModelProto:
         "bsoc SOC network, whole sequences (Scan of the streaming step)")
 
 
-def write_onnx(arrays: NetworkArrays, folder: Path) -> list[str]:
-    """Write both graphs into ``folder``; returns the file names."""
-    onnx.save(step_model(arrays), str(folder / STEP_FILE))
-    onnx.save(sequence_model(arrays), str(folder / SEQUENCE_FILE))
+def write_onnx(arrays: NetworkArrays, folder: Path, record: dict[str, Any]) -> list[str]:
+    """Write both graphs into ``folder``; returns the file names (``record``, what
+    ``export.json`` says, goes into the graphs' metadata)."""
+    for model, file in ((step_model(arrays), STEP_FILE), (sequence_model(arrays), SEQUENCE_FILE)):
+        helper.set_model_props(model, {"bsoc_model": record["name"], "bsoc_kind": record["kind"],
+                                       "state_layout": ",".join(record["state_layout"])})
+        onnx.save(model, str(folder / file))
     return [STEP_FILE, SEQUENCE_FILE]

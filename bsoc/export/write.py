@@ -7,7 +7,6 @@ how to feed it: the source model, its kind, the weight type, the state layout, t
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +14,15 @@ from bsoc import __version__
 from bsoc.errors import ConfigError
 from bsoc.estimator import load_estimator
 from bsoc.export.arrays import NetworkArrays
+from bsoc.lazy import import_target
 from bsoc.outputs import OutputKind, check_output, write_output
 
 EXPORT_FILE = "export.json"
 EXPORT_OUTPUT = OutputKind("export", signature=EXPORT_FILE, legacy_files=(),
                            legacy_mark="bsoc_version")
-Writer = Callable[[NetworkArrays, Path, dict[str, Any]], list[str]]
-
-
-def _onnx(arrays: NetworkArrays, folder: Path, record: dict[str, Any]) -> list[str]:
-    from bsoc.export.onnx_graph import write_onnx
-
-    return write_onnx(arrays, folder)
-
-
-FORMATS: dict[str, Writer] = {"onnx": _onnx}
+# format -> "module:function" writing its files (imported lazily: onnx only when asked for)
+FORMATS: dict[str, str] = {"onnx": "bsoc.export.onnx_graph:write_onnx",
+                           "c": "bsoc.export.c_source:write_c"}
 
 
 def check_export(out: Path, model: Path, fmt: str, *, force: bool) -> None:
@@ -57,6 +50,6 @@ def export_model(model: Path, out: Path, fmt: str, *, force: bool = False,
         "command": command, "bsoc_version": __version__,
     }
     with write_output(out, EXPORT_OUTPUT, force=force) as folder:
-        record["files"] = FORMATS[fmt](arrays, folder, record)
+        record["files"] = import_target(FORMATS[fmt])(arrays, folder, record)
         (folder / EXPORT_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return record

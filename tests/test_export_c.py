@@ -13,6 +13,8 @@ import pytest
 from edge_models import ALL_KINDS, cycle_samples, estimator_of_kind, run_cli
 
 from bsoc.estimator import StreamSet
+from bsoc.export import measure
+from bsoc.export.measure import host_build, parse_run, sample_lines
 from bsoc.export.write import export_model
 from bsoc.nn.estimator import LstmSocEstimator
 
@@ -29,13 +31,9 @@ def _export(estimator: LstmSocEstimator, tmp_path: Path) -> Path:
 
 def _run_cycle(folder: Path, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """SOC per sample and the final state from the compiled ``run_cycle``."""
-    subprocess.run([CC, *STRICT, "bsoc_model.c", "run_cycle.c", "-o", "run_cycle"], cwd=folder,
-                   check=True, capture_output=True)
-    lines = "".join(f"{v:.9e} {i:.9e} {t:.9e}\n" for v, i, t in samples[:, 1:4].astype(np.float32))
-    out = subprocess.run(["./run_cycle"], cwd=folder, input=lines, capture_output=True,
-                         text=True, check=True).stdout.split()
-    split = out.index("state")
-    return np.array(out[:split], float), np.array(out[split + 1 :], float)
+    run = subprocess.run([str(host_build(folder))], input=sample_lines(samples),
+                         capture_output=True, text=True, check=True)
+    return parse_run(run.stdout)
 
 
 @pytest.mark.parametrize("kind", ALL_KINDS)
@@ -109,3 +107,43 @@ def test_cli_exports_c_with_a_readme(tmp_path: Path, capsys: pytest.CaptureFixtu
     readme = (tmp_path / "c" / "README.md").read_text()
     assert "bsoc_step(&cell_state" in readme and "192 bytes" in readme  # 48 floats of state
     assert f"{record['weight_bytes']:,} bytes of weights" in readme
+
+
+def _skip_without(what: str) -> None:
+    missing = measure.missing_tools(what)
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (Debian: make edge-tools)")
+
+
+def test_cortex_m4_build_runs_on_qemu_as_in_python(tmp_path: Path, toy_dataset: Path) -> None:
+    _skip_without("qemu")
+    estimator = estimator_of_kind("projected-lstm-int8")
+    samples = cycle_samples(toy_dataset, 300)
+    soc, state = measure.qemu_run(_export(estimator, tmp_path), samples, timeout_s=120)
+    streams = StreamSet(estimator)
+    for row in samples:
+        streams.step(row)
+    np.testing.assert_allclose(soc, estimator.predict(samples), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(state, streams.states[0], atol=5e-5, rtol=0)
+
+
+def test_cortex_m4_flash_holds_the_weights_and_ram_the_state(tmp_path: Path) -> None:
+    _skip_without("cortex-m4")
+    estimator = estimator_of_kind("projected-lstm-int8")
+    sizes = measure.cortex_m4_sizes(_export(estimator, tmp_path), 48)
+    assert sizes["rodata"] >= estimator.weight_bytes() and sizes["data"] == 0
+    assert sizes["flash"] == sizes["text"] + sizes["rodata"]
+    assert sizes["ram"] == sizes["bss"] + 4 * 48 and sizes["bss"] == 4 * (8 + 8)
+
+
+def test_callgrind_counts_more_instructions_for_more_macs(tmp_path: Path,
+                                                          toy_dataset: Path) -> None:
+    _skip_without("callgrind")
+    samples = cycle_samples(toy_dataset, 50)
+    counts = {kind: measure.instructions_per_step(
+        _export(estimator_of_kind(kind), tmp_path / kind), samples)
+        for kind in ("lstm", "projected-lstm")}
+    macs = {kind: estimator_of_kind(kind).macs_per_sample() for kind in counts}
+    assert macs["projected-lstm"] < macs["lstm"]
+    assert counts["projected-lstm"] < counts["lstm"]
+    assert all(count > macs[kind] for kind, count in counts.items())  # at least one per MAC

@@ -74,9 +74,8 @@ def export(
     weights as const arrays (int8 with scales for an int8 model), no malloc, no libm;
     a README says how to call it from firmware; run_cycle.c checks it on a host.
     """
-    from bsoc.export.write import check_export, export_model
+    from bsoc.export.write import export_model
 
-    check_export(out, model, fmt, force=force)
     record = export_model(model, out, fmt, force=force, command=command_line())
     if json_output:
         emit_json(record)

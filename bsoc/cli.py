@@ -59,6 +59,10 @@ from bsoc.commands import compress as _compress_commands  # noqa: E402
 
 _compress_commands.register(app)
 
+from bsoc.commands import deploy as _deploy_commands  # noqa: E402
+
+_deploy_commands.register(app)
+
 from bsoc.commands import pipeline as _pipeline_commands  # noqa: E402
 
 _pipeline_commands.register(app)

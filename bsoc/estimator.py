@@ -39,6 +39,10 @@ ESTIMATOR_CLASSES: dict[str, str] = {
     "lstm": "bsoc.nn.estimator:LstmSocEstimator",
     "projected-lstm": "bsoc.nn.estimator:LstmSocEstimator",
     "svd-lstm": "bsoc.nn.estimator:LstmSocEstimator",
+    # int8 weights (bsoc.compress.quantize), same network class and streaming path
+    "lstm-int8": "bsoc.nn.estimator:LstmSocEstimator",
+    "projected-lstm-int8": "bsoc.nn.estimator:LstmSocEstimator",
+    "svd-lstm-int8": "bsoc.nn.estimator:LstmSocEstimator",
     "ekf": "bsoc.ekf.estimator:EkfSocEstimator",
 }
 
@@ -86,7 +90,8 @@ class SocEstimator(ABC):
 
     @abstractmethod
     def weight_bytes(self) -> int:
-        """Bytes of the parameters stored as float32."""
+        """Bytes of the parameters as stored (float32; int8 values plus their scales for a
+        quantised model)."""
 
     @abstractmethod
     def macs_per_sample(self) -> int:

@@ -83,10 +83,21 @@ def _ekf(directory: Path) -> Path:
     return EkfSocEstimator(true_tables(), noise, name="tiny-ekf").save(directory)
 
 
+def _int8(directory: Path, kind: str) -> Path:
+    from bsoc.compress.quantize import quantize_model
+
+    source = TINY_MODELS[kind](directory.with_name(f"{directory.name}-float"))
+    quantize_model(source, directory)
+    return directory
+
+
 TINY_MODELS: dict[str, Callable[[Path], Path]] = {
     "lstm": _lstm,
     "projected-lstm": lambda d: _compressed(d, "projected-lstm"),
     "svd-lstm": lambda d: _compressed(d, "svd-lstm"),
+    "lstm-int8": lambda d: _int8(d, "lstm"),
+    "projected-lstm-int8": lambda d: _int8(d, "projected-lstm"),
+    "svd-lstm-int8": lambda d: _int8(d, "svd-lstm"),
     "ekf": _ekf,
     COULOMB_KIND: lambda d: CoulombEstimator().save(d),
 }

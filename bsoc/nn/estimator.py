@@ -1,9 +1,9 @@
 """``LstmSocEstimator``: a SOC network behind the common :class:`~bsoc.estimator.SocEstimator`.
 
-One class serves every network variant (kind ``lstm``, ``projected-lstm``, ``svd-lstm``):
-the network is rebuilt from the architecture recorded in ``config.json`` (sizes and each
-weight map's spec), then its weights are read from ``model.safetensors`` (tensors only,
-never pickle).
+One class serves every network variant (kind ``lstm``, ``projected-lstm``, ``svd-lstm`` and
+their int8 versions ``<kind>-int8``): the network is rebuilt from the architecture recorded
+in ``config.json`` (sizes and each weight map's spec), then its weights are read from
+``model.safetensors`` (tensors only, never pickle).
 
 * ``predict``: the whole sequence in one batched forward pass (fused LSTM kernel,
   ``torch.inference_mode``).
@@ -101,7 +101,7 @@ class LstmSocEstimator(SocEstimator):
         return self.network.learnables()
 
     def weight_bytes(self) -> int:
-        return 4 * self.learnables()
+        return self.network.weight_bytes()
 
     def macs_per_sample(self) -> int:
         return self.network.macs_per_sample()

@@ -34,6 +34,7 @@ MAP_CLASSES: dict[str, str] = {
     "dense": "bsoc.nn.layers:DenseMap",
     "projected": "bsoc.compress.maps:ProjectedMap",
     "low-rank": "bsoc.compress.maps:LowRankMap",
+    "int8": "bsoc.compress.quantize:Int8Map",
 }
 
 LstmState = tuple[Tensor, Tensor]  # (h, c), each (B, H)
@@ -74,6 +75,11 @@ class WeightMap(nn.Module):
     def macs(self) -> int:
         """Multiply-accumulates of one application to one vector, factor by factor."""
         return sum(f.shape[0] * f.shape[1] for f in self.factors())
+
+    def stored_bytes(self) -> int:
+        """Bytes the map occupies in a model file: every stored tensor (parameters at their
+        dtype and persistent buffers such as quantisation scales)."""
+        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
 
 
 class DenseMap(WeightMap):

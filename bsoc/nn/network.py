@@ -123,6 +123,15 @@ class SocNetwork(nn.Module):
                          "count": parameter.numel()})
         return rows
 
+    def weight_bytes(self) -> int:
+        """Bytes of the learnables as stored: the maps' tensors (float32, or int8 with their
+        scales) and the biases; the normalisation statistics are not learnables."""
+        maps = self.weight_maps().values()
+        in_maps = {id(p) for m in maps for p in m.parameters()}
+        biases = sum(p.numel() * p.element_size() for p in self.parameters()
+                     if id(p) not in in_maps)
+        return biases + sum(m.stored_bytes() for m in maps)
+
     def macs_per_sample(self) -> int:
         """Multiply-accumulates of one streaming step (normalisation folded, so not counted)."""
         return sum(layer.macs() for layer in self.learnable_layers().values())

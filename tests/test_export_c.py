@@ -1,0 +1,149 @@
+"""`bsoc export --format c`: the generated C99, compiled with the system compiler, against the
+Python estimator step by step over a whole cycle, state carried from call to call."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from edge_models import ALL_KINDS, cycle_samples, estimator_of_kind, run_cli
+
+from bsoc.estimator import StreamSet
+from bsoc.export import measure
+from bsoc.export.measure import host_build, parse_run, sample_lines
+from bsoc.export.write import export_model
+from bsoc.nn.estimator import LstmSocEstimator
+
+CC = shutil.which("gcc") or shutil.which("cc")
+pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler (gcc or cc) on this machine")
+STRICT = ["-std=c99", "-O2", "-Wall", "-Wextra", "-pedantic", "-Werror"]
+
+
+def _export(estimator: LstmSocEstimator, tmp_path: Path) -> Path:
+    estimator.save(tmp_path / "model")
+    export_model(tmp_path / "model", tmp_path / "c", "c")
+    return tmp_path / "c"
+
+
+def _run_cycle(folder: Path, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """SOC per sample and the final state from the compiled ``run_cycle``."""
+    run = subprocess.run([str(host_build(folder))], input=sample_lines(samples),
+                         capture_output=True, text=True, check=True)
+    return parse_run(run.stdout)
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_c_library_computes_what_the_estimator_computes(
+    kind: str, tmp_path: Path, toy_dataset: Path,
+) -> None:
+    estimator = estimator_of_kind(kind)
+    samples = cycle_samples(toy_dataset)
+    soc, state = _run_cycle(_export(estimator, tmp_path), samples)
+    streams = StreamSet(estimator)
+    streamed = np.array([streams.step(row) for row in samples])
+    assert soc.shape == (len(samples),)
+    # int8 models: against bsoc's own int8 arithmetic, to float rounding
+    np.testing.assert_allclose(soc, estimator.predict(samples), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(soc, streamed, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(state, streams.states[0], atol=5e-5, rtol=0)
+    assert np.abs(state).max() > 0.1  # the state really moved
+
+
+def _sections(obj: Path) -> dict[str, int]:
+    out = subprocess.run(["size", "-A", obj.name], cwd=obj.parent, capture_output=True,
+                         text=True, check=True).stdout
+    rows = [line.split() for line in out.splitlines()[2:]]
+    return {row[0]: int(row[1]) for row in rows if len(row) == 3 and row[0].startswith(".")}
+
+
+@pytest.mark.skipif(shutil.which("size") is None, reason="binutils' size is not installed")
+@pytest.mark.parametrize("kind", ["lstm", "projected-lstm-int8"])
+def test_weights_are_read_only_and_ram_is_the_scratch_vectors(kind: str, tmp_path: Path) -> None:
+    estimator = estimator_of_kind(kind)
+    folder = _export(estimator, tmp_path)
+    subprocess.run([CC, *STRICT, "-c", "bsoc_model.c"], cwd=folder, check=True)
+    sections = _sections(folder / "bsoc_model.o")
+    read_only = sum(size for name, size in sections.items()
+                    if name.startswith((".rodata", ".data.rel.ro")))
+    assert estimator.weight_bytes() <= read_only <= estimator.weight_bytes() + 1024
+    assert sections.get(".data", 0) == 0
+    # scratch: the widest projection of an input, and of h (or h itself for a dense map)
+    scratch = {"lstm": 1 + 16, "projected-lstm-int8": 8 + 8}[kind]
+    assert sections[".bss"] == 4 * scratch
+
+
+def test_tanh_and_sigmoid_error_bound(tmp_path: Path) -> None:
+    """The library's own tanh (no libm): its error over the whole float range it sees."""
+    folder = _export(estimator_of_kind("lstm"), tmp_path)
+    (folder / "probe.c").write_text(
+        '#include <stdio.h>\n#include "bsoc_model.c"\n'
+        "int main(void) { for (int k = -200000; k <= 200000; ++k) { float x = k * 1e-4f;"
+        ' printf("%.9e %.9e %.9e\\n", (double)x, (double)bsoc_tanh(x),'
+        " (double)bsoc_sigmoid(x)); } return 0; }\n")
+    subprocess.run([CC, *STRICT, "probe.c", "-o", "probe"], cwd=folder, check=True)
+    out = subprocess.run(["./probe"], cwd=folder, capture_output=True, text=True, check=True)
+    x, tanh, sigmoid = np.loadtxt(out.stdout.splitlines()).T
+    assert x[0] == -20.0 and x[-1] == 20.0
+    assert np.abs(tanh - np.tanh(x)).max() < 5e-7
+    assert np.abs(sigmoid - 1 / (1 + np.exp(-x))).max() < 5e-7
+
+
+def test_cli_exports_c_with_a_readme(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    estimator_of_kind("projected-lstm-int8").save(tmp_path / "model")
+    code, out, err = run_cli(["export", str(tmp_path / "model"), "--format", "c", "--out",
+                              str(tmp_path / "c"), "--json"], capsys)
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["files"] == ["bsoc_model.h", "bsoc_model.c", "run_cycle.c", "README.md"]
+    header = (tmp_path / "c" / "bsoc_model.h").read_text()
+    assert "#define BSOC_STATE_SIZE 48" in header and "#define BSOC_WEIGHTS_INT8 1" in header
+    assert "float bsoc_step(bsoc_state *state, float voltage_v" in header
+    source = (tmp_path / "c" / "bsoc_model.c").read_text()
+    assert "malloc" not in source and "math.h" not in source
+    readme = (tmp_path / "c" / "README.md").read_text()
+    assert "bsoc_step(&cell_state" in readme and "192 bytes" in readme  # 48 floats of state
+    assert f"{record['weight_bytes']:,} bytes of weights" in readme
+
+
+def _skip_without(what: str) -> None:
+    missing = measure.missing_tools(what)
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (Debian: make edge-tools)")
+
+
+def test_cortex_m4_build_runs_on_qemu_as_in_python(tmp_path: Path, toy_dataset: Path) -> None:
+    _skip_without("qemu")
+    estimator = estimator_of_kind("projected-lstm-int8")
+    samples = cycle_samples(toy_dataset, 300)
+    soc, state = measure.qemu_run(_export(estimator, tmp_path), samples, timeout_s=120)
+    streams = StreamSet(estimator)
+    for row in samples:
+        streams.step(row)
+    np.testing.assert_allclose(soc, estimator.predict(samples), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(state, streams.states[0], atol=5e-5, rtol=0)
+
+
+def test_cortex_m4_flash_holds_the_weights_and_ram_the_state(tmp_path: Path) -> None:
+    _skip_without("cortex-m4")
+    estimator = estimator_of_kind("projected-lstm-int8")
+    sizes = measure.cortex_m4_sizes(_export(estimator, tmp_path), 48)
+    assert sizes["rodata"] >= estimator.weight_bytes() and sizes["data"] == 0
+    assert sizes["flash"] == sizes["text"] + sizes["rodata"]
+    assert sizes["ram"] == sizes["bss"] + 4 * 48 and sizes["bss"] == 4 * (8 + 8)
+
+
+def test_callgrind_counts_more_instructions_for_more_macs(tmp_path: Path,
+                                                          toy_dataset: Path) -> None:
+    _skip_without("callgrind")
+    samples = cycle_samples(toy_dataset, 50)
+    counts = {kind: measure.instructions_per_step(
+        _export(estimator_of_kind(kind), tmp_path / kind), samples)
+        for kind in ("lstm", "projected-lstm")}
+    macs = {kind: estimator_of_kind(kind).macs_per_sample() for kind in counts}
+    assert macs["projected-lstm"] < macs["lstm"]
+    assert counts["projected-lstm"] < counts["lstm"]
+    assert all(count > macs[kind] for kind, count in counts.items())  # at least one per MAC

@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from seed_spread import spread  # beside this script: run as benchmarks/training_ablation.py
 
 from bsoc.bench.machine import machine_info
 from bsoc.data.augment import SensorAugmentation
@@ -115,15 +115,6 @@ def run_variant(data: Dataset, variant: str, seed: int, base: TrainConfig,
     }
 
 
-def _cell(values: list[float | None], digits: int = 2) -> str:
-    present = [v for v in values if v is not None]
-    if not present:
-        return "–"
-    if len(present) == 1:
-        return f"{present[0]:.{digits}f}"
-    return f"{np.mean(present):.{digits}f} ± {np.std(present, ddof=1):.{digits}f}"
-
-
 def table(runs: list[dict[str, Any]]) -> str:
     """Markdown: one row per variant, mean ± sample standard deviation over its seeds."""
     header = ("| variant | seeds | best epoch | val RMSE | test RMSE | test cold start | "
@@ -134,15 +125,15 @@ def table(runs: list[dict[str, Any]]) -> str:
         mine = [run for run in runs if run["variant"] == variant]
         test = [run["test"] for run in mine]
         lines.append(" | ".join([
-            f"| {variant}", str(len(mine)), _cell([r["best_epoch"] for r in mine], 0),
-            _cell([r["val"]["rmse_pct"] for r in mine]) + " %",
-            _cell([t["rmse_pct"] for t in test]) + " %",
-            _cell([t["cold_start_rmse_pct"] for t in test]) + " %",
-            _cell([t["degraded_rmse_pct"] for t in test]) + " %",
-            _cell([t["mae_25c_pct"] for t in test]) + " %",
-            _cell([t["rmse_by_temperature_pct"].get("-20") for t in test]) + " %",
-            _cell([t["cold_start_median_convergence_s"] for t in test], 0) + " s",
-            (_cell([t["cold_start_not_converged"] for t in test], 1)
+            f"| {variant}", str(len(mine)), spread([r["best_epoch"] for r in mine], 0),
+            spread([r["val"]["rmse_pct"] for r in mine]) + " %",
+            spread([t["rmse_pct"] for t in test]) + " %",
+            spread([t["cold_start_rmse_pct"] for t in test]) + " %",
+            spread([t["degraded_rmse_pct"] for t in test]) + " %",
+            spread([t["mae_25c_pct"] for t in test]) + " %",
+            spread([t["rmse_by_temperature_pct"].get("-20") for t in test]) + " %",
+            spread([t["cold_start_median_convergence_s"] for t in test], 0) + " s",
+            (spread([t["cold_start_not_converged"] for t in test], 1)
              + f" of {test[0]['cycles']} |"),
         ]))
     return "\n".join(lines)

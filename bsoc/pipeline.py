@@ -108,15 +108,15 @@ def plan_steps(plan: PipelinePlan) -> list[Step]:
     lstm, projected, svd = models / "lstm", models / "projected", models / "svd"
     projected_ft, svd_ft, ekf = models / "projected-ft", models / "svd-ft", models / "ekf"
     sweep = plan.report / "sweep"
+    seed = ["--seed", str(plan.seed)]
     steps = []
     if plan.simulate:
         steps.append(Step("simulate", plan.data, ["data", "simulate", "--profile", profile,
-                                                  "--seed", str(plan.seed), "--out", data],
+                                                  *seed, "--out", data],
                           artefact="manifest.json"))
     steps.append(Step("inspect data", plan.report / "data",
                       ["data", "inspect", data, "--out", str(plan.report / "data")], [plan.data],
                       artefact="summary.json", takes_force=False))
-    seed = ["--seed", str(plan.seed)]
     # fine-tuning inherits the threads from the model's recorded training
     threads = [] if plan.threads is None else ["--threads", str(plan.threads)]
     train = Step("train", lstm, ["train", "--data", data, "--out", str(lstm), "--profile",

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from bsoc import __version__
-from bsoc.compress.neuron_pca import NeuronPCA
-from bsoc.compress.project import Goal, compress_with_basis
+from bsoc.compress.goals import Goal, compress_with_basis
+from bsoc.compress.projection import NeuronPCA
 from bsoc.compress.workflow import validation_metrics
 from bsoc.data.dataset import Dataset
 from bsoc.errors import ConfigError
@@ -42,14 +42,14 @@ class MeanDropped:
     def __init__(self, pca: NeuronPCA) -> None:
         self.pca = pca
 
-    def curve(self, slot: str) -> np.ndarray:
-        return self.pca.curve(slot)
+    def curve(self, site: str) -> np.ndarray:
+        return self.pca.curve(site)
 
-    def projector(self, slot: str, rank: int) -> np.ndarray:
-        return self.pca.projector(slot, rank)
+    def projector(self, site: str, rank: int) -> np.ndarray:
+        return self.pca.projector(site, rank)
 
-    def offset(self, slot: str) -> np.ndarray:
-        return np.zeros_like(self.pca.mean_[slot])
+    def offset(self, site: str) -> np.ndarray:
+        return np.zeros_like(self.pca.mean_[site])
 
 
 def _compare(network: SocNetwork, data: Dataset, bases: dict[str, Any],

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from bsoc.cli import main
-from bsoc.compress.maps import ProjectedMap
-from bsoc.compress.project import Goal
+from bsoc.compress.goals import Goal
+from bsoc.compress.projection import absorb
 from bsoc.compress.quantize import quantize_network
 from bsoc.compress.svd import compress_network_using_svd
 from bsoc.data.dataset import Dataset
@@ -40,7 +40,7 @@ def _projected(network: SocNetwork, seed: int) -> SocNetwork:
         weight = layer_map.dense_weight().detach().double().numpy()
         rank = max(1, layer_map.in_features // 2)
         basis, _ = np.linalg.qr(rng.normal(size=(layer_map.in_features, rank)))
-        network.set_map(address, ProjectedMap.absorb(weight, basis))
+        network.set_map(address, absorb(weight, basis))
     return network
 
 

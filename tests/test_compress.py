@@ -8,14 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from bsoc.compress.goals import Goal, compress_network_using_projection, rank_for_level
 from bsoc.compress.maps import LowRankMap, ProjectedMap
-from bsoc.compress.neuron_pca import NeuronPCA
-from bsoc.compress.project import (
-    Goal,
-    compress_network_using_projection,
-    folded_bias,
-    rank_for_level,
-)
+from bsoc.compress.projection import NeuronPCA, absorb, folded_bias, project_layer
 from bsoc.compress.svd import SvdBasis, compress_network_using_svd
 from bsoc.compress.unpack import unpack_network
 from bsoc.data.dataset import Dataset
@@ -94,6 +89,34 @@ def test_full_rank_projection_computes_the_original_network(mean_handling: str) 
         np.testing.assert_allclose(compressed, original, atol=1e-5, rtol=0)
 
 
+def test_projected_lstm_layer_holds_the_articles_absorbed_weights_and_folded_bias() -> None:
+    """W_in = W Q_in, W_rec = R Q_out and
+    b' = b + W (I - Q_in Q_in^T) mu_in + R (I - Q_out Q_out^T) mu_out, read back from the layer."""
+    rng = np.random.default_rng(11)
+    layer = _network().lstm_2
+    w = layer.input_weights.detach().double().numpy()  # (4H, a)
+    r = layer.recurrent_weights.detach().double().numpy()  # (4H, H)
+    b = layer.bias.detach().double().numpy()
+    q_in, _ = np.linalg.qr(rng.normal(size=(layer.input_size, 5)))
+    q_out, _ = np.linalg.qr(rng.normal(size=(layer.hidden_size, 3)))
+    mu_in, mu_out = rng.normal(size=layer.input_size), rng.normal(size=layer.hidden_size)
+    project_layer(layer, {"input": (q_in, mu_in), "output": (q_out, mu_out)})
+    weights = {name: p.detach().double().numpy() for name, p in layer.named_parameters()}
+    np.testing.assert_allclose(weights["input_map.weights"], w @ q_in, atol=1e-6)
+    np.testing.assert_allclose(weights["recurrent_map.weights"], r @ q_out, atol=1e-6)
+    np.testing.assert_allclose(weights["input_map.projector"], q_in, atol=1e-7)
+    np.testing.assert_allclose(weights["recurrent_map.projector"], q_out, atol=1e-7)
+    folded = (b + w @ (np.eye(len(mu_in)) - q_in @ q_in.T) @ mu_in
+              + r @ (np.eye(len(mu_out)) - q_out @ q_out.T) @ mu_out)
+    np.testing.assert_allclose(weights["bias"], folded, atol=1e-5)
+    x, h = rng.normal(size=(4, layer.input_size)), rng.normal(size=(4, layer.hidden_size))
+    with torch.no_grad():
+        gates = (layer.input_map(torch.from_numpy(x).float())
+                 + layer.recurrent_map(torch.from_numpy(h).float()) + layer.bias).double().numpy()
+    np.testing.assert_allclose(gates, (x @ q_in) @ (w @ q_in).T + (h @ q_out) @ (r @ q_out).T
+                               + folded, atol=1e-4)
+
+
 def test_streamed_pca_equals_numpy_on_all_activations_and_is_deterministic() -> None:
     network, data = _network(), _sequences()
     # small batches and chunks: padding and carried states must not change the sums
@@ -143,7 +166,7 @@ def test_each_mean_handling_is_exact_on_an_offset_plus_a_kept_rank_component(
 
     def projected(kept: int) -> np.ndarray:
         q = pca.projector("s", kept)
-        layer_map = ProjectedMap.absorb(weight, q).double()
+        layer_map = absorb(weight, q).double()
         with torch.no_grad():
             mapped = layer_map(torch.from_numpy(activations)).numpy()
         return mapped + bias + folded_bias(weight, q, pca.offset("s"))

@@ -55,8 +55,8 @@ RANKS = {"lstm_1": (2, 5), "lstm_2": (5, 3)}
 
 
 def _compressed(directory: Path, kind: str) -> Path:
-    from bsoc.compress.neuron_pca import NeuronPCA
-    from bsoc.compress.project import Goal, compress_network_using_projection
+    from bsoc.compress.goals import Goal, compress_network_using_projection
+    from bsoc.compress.projection import NeuronPCA
     from bsoc.compress.svd import compress_network_using_svd
     from bsoc.nn.estimator import LstmSocEstimator
 

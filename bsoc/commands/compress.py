@@ -32,7 +32,7 @@ def _pca_progress(bar: Any, description: str) -> Any:
 
 def _goal(explained_variance: float | None, learnables_reduction: float | None,
           ranks: list[str] | None) -> Any:
-    from bsoc.compress.project import Goal
+    from bsoc.compress.goals import Goal
 
     parsed = Goal.parse_ranks(ranks).ranks if ranks else None
     return Goal(explained_variance=explained_variance, learnables_reduction=learnables_reduction,

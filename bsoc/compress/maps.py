@@ -3,7 +3,8 @@
 A projected map computes ``x -> W_in (Q^T x)`` with
 
 * ``projector`` Q (in, rank): orthonormal eigen-neurons of the map's *input* neurons;
-* ``weights`` W_in (out, rank) = W Q, the original weights with the projection absorbed.
+* ``weights`` W_in (out, rank) = W Q, the original weights with the projection absorbed
+  (:func:`bsoc.compress.projection.absorb`).
 
 On row vectors that is the factor chain ``x @ Q @ W_in^T`` (:class:`~bsoc.nn.layers.WeightMap`),
 so the streaming kernel applies the two thin factors in sequence and never re-densifies.
@@ -39,13 +40,12 @@ class ProjectedMap(WeightMap):
         self.weights = nn.Parameter(torch.zeros(out_features, rank))
 
     @classmethod
-    def absorb(cls, weight: np.ndarray, projector: np.ndarray) -> ProjectedMap:
-        """The map ``W Q Q^T`` from a dense ``weight`` (out, in) and a projector Q (in, rank)."""
-        out_features, in_features = weight.shape
-        layer_map = cls(in_features, out_features, projector.shape[1])
+    def from_arrays(cls, projector: np.ndarray, weights: np.ndarray) -> ProjectedMap:
+        """The map with ``projector`` (in, rank) and ``weights`` (out, rank), stored as float32."""
+        layer_map = cls(projector.shape[0], weights.shape[0], projector.shape[1])
         with torch.no_grad():
             layer_map.projector.copy_(torch.from_numpy(projector.astype(np.float32)))
-            layer_map.weights.copy_(torch.from_numpy((weight @ projector).astype(np.float32)))
+            layer_map.weights.copy_(torch.from_numpy(weights.astype(np.float32)))
         return layer_map
 
     def factors(self) -> list[Tensor]:

@@ -1,9 +1,9 @@
 """The data-free baseline: truncated SVD of each weight matrix (W and R separately).
 
 ``W ~ U_k S_k V_k^T = W V_k V_k^T``: truncated SVD is a projection of the map's input onto
-the weight's top-k right-singular vectors. So the baseline is the projection machinery of
-:mod:`bsoc.compress.project` with a different basis, and at the same ranks it has exactly
-the same learnables as the projected network. The two differ only in *which* subspace
+the weight's top-k right-singular vectors. So the baseline is the projection machinery
+(:mod:`bsoc.compress.goals`, :mod:`bsoc.compress.projection`) with a different basis, and at
+the same ranks it has exactly the same learnables as the projected network. The two differ only in *which* subspace
 they keep: SVD keeps the directions the weights amplify most, neuron PCA the directions
 the data actually excites (the projection article's argument).
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from bsoc.compress.maps import LowRankMap
-from bsoc.compress.project import CompressionRecord, Goal, compress_with_basis, layer_slots
+from bsoc.compress.goals import CompressionRecord, Goal, compress_with_basis, layer_maps
 from bsoc.nn.network import SocNetwork
 
 
@@ -29,25 +29,25 @@ class SvdBasis:
         self._curves: dict[str, np.ndarray] = {}
         for layer in network.learnable_layers():
             module = network.get_submodule(layer)
-            for suffix, role in layer_slots(network, layer):
+            for role, reads in layer_maps(network, layer).items():
                 weight = getattr(module, role).dense_weight().detach().double().numpy()  # (out, in)
                 _, singular, vt = np.linalg.svd(weight, full_matrices=True)
                 energy = np.zeros(weight.shape[1])
                 energy[: len(singular)] = singular**2
                 cumulative = np.cumsum(energy)
-                slot = f"{layer}.{suffix}"
-                self._vectors[slot] = vt.T  # (in, in), columns by falling singular value
-                self._curves[slot] = (cumulative / cumulative[-1] if cumulative[-1] > 0
+                site = f"{layer}.{reads}"
+                self._vectors[site] = vt.T  # (in, in), columns by falling singular value
+                self._curves[site] = (cumulative / cumulative[-1] if cumulative[-1] > 0
                                       else np.ones_like(cumulative))
 
-    def curve(self, slot: str) -> np.ndarray:
-        return self._curves[slot]
+    def curve(self, site: str) -> np.ndarray:
+        return self._curves[site]
 
-    def projector(self, slot: str, rank: int) -> np.ndarray:
-        return self._vectors[slot][:, :rank]
+    def projector(self, site: str, rank: int) -> np.ndarray:
+        return self._vectors[site][:, :rank]
 
-    def offset(self, slot: str) -> np.ndarray:
-        return np.zeros(self._vectors[slot].shape[0])
+    def offset(self, site: str) -> np.ndarray:
+        return np.zeros(self._vectors[site].shape[0])
 
 
 def compress_network_using_svd(

@@ -13,15 +13,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bsoc.compress.neuron_pca import MeanHandling, NeuronPCA, site_aliases
-from bsoc.compress.project import (
+from bsoc.compress.activations import site_aliases
+from bsoc.compress.goals import (
     CompressionRecord,
     Goal,
     compress_network_using_projection,
-    layer_slots,
+    layer_maps,
     plan_layer,
     rank_for_level,
 )
+from bsoc.compress.projection import MeanHandling, NeuronPCA
 from bsoc.compress.svd import compress_network_using_svd
 from bsoc.data.dataset import Dataset
 from bsoc.errors import ConfigError
@@ -127,15 +128,15 @@ def analyze(network: SocNetwork, pca: NeuronPCA,
     totals = {str(level): network.learnables() for level in levels}
     for layer in network.learnable_layers():
         module = network.get_submodule(layer)
-        slots = layer_slots(network, layer)
+        maps = layer_maps(network, layer)
         entry: dict[str, Any] = {
             "layer": layer, "learnables": sum(p.numel() for p in module.parameters()),
-            "neurons": {suffix: getattr(module, role).in_features for suffix, role in slots},
+            "neurons": {reads: getattr(module, role).in_features for role, reads in maps.items()},
             "levels": {},
         }
         for level in levels:
-            ranks = {suffix: rank_for_level(pca.curve(f"{layer}.{suffix}"), level)
-                     for suffix, _ in slots}
+            ranks = {reads: rank_for_level(pca.curve(f"{layer}.{reads}"), level)
+                     for reads in maps.values()}
             plan = plan_layer(network, layer, ranks)
             entry["levels"][str(level)] = {"ranks": ranks, "learnables": plan.learnables_projected,
                                            "projected": plan.projected}

@@ -143,6 +143,10 @@ class Lstm(nn.Module):
     ``recurrent_weights`` (4H, H) = ``recurrent_map.weights``, ``bias`` (4H). Other maps
     bring their own parameters (e.g. projectors).
 
+    :attr:`map_reads` names what each map reads: ``input_map`` the layer's input x_t,
+    ``recurrent_map`` its own output h_{t-1}. Compression projects each map onto the
+    principal components of exactly that activation.
+
     Speed: :meth:`forward` runs PyTorch's fused LSTM kernel (a C++ time loop, about 5x
     faster than a Python loop for training on CPU) with the maps' equivalent dense
     matrices and ``bias`` (its second bias is a constant zero), which is the same function
@@ -150,6 +154,8 @@ class Lstm(nn.Module):
     and :meth:`scan` loops it; tests pin the fused path to it, so gate order and bias
     handling cannot drift.
     """
+
+    map_reads: ClassVar[dict[str, str]] = {"input_map": "input", "recurrent_map": "output"}
 
     def __init__(
         self,
@@ -168,14 +174,14 @@ class Lstm(nn.Module):
                                                        init_scale=init)
         self.bias = nn.Parameter(torch.empty(4 * hidden_size).uniform_(-init, init))
         self.register_buffer("_zero_bias", torch.zeros(4 * hidden_size), persistent=False)
-        for role in ("input_map", "recurrent_map"):
+        for role in self.map_reads:
             self._check_map(role, getattr(self, role))
 
     def _check_map(self, role: str, layer_map: WeightMap) -> None:
-        widths = {"input_map": self.input_size, "recurrent_map": self.hidden_size}
-        if role not in widths:
-            raise ValueError(f"an LSTM layer has input_map and recurrent_map, not {role!r}")
-        _check_shape(role, layer_map, widths[role], 4 * self.hidden_size)
+        if role not in self.map_reads:
+            raise ValueError(f"an LSTM layer has {' and '.join(self.map_reads)}, not {role!r}")
+        width = self.input_size if self.map_reads[role] == "input" else self.hidden_size
+        _check_shape(role, layer_map, width, 4 * self.hidden_size)
 
     def set_map(self, role: str, layer_map: WeightMap) -> None:
         """Swap ``input_map`` or ``recurrent_map`` (e.g. for its projected equivalent)."""
@@ -231,6 +237,8 @@ class Lstm(nn.Module):
 class FullyConnected(nn.Module):
     """``y = weight_map(x) + bias``; learnables ``weights`` (out, in) and ``bias`` (out)."""
 
+    map_reads: ClassVar[dict[str, str]] = {"weight_map": "input"}  # as :attr:`Lstm.map_reads`
+
     def __init__(
         self, in_features: int, out_features: int, *, weight_map: WeightMap | None = None
     ) -> None:
@@ -242,7 +250,7 @@ class FullyConnected(nn.Module):
 
     def set_map(self, role: str, layer_map: WeightMap) -> None:
         """Swap ``weight_map`` (same interface as :meth:`Lstm.set_map`)."""
-        if role != "weight_map":
+        if role not in self.map_reads:
             raise ValueError(f"a fully connected layer has weight_map, not {role!r}")
         _check_shape(role, layer_map, self.in_features, self.out_features)
         self.weight_map = layer_map

@@ -1,26 +1,24 @@
-"""Neuron PCA: the covariance of every projectable layer's neurons, eigen-decomposed.
+"""Projection of an LSTM network onto its neurons' principal components: the article's maths.
 
-For each layer the network is run over representative data (the training split's whole
-cycles, from a zero state, as it runs live) and the activations are reduced on the fly
-to float64 sums (count, sum, sum of outer products): memory is O(neurons^2), never
-O(samples). Sites, per layer:
+For an LSTM layer with input x (a neurons) and hidden state h (H neurons), over all time
+steps of the training split:
 
-* ``lstm_k.input``  the inputs x_t of LSTM layer k (normalised features for k = 1);
-* ``lstm_k.output`` its hidden states h_t (what its recurrent weights see as h_{t-1});
-* ``fc.input``      the inputs of the fully connected layer.
+1. **moments**: per activation, the float64 count, sum and sum of outer products, streamed
+   (memory O(neurons^2), never O(samples); :class:`Moments`);
+2. **eigh**: ``C = E[x x^T] - mu mu^T`` decomposed, eigenvectors by falling eigenvalue;
+3. **projectors**: ``Q`` = the top-b eigenvectors (a x b), b from an explained-variance goal
+   (:mod:`bsoc.compress.goals` chooses it);
+4. **absorbed weights**: ``W_in = W Q_in`` (4H x b_in), ``W_rec = R Q_out`` (4H x b_out), so
+   ``gates = W_in (Q_in^T x_t) + W_rec (Q_out^T h_{t-1}) + b'`` and the layer keeps its width;
+5. **the mean folded into the bias**: projecting around the mean, ``x ~ mu + Q Q^T (x - mu)``,
+   leaves the constant ``b' = b + W (I - Q_in Q_in^T) mu_in + R (I - Q_out Q_out^T) mu_out``.
 
-In evaluation mode dropout is the identity, so ``lstm_{k+1}.input`` *is* ``lstm_k.output``
-and ``fc.input`` is the last LSTM's output: each distinct activation is accumulated once
-and shared by its aliases (MATLAB's Table 1 has the same rank, 11, for both).
+The fully connected layer likewise: ``y = (W Q)(Q^T x) + b + W (I - Q Q^T) mu``. With every
+eigenvector kept, ``Q Q^T = I`` and the projected network is the original one.
 
-The mean matters: LSTM hidden states have a large non-zero mean. Two ways keep it
-(``mean_handling``; ``benchmarks/mean_handling.py`` compares them):
-
-* ``"fold-into-bias"`` (default): eigen-decompose the centred covariance and project
-  around the mean, ``x ~ mu + Q Q^T (x - mu)``; the constant ``W (I - Q Q^T) mu`` goes
-  into the layer's bias (:meth:`NeuronPCA.offset` returns ``mu``);
-* ``"second-moment"``: eigen-decompose ``E[x x^T]`` so the mean direction is one of the
-  kept eigen-neurons; nothing is added to the bias (:meth:`NeuronPCA.offset` is zero).
+``mean_handling="second-moment"`` decomposes ``E[x x^T]`` instead, so the mean direction is
+one of the kept eigen-neurons and nothing is folded (``benchmarks/mean_handling.py``
+compares the two).
 """
 
 from __future__ import annotations
@@ -30,7 +28,10 @@ from typing import Literal
 
 import numpy as np
 import torch
+from torch import nn
 
+from bsoc.compress.activations import site_aliases, site_widths, stream_activations
+from bsoc.compress.maps import ProjectedMap
 from bsoc.data.schema import Cycle
 from bsoc.data.windows import SequenceSet
 from bsoc.errors import ConfigError
@@ -40,19 +41,7 @@ MeanHandling = Literal["fold-into-bias", "second-moment"]
 MEAN_HANDLINGS: tuple[str, ...] = ("fold-into-bias", "second-moment")
 
 
-def site_aliases(network: SocNetwork) -> dict[str, str]:
-    """Every site -> the distinct activation it reads (``lstm_2.input`` -> ``lstm_1.output``)."""
-    names = network.lstm_names
-    aliases = {f"{names[0]}.input": f"{names[0]}.input"}
-    for k, name in enumerate(names):
-        aliases[f"{name}.output"] = f"{name}.output"
-        if k > 0:
-            aliases[f"{name}.input"] = f"{names[k - 1]}.output"
-    aliases["fc.input"] = f"{names[-1]}.output"
-    return aliases
-
-
-class _Moments:
+class Moments:
     """Streamed float64 count, sum and sum of outer products of row vectors."""
 
     def __init__(self, width: int) -> None:
@@ -70,11 +59,10 @@ class _Moments:
 class NeuronPCA:
     """Eigen-neurons of each projectable layer (scikit-learn style: ``fit`` returns self).
 
-    Learned state, each a dict keyed by site name (:func:`site_aliases`):
+    Learned state, each a dict keyed by site (:func:`~bsoc.compress.activations.site_aliases`):
     ``mean_`` (a,), ``covariance_`` (a, a) (the matrix decomposed: centred covariance or
-    second moment, by ``mean_handling``), ``eigenvalues_`` (a,) descending,
-    ``components_`` (a, a) with eigenvector k in column k, ``explained_variance_ratio_`` (a,);
-    and ``n_samples_``, the time steps seen.
+    second moment), ``eigenvalues_`` (a,) descending, ``components_`` (a, a) with eigenvector
+    k in column k, ``explained_variance_ratio_`` (a,); and ``n_samples_``, the time steps seen.
     """
 
     def __init__(self, mean_handling: MeanHandling = "fold-into-bias", *, batch_size: int = 8,
@@ -83,33 +71,26 @@ class NeuronPCA:
         self.batch_size = batch_size
         self.chunk_steps = chunk_steps
 
-    # -- fitting ---------------------------------------------------------------------------------
     def fit(self, network: SocNetwork, data: list[Cycle] | SequenceSet,
             on_progress: Callable[[int, int], None] | None = None) -> NeuronPCA:
-        """Run ``network`` (eval mode) over every sequence of ``data`` and decompose.
-
-        Sequences are batched by length and run in time chunks of ``chunk_steps`` with the
-        LSTM states carried over, so memory stays bounded on long cycles. Deterministic:
-        fixed order, float64 sums. ``on_progress(done, total)`` counts time steps.
-        """
+        """Moments of every activation of ``network`` (eval mode) over ``data``, decomposed."""
         self._check_params()
         sequences = data if isinstance(data, SequenceSet) else SequenceSet.from_cycles(data)
         if len(sequences) == 0:
             raise ConfigError("neuron PCA needs at least one sequence",
                               remedy="give it the training split (or a non-empty subset)")
-        aliases = site_aliases(network)
-        widths = {}
-        for name in network.lstm_names:
-            lstm = network.get_submodule(name)
-            widths[f"{name}.input"], widths[f"{name}.output"] = lstm.input_size, lstm.hidden_size
-        moments = {source: _Moments(widths[source]) for source in sorted(set(aliases.values()))}
+        moments = {source: Moments(width) for source, width in site_widths(network).items()}
         was_training = network.training
         network.eval()
         try:
-            self._stream(network, sequences, moments, on_progress)
+            for chunk in stream_activations(network, sequences, batch_size=self.batch_size,
+                                            chunk_steps=self.chunk_steps,
+                                            on_progress=on_progress):
+                for source, rows in chunk.items():
+                    moments[source].add(rows)
         finally:
             network.train(was_training)
-        self._decompose({site: moments[source] for site, source in aliases.items()})
+        self._decompose({site: moments[source] for site, source in site_aliases(network).items()})
         return self
 
     def fit_arrays(self, activations: dict[str, np.ndarray]) -> NeuronPCA:
@@ -122,7 +103,7 @@ class NeuronPCA:
                 raise ConfigError(
                     f"activations of {site!r} must be (N >= 2, neurons), got {rows.shape}",
                     remedy="pass one row per observation")
-            moments[site] = _Moments(rows.shape[1])
+            moments[site] = Moments(rows.shape[1])
             moments[site].add(rows)
         self._decompose(moments)
         return self
@@ -135,48 +116,7 @@ class NeuronPCA:
             raise ConfigError("batch_size and chunk_steps must be positive",
                               remedy="e.g. 8 and 2048")
 
-    def _stream(self, network: SocNetwork, sequences: SequenceSet,
-                moments: dict[str, _Moments],
-                on_progress: Callable[[int, int], None] | None) -> None:
-        captured: dict[str, torch.Tensor] = {}
-
-        def keep_input(name: str) -> Callable:
-            return lambda module, args, output: captured.__setitem__(f"{name}.input", args[0])
-
-        def keep_output(name: str) -> Callable:
-            return lambda module, args, output: captured.__setitem__(f"{name}.output", output[0])
-
-        first = network.lstm_names[0]
-        hooks = [network.get_submodule(first).register_forward_hook(keep_input(first))]
-        hooks += [network.get_submodule(n).register_forward_hook(keep_output(n))
-                  for n in network.lstm_names]
-        order = np.argsort(-sequences.lengths, kind="stable")  # similar lengths share a batch
-        total, done = int(sequences.lengths.sum()), 0
-        try:
-            with torch.inference_mode():
-                for start in range(0, len(order), self.batch_size):
-                    batch = order[start : start + self.batch_size]
-                    lengths = sequences.lengths[batch]
-                    x = np.zeros((len(batch), int(lengths.max()), sequences.features[0].shape[1]),
-                                 np.float32)
-                    for row, index in enumerate(batch):
-                        x[row, : lengths[row]] = sequences.features[index]
-                    states = None
-                    for t0 in range(0, x.shape[1], self.chunk_steps):
-                        chunk = torch.from_numpy(x[:, t0 : t0 + self.chunk_steps])  # (B, T, 3)
-                        _, states = network(chunk, states)
-                        steps = t0 + np.arange(chunk.shape[1])
-                        valid = steps[None, :] < lengths[:, None]  # (B, T): not padding
-                        for source, accumulator in moments.items():
-                            accumulator.add(captured[source].numpy()[valid])
-                        done += int(valid.sum())
-                        if on_progress is not None:
-                            on_progress(done, total)
-        finally:
-            for hook in hooks:
-                hook.remove()
-
-    def _decompose(self, moments: dict[str, _Moments]) -> None:
+    def _decompose(self, moments: dict[str, Moments]) -> None:
         self.mean_, self.covariance_, self.eigenvalues_ = {}, {}, {}
         self.components_, self.explained_variance_ratio_ = {}, {}
         self.n_samples_ = max(m.count for m in moments.values())
@@ -199,7 +139,6 @@ class NeuronPCA:
             self.eigenvalues_[site], self.components_[site] = values, vectors
             self.explained_variance_ratio_[site] = ratio
 
-    # -- using the fit -----------------------------------------------------------------------------
     @property
     def sites(self) -> list[str]:
         return list(self._fitted().explained_variance_ratio_)
@@ -231,3 +170,31 @@ class NeuronPCA:
         """Where the projection is centred: the mean (fold-into-bias) or zero (second moment)."""
         mean = self.mean_[self._site(site)]
         return mean if self.mean_handling == "fold-into-bias" else np.zeros_like(mean)
+
+
+def absorb(weight: np.ndarray, projector: np.ndarray,
+           map_class: type[ProjectedMap] = ProjectedMap) -> ProjectedMap:
+    """The map ``x -> (W Q)(Q^T x)`` from ``weight`` W (out, in) and a projector Q (in, rank)."""
+    return map_class.from_arrays(projector, weight @ projector)
+
+
+def folded_bias(weight: np.ndarray, projector: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """``W (I - Q Q^T) mu``: what projecting around ``mu`` removes from ``W x``, for the bias."""
+    return weight @ (offset - projector @ (projector.T @ offset))
+
+
+def project_layer(layer: nn.Module, projections: dict[str, tuple[np.ndarray, np.ndarray]],
+                  map_class: type[ProjectedMap] = ProjectedMap) -> None:
+    """Project every map of ``layer`` in place: ``W_in = W Q_in``, ``W_rec = R Q_out``, ``b'``.
+
+    ``projections`` holds ``(Q, mu)`` per activation the layer's maps read (its
+    ``map_reads``: ``"input"`` for x, ``"output"`` for h), in float64.
+    """
+    bias = layer.bias.detach().double().numpy().copy()
+    for role, reads in layer.map_reads.items():
+        weight = getattr(layer, role).dense_weight().detach().double().numpy()  # W or R (4H, in)
+        projector, offset = projections[reads]
+        bias += folded_bias(weight, projector, offset)
+        layer.set_map(role, absorb(weight, projector, map_class))
+    with torch.no_grad():
+        layer.bias.copy_(torch.from_numpy(bias.astype(np.float32)))

@@ -1,22 +1,17 @@
-"""Compress a network by projection: goals, ranks, the learnables count, absorbing projectors.
+"""Compression goals: which ranks a goal asks for, what they cost, and the record of it.
 
-A layer is projected map by map. Each map ``x -> W x`` of a *slot* (``lstm_k.input``: the
-input weights; ``lstm_k.output``: the recurrent weights, which read the layer's own hidden
-state; ``fc.input``) becomes ``W_in (Q^T x)`` with ``W_in = W Q`` (absorbed, nothing
-re-learnt), and the constant the projection removes, ``W (I - Q Q^T) mu``, is added to the
-layer's bias (zero when the basis is not centred). The cell equations are untouched: the
-layer keeps its class and width, only its maps change (:mod:`bsoc.nn.layers`).
+Ranks come from a :class:`Goal`, as MATLAB's ``compressNetworkUsingProjection`` offers:
 
-The basis comes from a :class:`Basis`: neuron PCA (this module, the product) or the
-weights' own SVD (:mod:`bsoc.compress.svd`, the data-free baseline). Ranks come from a
-:class:`Goal`, as MATLAB's ``compressNetworkUsingProjection`` offers:
-
-* explained variance: per slot, the smallest rank whose cumulative ratio meets the level;
+* explained variance: per site, the smallest rank whose cumulative ratio meets the level;
 * learnables reduction: the single level (searched over every breakpoint of every curve,
   highest first) whose ranks bring the whole network to the requested size;
-* explicit ranks per layer, e.g. ``lstm_1=(3, 11)``.
+* explicit ranks per layer, e.g. ``lstm_1=(3, 11)`` (one rank per map, in the order of
+  the layer's ``map_reads``: input, then output).
 
-A layer whose ranks would not reduce its learnables is left as it is, and the record says so.
+The ranks' projectors come from a :class:`Basis`: neuron PCA (the product,
+:mod:`bsoc.compress.projection`, which also applies them) or the weights' own SVD
+(:mod:`bsoc.compress.svd`, the data-free baseline). A layer whose ranks would not reduce
+its learnables is left as it is, and the record says so.
 """
 
 from __future__ import annotations
@@ -27,29 +22,24 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 from torch import nn
 
 from bsoc.compress.maps import ProjectedMap
-from bsoc.compress.neuron_pca import NeuronPCA
+from bsoc.compress.projection import NeuronPCA, project_layer
 from bsoc.errors import ConfigError
 from bsoc.nn.network import SocNetwork
 
-# slot suffix -> the map it compresses, per layer type
-_LSTM_SLOTS = (("input", "input_map"), ("output", "recurrent_map"))
-_FC_SLOTS = (("input", "weight_map"),)
-
 
 class Basis(Protocol):
-    """Where projectors come from: a spectrum per slot, its top vectors, the centring point."""
+    """Where projectors come from: a spectrum per site, its top vectors, the centring point."""
 
-    def curve(self, slot: str) -> np.ndarray:
+    def curve(self, site: str) -> np.ndarray:
         """Cumulative kept fraction by rank (index r-1 -> rank r), ending at 1."""
 
-    def projector(self, slot: str, rank: int) -> np.ndarray:
+    def projector(self, site: str, rank: int) -> np.ndarray:
         """Orthonormal columns Q (in, rank)."""
 
-    def offset(self, slot: str) -> np.ndarray:
+    def offset(self, site: str) -> np.ndarray:
         """Point the projection is centred on (zero for an uncentred basis)."""
 
 
@@ -110,14 +100,14 @@ class Goal:
 
 @dataclass
 class LayerPlan:
-    """What happens to one layer: its ranks per slot, its size before/after, or why it stays.
+    """What happens to one layer: its ranks per map, its size before/after, or why it stays.
 
-    ``explained_variance_kept`` (per slot, once applied) is the basis curve at the rank: the
+    ``explained_variance_kept`` (per map, once applied) is the basis curve at the rank: the
     neurons' variance kept for neuron PCA, the squared-singular-value energy kept for SVD.
     """
 
     layer: str
-    ranks: dict[str, int]  # slot suffix ("input", "output") -> rank
+    ranks: dict[str, int]  # the activation a map reads ("input", "output") -> rank
     learnables_before: int
     learnables_projected: int
     projected: bool
@@ -161,11 +151,11 @@ class CompressionRecord:
 
     def to_json(self) -> dict[str, Any]:
         curves = {}
-        for slot, curve in self.curves.items():
-            layer, _, suffix = slot.partition(".")
+        for site, curve in self.curves.items():
+            layer, _, reads = site.partition(".")
             plan = self.plans.get(layer)
-            rank = plan.ranks.get(suffix) if plan is not None and plan.projected else None
-            curves[slot] = {"explained_variance_curve": [round(float(v), 7) for v in curve],
+            rank = plan.ranks.get(reads) if plan is not None and plan.projected else None
+            curves[site] = {"explained_variance_curve": [round(float(v), 7) for v in curve],
                             "rank": rank}
         return {
             "method": self.method,
@@ -181,14 +171,18 @@ class CompressionRecord:
         }
 
 
-def layer_slots(network: SocNetwork, layer: str) -> tuple[tuple[str, str], ...]:
-    """The (slot suffix, map role) pairs of a learnable layer."""
-    if layer in network.lstm_names:
-        return _LSTM_SLOTS
-    if layer == "fc":
-        return _FC_SLOTS
-    raise ConfigError(f"no projectable layer {layer!r}",
-                      remedy=f"choose from {list(network.learnable_layers())}")
+def layer_maps(network: SocNetwork, layer: str) -> dict[str, str]:
+    """A learnable layer's maps by role, each with the activation it reads (its ``map_reads``)."""
+    module = network.learnable_layers().get(layer)
+    if module is None:
+        raise ConfigError(f"no projectable layer {layer!r}",
+                          remedy=f"choose from {list(network.learnable_layers())}")
+    return module.map_reads
+
+
+def layer_sites(network: SocNetwork, layer: str) -> list[str]:
+    """The activations a layer's maps read, ``<layer>.input`` first (the order ranks take)."""
+    return [f"{layer}.{reads}" for reads in layer_maps(network, layer).values()]
 
 
 def rank_for_level(curve: np.ndarray, level: float) -> int:
@@ -210,11 +204,11 @@ def plan_layer(network: SocNetwork, layer: str, ranks: dict[str, int], *,
     """
     module = network.get_submodule(layer)
     after = _learnables(module)
-    for suffix, role in layer_slots(network, layer):
+    for role, reads in layer_maps(network, layer).items():
         layer_map = getattr(module, role)
-        rank = ranks[suffix]
+        rank = ranks[reads]
         if not 1 <= rank <= layer_map.in_features:
-            raise ConfigError(f"rank {rank} for {layer}.{suffix} is out of range",
+            raise ConfigError(f"rank {rank} for {layer}.{reads} is out of range",
                               remedy=f"use 1..{layer_map.in_features} (the number of neurons)")
         after += rank * (layer_map.in_features + layer_map.out_features) - _learnables(layer_map)
     before = _learnables(module)
@@ -224,8 +218,8 @@ def plan_layer(network: SocNetwork, layer: str, ranks: dict[str, int], *,
 def _plans_at_level(network: SocNetwork, basis: Basis, layers: list[str], level: float,
                     only_if_smaller: bool) -> dict[str, LayerPlan]:
     return {layer: plan_layer(network, layer, {
-        suffix: rank_for_level(basis.curve(f"{layer}.{suffix}"), level)
-        for suffix, _ in layer_slots(network, layer)}, only_if_smaller=only_if_smaller)
+        reads: rank_for_level(basis.curve(f"{layer}.{reads}"), level)
+        for reads in layer_maps(network, layer).values()}, only_if_smaller=only_if_smaller)
         for layer in layers}
 
 
@@ -244,19 +238,19 @@ def choose_plans(network: SocNetwork, basis: Basis, goal: Goal, layers: list[str
                               f"project {layers}", remedy="check --ranks and --layers")
         plans = {}
         for layer, ranks in goal.ranks.items():
-            suffixes = [suffix for suffix, _ in layer_slots(network, layer)]
-            if len(ranks) != len(suffixes):
-                raise ConfigError(f"{layer} needs {len(suffixes)} ranks ({', '.join(suffixes)}), "
+            reads = list(layer_maps(network, layer).values())
+            if len(ranks) != len(reads):
+                raise ConfigError(f"{layer} needs {len(reads)} ranks ({', '.join(reads)}), "
                                   f"got {list(ranks)}", remedy="e.g. lstm_1=3,11 fc=4")
-            plans[layer] = plan_layer(network, layer, dict(zip(suffixes, ranks)),
+            plans[layer] = plan_layer(network, layer, dict(zip(reads, ranks)),
                                       only_if_smaller=only_if_smaller)
         return plans, None
     if goal.explained_variance is not None:
         level = goal.explained_variance
         return _plans_at_level(network, basis, layers, level, only_if_smaller), level
     budget = math.floor((1.0 - goal.learnables_reduction) * network.learnables())
-    slots = [f"{layer}.{suffix}" for layer in layers for suffix, _ in layer_slots(network, layer)]
-    levels = sorted({1.0, *(float(v) for slot in slots for v in basis.curve(slot))}, reverse=True)
+    sites = [site for layer in layers for site in layer_sites(network, layer)]
+    levels = sorted({1.0, *(float(v) for site in sites for v in basis.curve(site))}, reverse=True)
     for level in levels:  # learnables fall as the level falls: the first that fits keeps most
         plans = _plans_at_level(network, basis, layers, level, only_if_smaller)
         if _total(network, plans) <= budget:
@@ -268,29 +262,19 @@ def choose_plans(network: SocNetwork, basis: Basis, goal: Goal, layers: list[str
         remedy="ask for a smaller reduction or project more layers (--layers)")
 
 
-def folded_bias(weight: np.ndarray, projector: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    """``W (I - Q Q^T) mu``: what projecting around ``mu`` removes from ``W x``, for the bias."""
-    return weight @ (offset - projector @ (projector.T @ offset))
-
-
 def apply_plans(network: SocNetwork, basis: Basis, plans: dict[str, LayerPlan],
                 map_class: type[ProjectedMap] = ProjectedMap) -> SocNetwork:
-    """A projected copy of ``network``: projectors absorbed, the removed constant in the bias."""
+    """A projected copy of ``network`` (:func:`~bsoc.compress.projection.project_layer`)."""
     compressed = copy.deepcopy(network)
     for plan in plans.values():
         if not plan.projected:
             continue
-        module = compressed.get_submodule(plan.layer)
-        bias = module.bias.detach().double().numpy().copy()
-        for suffix, role in layer_slots(compressed, plan.layer):
-            slot = f"{plan.layer}.{suffix}"
-            weight = getattr(module, role).dense_weight().detach().double().numpy()  # (out, in)
-            projector = basis.projector(slot, plan.ranks[suffix])
-            bias += folded_bias(weight, projector, basis.offset(slot))
-            module.set_map(role, map_class.absorb(weight, projector))
-            plan.explained_variance_kept[suffix] = float(basis.curve(slot)[plan.ranks[suffix] - 1])
-        with torch.no_grad():
-            module.bias.copy_(torch.from_numpy(bias.astype(np.float32)))
+        sites = {reads: f"{plan.layer}.{reads}" for reads in plan.ranks}
+        projections = {reads: (basis.projector(site, plan.ranks[reads]), basis.offset(site))
+                       for reads, site in sites.items()}
+        project_layer(compressed.get_submodule(plan.layer), projections, map_class)
+        for reads, site in sites.items():
+            plan.explained_variance_kept[reads] = float(basis.curve(site)[plan.ranks[reads] - 1])
     return compressed
 
 
@@ -301,11 +285,11 @@ def compress_with_basis(network: SocNetwork, basis: Basis, goal: Goal, layers: l
     """Choose ranks for ``goal`` from ``basis``, apply them; the network itself is not changed."""
     layers = list(layers or network.learnable_layers())
     for layer in layers:
-        layer_slots(network, layer)  # validates the name
+        layer_maps(network, layer)  # validates the name
     plans, level = choose_plans(network, basis, goal, layers, only_if_smaller=only_if_smaller)
     compressed = apply_plans(network, basis, plans, map_class)
-    curves = {f"{layer}.{suffix}": basis.curve(f"{layer}.{suffix}")
-              for layer in network.learnable_layers() for suffix, _ in layer_slots(network, layer)}
+    curves = {site: basis.curve(site)
+              for layer in network.learnable_layers() for site in layer_sites(network, layer)}
     record = CompressionRecord(method, goal, level, plans, network.learnables(),
                                compressed.learnables(), curves, curve_key)
     return compressed, record

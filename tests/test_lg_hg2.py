@@ -476,7 +476,7 @@ def _slow_test(ocv: Callable[[np.ndarray], np.ndarray], low_soc: float, *, ambie
 
 
 def test_ekf_ocv_of_a_cold_c20_test_follows_the_reference_where_it_does_not_reach():
-    from bsoc.ekf.identify import ocv_from_low_rate
+    from bsoc.ekf.ocv import ocv_from_low_rate
 
     def warm(soc: np.ndarray) -> np.ndarray:
         return 3.3 + 0.7 * soc + 0.15 * soc**2

@@ -191,15 +191,8 @@ class EcmTables:
     ) -> np.ndarray:
         """Model voltage along a cycle whose SOC is known (RC voltages start relaxed at 0)."""
         p = self.lookup(soc, temperature_c)
-        dt = np.diff(time_s, prepend=time_s[0])
-        ibar = 0.5 * (current_a + np.concatenate([current_a[:1], current_a[:-1]]))
-        v = p.ocv + p.r0 * current_a
-        for r, tau in ((p.r1, p.tau1), (p.r2, p.tau2)):
-            r_prev = np.concatenate([r[:1], r[:-1]])
-            tau_prev = np.concatenate([tau[:1], tau[:-1]])
-            a = np.exp(-dt / tau_prev)
-            v = v + linear_recursion(a, r_prev * (1 - a) * ibar)
-        return v
+        return ecm_voltage(p.ocv, p.r0, (p.r1, p.tau1), (p.r2, p.tau2), current_a,
+                           np.diff(time_s, prepend=time_s[0]))
 
     def to_json(self) -> dict[str, Any]:
         return {f: getattr(self, f).tolist() for f in TABLE_FIELDS}
@@ -225,6 +218,31 @@ def temperature_weights(
     inverse = 1.0 / (grid_c + KELVIN)
     w = (1.0 / (temperature_c + KELVIN) - inverse[j]) / (inverse[j + 1] - inverse[j])
     return j, np.clip(w, 0.0, 1.0)
+
+
+def ecm_voltage(
+    ocv: np.ndarray,
+    r0: np.ndarray,
+    rc1: tuple[np.ndarray, np.ndarray],
+    rc2: tuple[np.ndarray, np.ndarray],
+    current_a: np.ndarray,
+    dt_s: np.ndarray,
+) -> np.ndarray:
+    """The terminal voltage of the module docstring along one sequence, from relaxed RC pairs.
+
+    Every argument is (T,): the parameters at each sample (``rc1``, ``rc2`` as (R, tau)), the
+    current, and the step to each sample (``dt_s[0] = 0``). The one ECM voltage model: the
+    tables' :meth:`EcmTables.terminal_voltage` and the identification's least squares
+    (:mod:`bsoc.ekf.ecm_fit`) both compute it here.
+    """
+    ibar = 0.5 * (current_a + np.concatenate([current_a[:1], current_a[:-1]]))
+    v = ocv + r0 * current_a
+    for r, tau in (rc1, rc2):  # driven with R and tau at the previous sample
+        r_prev = np.concatenate([r[:1], r[:-1]])
+        tau_prev = np.concatenate([tau[:1], tau[:-1]])
+        a = np.exp(-dt_s / tau_prev)
+        v = v + linear_recursion(a, r_prev * (1 - a) * ibar)
+    return v
 
 
 def linear_recursion(a: np.ndarray, b: np.ndarray, max_decay: float = 200.0) -> np.ndarray:

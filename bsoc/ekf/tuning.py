@@ -31,7 +31,7 @@ import numpy as np
 from bsoc.data.schema import Cycle
 from bsoc.ekf.ecm import EcmTables
 from bsoc.ekf.filter import InitSettings, NoiseSettings, ekf_step, new_state
-from bsoc.ekf.identify import OCV_PROFILE
+from bsoc.ekf.ocv import OCV_PROFILE
 from bsoc.errors import ConfigError
 from bsoc.estimator import SAMPLE_FIELDS
 

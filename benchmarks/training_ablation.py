@@ -29,7 +29,8 @@ from bsoc.data.dataset import Dataset
 from bsoc.data.windows import WindowPlan
 from bsoc.evaluate import evaluate
 from bsoc.nn.estimator import LstmSocEstimator
-from bsoc.train import PROFILES, TrainConfig, fit, new_network
+from bsoc.profiles import PROFILES
+from bsoc.train import TrainConfig, fit, new_network
 
 # Sensor errors of the order Vidal, Kollmeyer et al. (2020) trained with on this cell.
 SENSOR_ERRORS = SensorAugmentation(voltage_offset_v=0.004, current_offset_a=0.11,

@@ -23,25 +23,10 @@ from typing import Any
 
 from bsoc.data.dataset import Dataset
 from bsoc.data.simulate import SIMULATED_BY
-from bsoc.errors import ConfigError, OverwriteRefusedError
+from bsoc.errors import OverwriteRefusedError
 from bsoc.outputs import check_inputs
 from bsoc.pipeline_steps import STEP_FILE, fingerprint_path, run_step
-
-PROFILES = ("tiny", "quick", "full")
-# The tiny profile's network is too small for 90 % fewer learnables (rank-1 layers hold more).
-DEFAULT_REDUCTION = {"tiny": 0.5, "quick": 0.9, "full": 0.9}
-FINETUNE_EPOCHS = {"tiny": 2, "quick": 4, "full": 15}
-# A full-profile epoch over the simulated full set takes minutes: bound fine-tuning by time
-# too (the learning rate then anneals over the budget, see bsoc.train.training_progress).
-# The quick profile's minute each keeps `make demo` within 15 minutes on 2 cores.
-FINETUNE_BUDGET = {"tiny": [], "quick": ["--max-minutes", "1"], "full": ["--max-minutes", "8"]}
-# On a user's own cells the network first learns from bsoc's simulated ones (which data
-# profile, how long), then trains on the real cycles from there: the training ablation's
-# best recipe (README, "Real cells"). The full profile pretrains on the quick set, which
-# simulates in minutes, so that the whole training stays within an hour on 2 cores.
-PRETRAINING = {"tiny": ("tiny", ["--epochs", "1"]), "quick": ("quick", ["--max-minutes", "2"]),
-               "full": ("quick", ["--epochs", "20"])}
-
+from bsoc.profiles import RunProfile, run_profile
 
 @dataclass(frozen=True)
 class PipelinePlan:
@@ -52,16 +37,20 @@ class PipelinePlan:
     data: Path
     simulate: bool
     seed: int = 0
-    learnables_reduction: float | None = None  # None: the profile's DEFAULT_REDUCTION
-    pretrain: bool = False  # on simulated cells first (see PRETRAINING)
+    learnables_reduction: float | None = None  # None: the profile's
+    pretrain: bool = False  # on simulated cells first (the profile's pretraining)
     threads: int | None = None  # torch threads to train with; None: the profile's
     root: Path = Path(".")
+
+    @property
+    def sizes(self) -> RunProfile:
+        return run_profile(self.profile)
 
     @property
     def reduction(self) -> float:
         if self.learnables_reduction is not None:
             return self.learnables_reduction
-        return DEFAULT_REDUCTION[self.profile]
+        return self.sizes.learnables_reduction
 
     @property
     def pretraining_data(self) -> Path:
@@ -104,7 +93,7 @@ def pretrains_by_default(data: Path | None) -> bool:
 
 def plan_steps(plan: PipelinePlan) -> list[Step]:
     """The commands of one pipeline run, in order."""
-    data, models, profile = str(plan.data), plan.models, plan.profile
+    data, models, profile, sizes = str(plan.data), plan.models, plan.profile, plan.sizes
     lstm, projected, svd = models / "lstm", models / "projected", models / "svd"
     projected_ft, svd_ft, ekf = models / "projected-ft", models / "svd-ft", models / "ekf"
     sweep = plan.report / "sweep"
@@ -122,11 +111,12 @@ def plan_steps(plan: PipelinePlan) -> list[Step]:
     train = Step("train", lstm, ["train", "--data", data, "--out", str(lstm), "--profile",
                                  profile, *seed, *threads], [plan.data])
     if plan.pretrain:
-        cells, budget = PRETRAINING[profile]
+        budget = _budget(sizes.pretraining_epochs, sizes.pretraining_max_minutes)
         pretrained, pretraining = models / "pretrained", plan.pretraining_data
         steps += [
             Step("simulate (pretraining cells)", pretraining,
-                 ["data", "simulate", "--profile", cells, *seed, "--out", str(pretraining)],
+                 ["data", "simulate", "--profile", sizes.pretraining_cells, *seed, "--out",
+                  str(pretraining)],
                  artefact="manifest.json"),
             Step("pretrain (simulated cells)", pretrained,
                  ["train", "--data", str(pretraining), "--out", str(pretrained), "--profile",
@@ -134,7 +124,7 @@ def plan_steps(plan: PipelinePlan) -> list[Step]:
         ]
         train.argv += ["--init-from", str(pretrained)]
         train.reads.append(pretrained)
-    finetune = ["--epochs", str(FINETUNE_EPOCHS[profile]), *FINETUNE_BUDGET[profile], *seed]
+    finetune = [*_budget(sizes.finetune_epochs, sizes.finetune_max_minutes), *seed]
     steps += [
         train,
         Step("compress (projection)", projected,
@@ -158,7 +148,7 @@ def plan_steps(plan: PipelinePlan) -> list[Step]:
     bench_args = ["benchmark", "--data", data, "--out", str(plan.benchmark)]
     for model in benchmark_models:
         bench_args += ["--models", str(model)]
-    if profile != "full":
+    if sizes.quick_benchmark:
         bench_args.append("--quick")
     steps += [
         Step("benchmark", plan.benchmark, bench_args, [plan.data, *benchmark_models],
@@ -169,6 +159,11 @@ def plan_steps(plan: PipelinePlan) -> list[Step]:
              [plan.benchmark, sweep], artefact="report.html"),
     ]
     return steps
+
+
+def _budget(epochs: int | None, max_minutes: float | None) -> list[str]:
+    return [*(["--epochs", str(epochs)] if epochs is not None else []),
+            *(["--max-minutes", f"{max_minutes:g}"] if max_minutes is not None else [])]
 
 
 def source_fingerprint() -> str:
@@ -194,8 +189,7 @@ def run_pipeline(
     force: bool = False,
 ) -> dict[str, Any]:
     """Run the steps through ``invoke(argv)`` (the CLI), skipping those that are up to date."""
-    if plan.profile not in PROFILES:
-        raise ConfigError(f"unknown profile '{plan.profile}'", remedy=f"use one of {PROFILES}")
+    run_profile(plan.profile)  # an unknown profile is refused before any step runs
     timings: dict[str, float] = {}
     code = source_fingerprint()
     steps = plan_steps(plan)

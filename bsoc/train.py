@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -115,39 +115,17 @@ class TrainConfig:
                       "augmentation": SensorAugmentation(**data.get("augmentation", {}))})
 
 
-@dataclass(frozen=True)
-class Profile:
-    """A named pair of network and training configurations."""
+class TrainingProfile(Protocol):
+    """What training takes from a run profile (:class:`bsoc.profiles.RunProfile`)."""
 
-    network: NetworkConfig
-    train: TrainConfig
-    description: str
+    @property
+    def name(self) -> str: ...
 
+    @property
+    def network(self) -> NetworkConfig: ...
 
-PROFILES: dict[str, Profile] = {
-    "tiny": Profile(
-        NetworkConfig(hidden_sizes=(16, 8)),
-        TrainConfig(epochs=3, batch_size=8, samples_per_epoch=2048, patience=3, threads=1,
-                    window=WindowPlan(length=64, warmup=8)),
-        "tests: a 16/8 network, seconds (one thread: too small to share)",
-    ),
-    "quick": Profile(
-        NetworkConfig(),
-        TrainConfig(epochs=40, window=WindowPlan(length=500, warmup=50), patience=10,
-                    max_minutes=3.5),
-        "demo: Table-1 network, about 3-4 minutes on 2 cores",
-    ),
-    # Bounded by epochs of a fixed number of samples, so the same command gives the same
-    # model on any machine and costs the same on any dataset; the time limit is only a
-    # safety net. The recipe is the training ablation's best (README, "Real cells").
-    "full": Profile(
-        NetworkConfig(),
-        TrainConfig(epochs=60, samples_per_epoch=400_000,
-                    window=WindowPlan(length=500, warmup=50), patience=60,
-                    learning_rate=2e-3, max_minutes=120.0),
-        "best accuracy: Table-1 network, 60 epochs (about 30 minutes on 2 cores)",
-    ),
-}
+    @property
+    def train(self) -> TrainConfig: ...
 
 
 @dataclass
@@ -421,7 +399,7 @@ def new_network(network_config: NetworkConfig, train: list[Cycle], seed: int) ->
 def train_model(
     data: Dataset,
     *,
-    profile: str = "quick",
+    profile: TrainingProfile,
     epochs: int | None = None,
     max_minutes: float | None = None,
     seed: int = 0,
@@ -435,6 +413,8 @@ def train_model(
 ) -> tuple[LstmSocEstimator, FitResult]:
     """Train a network of ``profile`` on ``data``'s train split; early-stop on its val split.
 
+    ``epochs``, ``max_minutes``, ``seed`` and ``threads`` override the profile's training.
+
     The network is new, or with ``init_from`` a copy of a trained model's (pretraining on
     bsoc's simulated cells, then training on a user's few real cycles): its weights and
     its input normalisation, which those weights were learnt with, are kept as the start.
@@ -445,21 +425,18 @@ def train_model(
     from bsoc.evaluate import evaluate
     from bsoc.nn.estimator import LstmSocEstimator
 
-    if profile not in PROFILES:
-        raise ConfigError(f"unknown profile {profile!r}", remedy=f"use one of {sorted(PROFILES)}")
-    chosen = PROFILES[profile]
-    config = with_overrides(chosen.train, epochs=epochs, max_minutes=max_minutes, seed=seed,
+    config = with_overrides(profile.train, epochs=epochs, max_minutes=max_minutes, seed=seed,
                             threads=threads)
     train, val = data.split("train"), data.split("val")
-    network = new_network(chosen.network, train, seed)
+    network = new_network(profile.network, train, seed)
     pretrained: dict[str, Any] | None = None
     if init_from is not None:
         start = LstmSocEstimator.load(init_from)
         if start.network.architecture() != network.architecture():
             raise ConfigError(
-                f"{init_from} is not a {profile}-profile network "
+                f"{init_from} is not a {profile.name}-profile network "
                 f"({start.network.config.hidden_sizes} hidden units, kind {start.kind})",
-                remedy=f"pretrain with the same --profile {profile}, or drop --init-from",
+                remedy=f"pretrain with the same --profile {profile.name}, or drop --init-from",
             )
         network = start.network
         pretrained = {"path": str(init_from), "name": start.name, "kind": start.kind,
@@ -473,7 +450,7 @@ def train_model(
                  "train_cycles": [c.meta.name for c in train],
                  "val_cycles": [c.meta.name for c in val]},
         "seed": seed,
-        "training": {"profile": profile, "config": config.to_json(), **result.to_json()},
+        "training": {"profile": profile.name, "config": config.to_json(), **result.to_json()},
         "validation": validation,
         "learnables_table": network.learnables_table(),
         "initialised_from": pretrained,

@@ -81,7 +81,7 @@ def make_toy_cycle(
         capacity_ah=capacity_ah,
         ambient_c=ambient_c,
         split=split,
-        profile="toy-drive",
+        load_kind="toy-drive",
     )
     return Cycle(frame=frame, meta=meta)
 

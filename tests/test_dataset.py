@@ -22,6 +22,22 @@ def test_round_trip_is_exact(toy_dataset):
     assert Dataset.manifest(toy_dataset)["fingerprint"] == loaded.fingerprint()
 
 
+def test_a_format_1_dataset_keeps_loading_and_saves_as_format_2(toy_dataset, tmp_path):
+    """Format 1 called a cycle's load kind ``profile``; such datasets on disk still load."""
+    out = Dataset.load(toy_dataset).save(tmp_path / "old")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    for entry in manifest["cycles"]:
+        entry["profile"] = entry.pop("load_kind")
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    old = Dataset.load(out)
+    assert [c.meta for c in old] == [c.meta for c in Dataset.load(toy_dataset)]
+    assert {c.meta.load_kind for c in old} == {"toy-drive"}
+    saved = json.loads((old.save(tmp_path / "new") / "manifest.json").read_text())
+    assert saved["format_version"] == 2
+    assert all(e["load_kind"] == "toy-drive" and "profile" not in e for e in saved["cycles"])
+
+
 def test_save_refuses_to_overwrite_without_force(toy_dataset, tmp_path):
     data = Dataset.load(toy_dataset)
     out = data.save(tmp_path / "copy")

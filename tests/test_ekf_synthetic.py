@@ -98,7 +98,7 @@ def make_cycle(
         capacity_ah=CAPACITY_AH,
         ambient_c=ambient_c,
         split=split,
-        profile=profile,
+        load_kind=profile,
     )
     return Cycle(frame=frame, meta=meta)
 
@@ -153,7 +153,7 @@ def test_one_ocv_capacity_scale_is_shared_by_all_temperatures(truth: EcmTables) 
     scale = 0.97
     cycles = []
     for cycle in synthetic_train(truth):
-        if cycle.meta.profile != "ocv":
+        if cycle.meta.load_kind != "ocv":
             frame = cycle.frame.assign(soc=1.0 - (1.0 - cycle.frame["soc"]) / scale)
             meta = replace(cycle.meta, capacity_ah=scale, nominal_capacity_ah=scale)
             cycle = Cycle(frame=frame, meta=meta)
@@ -169,7 +169,7 @@ def test_one_ocv_capacity_scale_is_shared_by_all_temperatures(truth: EcmTables) 
 
 
 def test_identification_without_low_rate_cycles_falls_back_to_pseudo_ocv(truth: EcmTables) -> None:
-    drives = [c for c in synthetic_train(truth) if c.meta.profile != "ocv"]
+    drives = [c for c in synthetic_train(truth) if c.meta.load_kind != "ocv"]
     fitted = EcmIdentifier().fit(drives)
     assert all("pseudo-OCV" in row["ocv_source"] for row in fitted.report_["by_temperature"])
     # Coarser than with a low-rate test (about 9 mV against 2 mV of noise): the pseudo-OCV

@@ -17,7 +17,7 @@ import pytest
 
 from bsoc.cli import main
 from bsoc.data.ingest import IngestOptions, ingest
-from bsoc.data.readers.common import profile_from_name
+from bsoc.data.readers.common import load_kind_from_name
 from bsoc.data.reference import ChargeCutoff, cv_charge_ends
 from bsoc.data.schema import Cycle
 from bsoc.errors import ConfigError, DataValidationError, SocReferenceError
@@ -177,7 +177,7 @@ def test_exact_layout_reads_and_a_drive_cycle_counts_down_from_its_full_start(tm
     written = write_lg(path, drive(), start_s=23.5 * 3600.0)  # Prog Time passes 24:00:00
     result = ingest(path, options(), name="lg", command="test")
     cycle = result.dataset.cycles[0]
-    assert (cycle.meta.name, cycle.meta.profile, cycle.meta.split, cycle.meta.ambient_c) == (
+    assert (cycle.meta.name, cycle.meta.load_kind, cycle.meta.split, cycle.meta.ambient_c) == (
         "n10degC_601_US06", "us06", "test", -10.0)
     extra = cycle.meta.extra
     assert extra["repeated_timestamps_dropped"] == 2 and extra["test_section"] == "US06"
@@ -206,7 +206,7 @@ def test_c20_discharge_and_charge_are_both_full_at_their_ends_despite_a_current_
     path = tmp_path / "25degC" / "549_C20DisCh.csv"
     written = write_lg(path, c20_test(2.8, measured_offset_a=0.004))
     cycle = ingest(path, options(), name="lg", command="test").dataset.cycles[0]
-    assert cycle.meta.profile == "ocv"
+    assert cycle.meta.load_kind == "ocv"
     reference = cycle.meta.extra["soc_reference"]
     assert reference["kind"] == "end of a CV charge"
     missed = written["ah"][-1] - written["ah"][0]  # the count between two full points
@@ -236,7 +236,7 @@ def test_a_top_up_before_a_discharge_is_the_full_point(tmp_path):
               Phase("PAU", 3600.0, 60.0, constant(0.0), ramp(3.0, 3.2, 3600.0))]
     written = write_lg(path, phases, counter_start_ah=0.19)  # counter carried over
     cycle = ingest(path, options(), name="lg", command="test").dataset.cycles[0]
-    assert cycle.meta.profile == "cc"
+    assert cycle.meta.load_kind == "cc"
     top = int(np.argmax(written["ah"]))
     assert cycle.meta.extra["soc_reference"]["time_s"] == written["time_s"][top]
     expected = 1 + (written["ah"] - written["ah"][top]) / Q_NOMINAL
@@ -249,7 +249,7 @@ def test_a_charge_file_runs_up_to_full_across_a_counter_restart_and_a_stop_recor
     written = write_lg(path, charge(2.4), stopped=True)  # the STO record reads 0 V
     cycle = ingest(path, options(), name="lg", command="test").dataset.cycles[0]
     extra = cycle.meta.extra
-    assert cycle.meta.profile == "charge"
+    assert cycle.meta.load_kind == "charge"
     assert extra["stopped_records_dropped"] == 1 and extra["counter_restarts_continued"] == 1
     end = int(np.argmax(written["ah"]))  # the CV end, before the restart to 0
     assert extra["soc_reference"]["time_s"] == written["time_s"][end]
@@ -391,7 +391,7 @@ def test_cli_names_each_left_out_file_and_strict_is_a_one_line_error(lg_folder, 
      ("25degC_Cycle_1", "mixed"), ("C20 OCV Test_C20_25dC", "ocv")],
 )
 def test_every_test_of_the_layout_has_a_load_kind(name, kind):
-    assert profile_from_name(name) == kind
+    assert load_kind_from_name(name) == kind
 
 
 @pytest.fixture(scope="module")
@@ -410,10 +410,10 @@ def test_real_lg_folder_ingests_in_one_command(real_lg):
     assert len(dataset) + len(left_out) == len(files)
     assert len(left_out) <= 0.05 * len(files)
     assert all("no SOC reference" in entry["reason"] for entry in left_out)
-    assert all(c.meta.profile is not None for c in dataset)
+    assert all(c.meta.load_kind is not None for c in dataset)
     assert all(c.meta.extra["soc_reference"]["kind"] for c in dataset)
     capacities = dataset.provenance["soc_definition"]["c20_capacity_by_temperature"]
-    ocv = [c for c in dataset if c.meta.profile == "ocv"]
+    ocv = [c for c in dataset if c.meta.load_kind == "ocv"]
     assert len(capacities) == len({c.meta.ambient_c for c in ocv}) == len(ocv)
     q = dataset.provenance["soc_definition"]["q_ah"]
     assert q == capacities["25"]["capacity_ah"] and 2.5 < q < 3.1
@@ -423,15 +423,15 @@ def test_real_lg_folder_ingests_in_one_command(real_lg):
         assert 1 - soc.min() == pytest.approx(
             capacities[f"{cycle.meta.ambient_c:g}"]["capacity_ah"] / q, abs=0.02)
     for cycle in dataset:
-        if cycle.meta.profile == "charge":
+        if cycle.meta.load_kind == "charge":
             assert cycle.frame["soc"].max() == 1.0, cycle.meta.name
-        if cycle.meta.profile in ("us06", "udds", "la92", "hwfet", "mixed"):
+        if cycle.meta.load_kind in ("us06", "udds", "la92", "hwfet", "mixed"):
             assert cycle.frame["soc"].iloc[0] == pytest.approx(1.0, abs=1e-3), cycle.meta.name
 
 
 def test_real_lg_soc_follows_the_counter_of_a_cold_drive_cycle(real_lg):
     folder, result = real_lg
-    us06 = [c for c in result.dataset if c.meta.profile == "us06" and c.meta.ambient_c < 0]
+    us06 = [c for c in result.dataset if c.meta.load_kind == "us06" and c.meta.ambient_c < 0]
     if not us06:
         pytest.skip("no cold US06 cycle in the shared LG folder")
     q = result.dataset.provenance["soc_definition"]["q_ah"]
@@ -471,7 +471,7 @@ def _slow_test(ocv: Callable[[np.ndarray], np.ndarray], low_soc: float, *, ambie
     frame = pd.DataFrame({"time_s": 60.0 * np.arange(len(soc)), "voltage_v": voltage,
                           "current_a": current, "temperature_c": ambient_c, "soc": soc})
     meta = CycleMeta(name=f"c20_{ambient_c:g}", cell="t", nominal_capacity_ah=3.0,
-                     ambient_c=ambient_c, profile="ocv")
+                     ambient_c=ambient_c, load_kind="ocv")
     return Cycle(frame=frame, meta=meta)
 
 

@@ -72,10 +72,10 @@ def test_panasonic_layout_ingests_with_split_soc_and_records(panasonic_folder):
     cycles = {c.meta.name: c for c in result.dataset}
     assert sorted(cycles) == ["25degC_Cycle_1", "25degC_LA92", "n10degC_HWFET"]
     la92 = cycles["25degC_LA92"]
-    assert (la92.meta.split, la92.meta.profile, la92.meta.ambient_c) == ("test", "la92", 25.0)
+    assert (la92.meta.split, la92.meta.load_kind, la92.meta.ambient_c) == ("test", "la92", 25.0)
     assert cycles["n10degC_HWFET"].meta.split == "val"
     assert cycles["n10degC_HWFET"].meta.ambient_c == -10.0
-    assert (cycles["25degC_Cycle_1"].meta.split, cycles["25degC_Cycle_1"].meta.profile) == (
+    assert (cycles["25degC_Cycle_1"].meta.split, cycles["25degC_Cycle_1"].meta.load_kind) == (
         "train",
         "mixed",
     )
@@ -114,7 +114,7 @@ def test_ocv_test_soc_spans_0_to_1_on_its_own_capacity(tmp_path):
     path = tmp_path / "start" / "05-08-17_13.26 C20 OCV Test_C20_25dC.mat"
     write_panasonic(path, t, i)
     cycle = ingest(path, _options(), name="ocv", command="test").dataset.cycles[0]
-    assert (cycle.meta.profile, cycle.meta.split, cycle.meta.ambient_c) == ("ocv", "train", 25.0)
+    assert (cycle.meta.load_kind, cycle.meta.split, cycle.meta.ambient_c) == ("ocv", "train", 25.0)
     delivered = 0.15 * (20 * 3600 - 300) / 3600 + 0.15 * 60 / 3600 / 2 * 2  # plus ramp halves
     assert cycle.meta.capacity_ah == pytest.approx(delivered, rel=1e-3)
     soc = cycle.frame["soc"]
@@ -298,7 +298,7 @@ def test_real_panasonic_drive_cycle_soc_follows_the_ah_counter(panasonic_dir, tm
 def test_real_c20_ocv_test_spans_full_soc(panasonic_dir):
     source = next(panasonic_dir.glob("capacity_tests/*/*C20 OCV*.mat"))
     cycle = ingest(source, _options(), name="ocv", command="test").dataset.cycles[0]
-    assert (cycle.meta.profile, cycle.meta.split) == ("ocv", "train")
+    assert (cycle.meta.load_kind, cycle.meta.split) == ("ocv", "train")
     assert cycle.frame["soc"].min() == pytest.approx(0.0, abs=1e-9)
     assert cycle.frame["soc"].max() == 1.0
     assert cycle.meta.capacity_ah == pytest.approx(3.0, abs=0.01)  # SOURCE.md: C/20 = 3.00 Ah

@@ -15,12 +15,11 @@ import pytest
 from typer.testing import CliRunner
 
 from bsoc.cli import app, main
-from bsoc.data import profiles
+from bsoc.data import loads
 from bsoc.data.dataset import Dataset
 from bsoc.data.schema import SPLITS
 from bsoc.data.sensors import SensorModel, first_order_lag
 from bsoc.data.simulate import (
-    SCALES,
     CellConfig,
     CycleSpec,
     build_profile,
@@ -31,6 +30,7 @@ from bsoc.data.simulate import (
     simulate_trace,
 )
 from bsoc.errors import ConfigError, SimulationError
+from bsoc.profiles import PROFILES, run_profile
 
 CONFIG = CellConfig()
 
@@ -54,12 +54,12 @@ def tiny(tiny_run) -> Dataset:
 
 
 def _cycle(dataset: Dataset, kind: str, ambient_c: float):
-    return next(c for c in dataset if c.meta.profile == kind and c.meta.ambient_c == ambient_c)
+    return next(c for c in dataset if c.meta.load_kind == kind and c.meta.ambient_c == ambient_c)
 
 
 def test_cli_summary_and_provenance_describe_the_dataset(tiny_run, tiny):
     out, summary = tiny_run
-    assert summary["cycles"] == len(tiny) == len(plan_cycles("tiny", 0))
+    assert summary["cycles"] == len(tiny) == len(plan_cycles(PROFILES["tiny"].simulation, 0))
     assert summary["rows"] == sum(len(c.frame) for c in tiny)
     assert summary["fingerprint"] == tiny.fingerprint() == Dataset.manifest(out)["fingerprint"]
     prov = tiny.provenance
@@ -78,12 +78,12 @@ def test_splits_are_whole_cycles_with_drive_cycles_only_in_val_and_test(tiny):
     assert sorted(sum(recorded.values(), [])) == sorted(names)  # each cycle in exactly one split
     for cycle in tiny:
         assert cycle.meta.name in recorded[cycle.meta.split]
-        assert cycle.meta.profile in profiles.PROFILE_KINDS
+        assert cycle.meta.load_kind in loads.LOAD_KINDS
         if cycle.meta.split != "train":
-            assert cycle.meta.profile in profiles.DRIVE_KINDS
-        if cycle.meta.profile in ("ocv", "hppc"):
+            assert cycle.meta.load_kind in loads.DRIVE_KINDS
+        if cycle.meta.load_kind in ("ocv", "hppc"):
             assert cycle.meta.split == "train"
-    for ambient in SCALES["tiny"].temperatures_c:
+    for ambient in PROFILES["tiny"].simulation.temperatures_c:
         for split in SPLITS:
             assert any(c.meta.ambient_c == ambient for c in tiny.split(split))
         ocv = _cycle(tiny, "ocv", ambient)
@@ -91,20 +91,21 @@ def test_splits_are_whole_cycles_with_drive_cycles_only_in_val_and_test(tiny):
 
 
 def test_planned_scales_cover_temperatures_and_splits():
-    for scale, plan in SCALES.items():
-        specs = plan_cycles(scale, 0)
+    for scale, plan in ((name, p.simulation) for name, p in PROFILES.items()):
+        specs = plan_cycles(plan, 0)
         assert len({s.name for s in specs}) == len(specs)
         for ambient in plan.temperatures_c:
             here = [s for s in specs if s.ambient_c == ambient]
             assert {"ocv", "hppc"} <= {s.kind for s in here if s.split == "train"}
             assert {"val", "test"} <= {s.split for s in here}
-        assert len({s.soc0 for s in specs if s.kind in profiles.DRIVE_KINDS}) > 1 or scale == "tiny"
-    full = SCALES["full"].temperatures_c
+        assert len({s.soc0 for s in specs if s.kind in loads.DRIVE_KINDS}) > 1 or scale == "tiny"
+    full = PROFILES["full"].simulation.temperatures_c
     assert len(full) >= 5 and min(full) == -10 and max(full) == 40
-    assert plan_cycles("quick", 3) == plan_cycles("quick", 3)
-    assert plan_cycles("quick", 3) != plan_cycles("quick", 4)
+    quick = PROFILES["quick"].simulation
+    assert plan_cycles(quick, 3) == plan_cycles(quick, 3)
+    assert plan_cycles(quick, 3) != plan_cycles(quick, 4)
     with pytest.raises(ConfigError, match="tiny"):
-        plan_cycles("huge", 0)
+        run_profile("huge")
 
 
 def _short_spec(ambient_c: float, kind: str = "urban", soc0: float = 0.8) -> CycleSpec:
@@ -130,7 +131,7 @@ def test_voltage_stays_inside_the_cell_limits(tiny):
         v = cycle.frame["voltage_v"]
         assert v.min() >= CONFIG.lower_cutoff_v - noise, cycle.meta.name
         assert v.max() <= CONFIG.upper_cutoff_v + noise, cycle.meta.name
-    ends = [c.meta.extra["termination"] for c in tiny if c.meta.profile in ("ocv", "cc")]
+    ends = [c.meta.extra["termination"] for c in tiny if c.meta.load_kind in ("ocv", "cc")]
     assert all("Minimum voltage" in e for e in ends)  # CC/OCV discharges end at the cut-off
 
 
@@ -155,7 +156,7 @@ def test_colder_cell_has_higher_resistance_and_less_usable_capacity(tiny):
 
 
 def test_same_seed_gives_identical_tables_whatever_the_worker_count(tiny):
-    specs = plan_cycles("tiny", 0)
+    specs = plan_cycles(PROFILES["tiny"].simulation, 0)
     shortest = sorted(specs, key=lambda s: len(tiny.cycles[specs.index(s)].frame))[:2]
     again = simulate_cycles(shortest, CONFIG, workers=2)
     for spec, cycle in zip(shortest, again, strict=True):
@@ -167,7 +168,7 @@ def test_same_seed_gives_identical_tables_whatever_the_worker_count(tiny):
 
 def test_profiles_are_deterministic_whole_second_knots_and_derated_when_cold():
     capacity = cell_capacity_ah(CONFIG)
-    for kind in profiles.PROFILE_KINDS:
+    for kind in loads.LOAD_KINDS:
         spec = CycleSpec("p", kind, 25.0, 1.0, "train", seed=5, max_duration_s=3600.0,
                          c_rate=1.0 if kind == "cc" else 0.05)
         a, b = build_profile(spec, capacity), build_profile(spec, capacity)

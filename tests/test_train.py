@@ -23,7 +23,8 @@ from bsoc.data.windows import (
 )
 from bsoc.errors import ConfigError
 from bsoc.evaluate import ScenarioSettings
-from bsoc.train import PROFILES, TrainConfig, fit, learning_rate_at, new_network, training_progress
+from bsoc.profiles import PROFILES
+from bsoc.train import TrainConfig, fit, learning_rate_at, new_network, training_progress
 
 
 @pytest.fixture(scope="module")
@@ -300,20 +301,20 @@ def test_windows_weight_cycles_by_the_samples_one_window_takes() -> None:
 def test_training_can_start_from_a_pretrained_model(toy: Dataset, tmp_path: Path) -> None:
     from bsoc.train import train_model, validate
 
-    pretrained, _ = train_model(toy, profile="tiny", seed=1)
+    pretrained, _ = train_model(toy, profile=PROFILES["tiny"], seed=1)
     pretrained.save(tmp_path / "pretrained")
     start_score = validate(pretrained.network, SequenceSet.from_cycles(toy.split("val")),
                            ScenarioSettings())["score"]
-    tuned, result = train_model(toy, profile="tiny", seed=2, epochs=1,
+    tuned, result = train_model(toy, profile=PROFILES["tiny"], seed=2, epochs=1,
                                 init_from=tmp_path / "pretrained")
     assert result.initial_validation["score"] == pytest.approx(start_score, rel=1e-6)
     assert tuned.metadata["initialised_from"]["path"] == str(tmp_path / "pretrained")
     torch.testing.assert_close(tuned.network.input_mean, pretrained.network.input_mean)
-    fresh, fresh_result = train_model(toy, profile="tiny", seed=2, epochs=1)
+    fresh, fresh_result = train_model(toy, profile=PROFILES["tiny"], seed=2, epochs=1)
     assert fresh.metadata["initialised_from"] is None
     assert fresh_result.initial_validation["score"] != pytest.approx(start_score, rel=1e-3)
     with pytest.raises(ConfigError, match="not a quick-profile network"):
-        train_model(toy, profile="quick", epochs=1, init_from=tmp_path / "pretrained")
+        train_model(toy, profile=PROFILES["quick"], epochs=1, init_from=tmp_path / "pretrained")
 
 
 def test_cli_trains_from_a_pretrained_model(

@@ -258,14 +258,14 @@ def inspect(
         collapse_padding=True,
         caption="°C ambient, duration h:mm:ss, SOC % range, voltage range, peak |current| A",
     )
-    for header in ("cycle", "split", "profile", "°C", "duration", "SOC %", "V", "|I|"):
-        left = header in ("cycle", "split", "profile")
+    for header in ("cycle", "split", "load", "°C", "duration", "SOC %", "V", "|I|"):
+        left = header in ("cycle", "split", "load")
         table.add_column(header, justify="left" if left else "right", no_wrap=True)
     for row in rows:
         table.add_row(
             escape(row["cycle"]),
             row["split"],
-            row["profile"] or "-",
+            row["load_kind"] or "-",
             f"{row['ambient_c']:g}",
             _duration(row["duration_s"]),
             f"{100 * row['soc_min']:.0f}-{100 * row['soc_max']:.0f}",

@@ -70,8 +70,10 @@ def train(
     from bsoc.data.dataset import Dataset
     from bsoc.errors import OverwriteRefusedError
     from bsoc.estimator import prepare_model_dir
+    from bsoc.profiles import run_profile
     from bsoc.train import CHECKPOINT_STATE, CHECKPOINT_WEIGHTS, train_model
 
+    chosen = run_profile(profile)
     checkpoint = out / CHECKPOINT_DIR
     has_checkpoint = (checkpoint / "checkpoint.json").exists()
     # Resuming continues the model in OUT, so it may replace it; anything else must not.
@@ -87,7 +89,7 @@ def train(
         on_step = training_progress(bar, bar.add_task("training", total=None, info=""))
 
         estimator, result = train_model(
-            dataset, profile=profile, epochs=epochs, max_minutes=max_minutes, seed=seed,
+            dataset, profile=chosen, epochs=epochs, max_minutes=max_minutes, seed=seed,
             threads=threads, checkpoint_dir=checkpoint, resume=resume, init_from=init_from,
             name=out.name, command=_command_line(ctx), on_step=on_step,
         )

@@ -14,9 +14,7 @@ from pathlib import Path
 import typer
 
 from bsoc.console import emit_json, err_console, progress
-from bsoc.errors import ConfigError
 
-PROFILES = ("tiny", "quick", "full")
 HELP = (
     "Simulate the built-in physics-based dataset with PyBaMM (nothing is downloaded).\n\n"
     "An LG M50 cell (ORegan2022, SPMe + lumped thermal) runs drive cycles, CC, HPPC, charging "
@@ -50,8 +48,9 @@ def simulate(
     json_output: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
     """Simulate the built-in physics-based dataset with PyBaMM (see HELP)."""
-    if profile not in PROFILES:
-        raise ConfigError(f"unknown --profile '{profile}'", remedy=f"use one of {PROFILES}")
+    from bsoc.profiles import run_profile
+
+    scale = run_profile(profile).simulation
     out = out if out is not None else Path("data") / f"sim-{profile}"
     from bsoc.data.dataset import DATASET_OUTPUT
     from bsoc.outputs import check_output
@@ -60,7 +59,7 @@ def simulate(
     from bsoc.data.simulate import CellConfig, plan_cycles, simulate_dataset
 
     config = CellConfig(model=model)
-    planned = len(plan_cycles(profile, seed))
+    planned = len(plan_cycles(scale, seed))
     command = shlex.join(
         ["bsoc", "data", "simulate", "--profile", profile, "--out", str(out), "--seed", str(seed),
          "--model", model, "--workers", str(workers)]
@@ -72,9 +71,8 @@ def simulate(
         def on_cycle(cycle) -> None:  # noqa: ANN001 - a bsoc.data.schema.Cycle
             bar.update(task, advance=1, info=cycle.meta.name)
 
-        dataset = simulate_dataset(
-            profile, seed, config, workers=workers, on_cycle=on_cycle, command=command
-        )
+        dataset = simulate_dataset(scale, seed, config, profile=profile, workers=workers,
+                                   on_cycle=on_cycle, command=command)
     dataset.save(out, force=force)
     elapsed = time.perf_counter() - started
     splits = {name: len(dataset.split(name)) for name in ("train", "val", "test")}

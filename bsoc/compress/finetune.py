@@ -18,7 +18,8 @@ from typing import Any
 from bsoc.compress.workflow import validation_metrics
 from bsoc.data.dataset import Dataset
 from bsoc.nn.estimator import LstmSocEstimator
-from bsoc.train import PROFILES, FitResult, TrainConfig, fit, with_overrides
+from bsoc.profiles import PROFILES
+from bsoc.train import FitResult, TrainConfig, fit, with_overrides
 
 FINETUNE_EPOCHS = 10
 FINETUNE_LR_FRACTION = 0.1  # of the source model's training learning rate

@@ -25,7 +25,8 @@ from bsoc.errors import DatasetNotFoundError, DataValidationError
 from bsoc.outputs import OutputKind, write_output
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+# 2: a cycle's kind of load is "load_kind" (format 1 called it "profile"; both load)
+FORMAT_VERSION = 2
 # A dataset gets a folder of its own: without --force, any file there refuses the write.
 DATASET_OUTPUT = OutputKind("dataset", signature=MANIFEST,
                             legacy_files=(MANIFEST, "cycles/*.parquet"),

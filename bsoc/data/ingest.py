@@ -38,11 +38,11 @@ import pandas as pd
 from bsoc import __version__
 from bsoc.data import readers
 from bsoc.data.dataset import Dataset
-from bsoc.data.readers.common import OCV_KIND, RawCycle, profile_from_name, read_bytes
+from bsoc.data.readers.common import RawCycle, load_kind_from_name, read_bytes
 from bsoc.data.readers.mapping import TableSpec, conversions, convert_units
 from bsoc.data.reference import REST_CURRENT_A, ChargeCutoff, charge_count, soc_from_full_point
 from bsoc.data.resample import METHOD, cumulative_integral, interval_charge_ah, resample
-from bsoc.data.schema import Cycle, CycleMeta, numeric_column, validate_frame
+from bsoc.data.schema import OCV_LOAD_KIND, Cycle, CycleMeta, numeric_column, validate_frame
 from bsoc.errors import ConfigError, DataValidationError, SocReferenceError
 
 # Split rules of the project's real-data benchmark on the Panasonic data (and the same
@@ -515,7 +515,7 @@ def prepare(
         split=split_for(raw.name, options),
         capacity_ah=float(q_used),
         source_file=raw.source_file,
-        profile=raw.profile,
+        load_kind=raw.load_kind,
         extra=extra,
     )
     return Cycle(frame=frame, meta=meta), notes
@@ -529,10 +529,10 @@ def c20_capacities(files: list[Path], options: IngestOptions) -> dict[float, dic
     """
     found: dict[float, list[tuple[float, str]]] = {}
     for file in files:
-        if profile_from_name(file.stem) != OCV_KIND:
+        if load_kind_from_name(file.stem) != OCV_LOAD_KIND:
             continue
         for raw in readers.read(file, options.fmt, options.spec, options.duplicate_times):
-            if raw.profile != OCV_KIND:
+            if raw.load_kind != OCV_LOAD_KIND:
                 continue
             rows = raw.frame.index.to_numpy()
             frame, ah = _measured(raw, options, rows)

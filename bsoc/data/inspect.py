@@ -24,7 +24,7 @@ def summarise(cycle: Cycle) -> dict[str, Any]:
     return {
         "cycle": cycle.meta.name,
         "split": cycle.meta.split,
-        "profile": cycle.meta.profile,
+        "load_kind": cycle.meta.load_kind,
         "ambient_c": cycle.meta.ambient_c,
         "rows": len(frame),
         "duration_s": cycle.duration_s,
@@ -66,7 +66,7 @@ def plot_cycle(cycle: Cycle, path: Path) -> Path:
     axes[-1].set_xlabel(f"time ({unit})")
     meta = cycle.meta
     fig.suptitle(
-        f"{meta.name} — {meta.split}, {meta.profile or 'unknown profile'}, "
+        f"{meta.name} — {meta.split}, {meta.load_kind or 'unknown load'}, "
         f"ambient {meta.ambient_c:g} °C, {meta.cell}, Q = {meta.capacity_ah or 0:.3f} Ah"
     )
     fig.tight_layout()

@@ -29,6 +29,7 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("time_s", "voltage_v", "current_a", "temper
 OPTIONAL_COLUMNS: tuple[str, ...] = ("capacity_ah",)
 FEATURE_COLUMNS: tuple[str, ...] = ("voltage_v", "current_a", "temperature_c")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+OCV_LOAD_KIND = "ocv"  # the load kind of slow (C/20) tests, which the EKF reads OCV(SOC) off
 
 # Physical plausibility limits for a single Li-ion cell. Values outside them are
 # almost always a unit mistake (mV, mA, kelvin, percent), which we name explicitly.
@@ -56,7 +57,7 @@ class CycleMeta:
     source_file: str | None = None
     # kind of load: ocv, capacity, cc, pulse, hppc, charge, a drive cycle (udds, la92,
     # hwfet, us06, nn, urban, highway, aggressive) or mixed; None if unknown
-    profile: str | None = None
+    load_kind: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -64,7 +65,11 @@ class CycleMeta:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CycleMeta:
+        """Metadata as :meth:`to_dict` wrote it, or as a format-1 manifest did (which called
+        the load kind ``profile``)."""
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if "load_kind" not in known and "profile" in data:
+            known["load_kind"] = data["profile"]
         return cls(**known)
 
 

@@ -7,7 +7,7 @@ exchange currents and electrolyte transport, so a cold cell has a higher resista
 more non-linear polarisation and less usable capacity, and the cell heats itself.
 
 Pipeline for one cycle (:class:`CycleSpec`):
-profile knots (:mod:`bsoc.data.profiles`) -> PyBaMM solve that cannot step over a knot,
+profile knots (:mod:`bsoc.data.loads`) -> PyBaMM solve that cannot step over a knot,
 sampled at 1 Hz -> true SOC by coulomb counting the *true* current against the cell's
 capacity -> sensor errors on the measured columns (:mod:`bsoc.data.sensors`) ->
 :func:`bsoc.data.schema.validate_frame`.
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bsoc.data import profiles
+from bsoc.data import loads
 from bsoc.data.dataset import Dataset
 from bsoc.data.schema import Cycle, CycleMeta, coulomb_soc, validate_frame
 from bsoc.data.sensors import SensorModel
@@ -96,7 +96,8 @@ class CycleSpec:
 
 @dataclass(frozen=True)
 class Scale:
-    """How much to simulate: temperatures and cycles per temperature."""
+    """How much to simulate: temperatures and cycles per temperature (one per run profile,
+    :mod:`bsoc.profiles`)."""
 
     temperatures_c: tuple[float, ...]
     train_drives: int
@@ -108,13 +109,6 @@ class Scale:
     charge_max_s: float
 
 
-SCALES: dict[str, Scale] = {
-    "tiny": Scale((0.0, 25.0), 1, 1, 1, (1.0,), 0, 900.0, 1800.0),
-    "quick": Scale((-10.0, 0.0, 10.0, 25.0, 40.0), 4, 1, 2, (0.5, 1.0), 1, 2 * 3600.0, 3 * 3600.0),
-    "full": Scale(
-        (-10.0, 0.0, 10.0, 25.0, 40.0), 12, 4, 8, (0.5, 1.0, 2.0), 2, 4 * 3600.0, 4 * 3600.0
-    ),
-}
 DRIVE_SOC0 = (1.0, 0.9, 0.8, 0.7, 0.6)
 
 
@@ -210,11 +204,11 @@ def nominal_capacity_ah(config: CellConfig) -> float:
     return float(parameter_values(config)["Nominal cell capacity [A.h]"])
 
 
-def build_profile(spec: CycleSpec, capacity_ah: float) -> profiles.LoadProfile:
+def build_profile(spec: CycleSpec, capacity_ah: float) -> loads.LoadProfile:
     """The current profile a spec describes (deterministic in ``spec.seed``)."""
     rng = np.random.default_rng(spec.seed)
-    if spec.kind in profiles.DRIVE_KINDS:
-        return profiles.drive_profile(
+    if spec.kind in loads.DRIVE_KINDS:
+        return loads.drive_profile(
             spec.kind,
             rng,
             capacity_ah=capacity_ah,
@@ -223,21 +217,21 @@ def build_profile(spec: CycleSpec, capacity_ah: float) -> profiles.LoadProfile:
             max_duration_s=spec.max_duration_s or DEFAULT_MAX_DURATION_S,
         )
     if spec.kind == "cc":
-        return profiles.cc_profile(capacity_ah=capacity_ah, c_rate=spec.c_rate, soc0=spec.soc0)
+        return loads.cc_profile(capacity_ah=capacity_ah, c_rate=spec.c_rate, soc0=spec.soc0)
     if spec.kind == "ocv":
-        return profiles.ocv_profile(capacity_ah=capacity_ah, c_rate=spec.c_rate)
+        return loads.ocv_profile(capacity_ah=capacity_ah, c_rate=spec.c_rate)
     if spec.kind == "hppc":
-        return profiles.hppc_profile(
+        return loads.hppc_profile(
             capacity_ah=capacity_ah, ambient_c=spec.ambient_c, soc0=spec.soc0
         )
     if spec.kind == "charge":
-        return profiles.charge_profile(
+        return loads.charge_profile(
             capacity_ah=capacity_ah,
             ambient_c=spec.ambient_c,
             soc0=spec.soc0,
             max_duration_s=spec.max_duration_s or DEFAULT_MAX_DURATION_S,
         )
-    raise ConfigError(f"unknown profile kind '{spec.kind}'", remedy=f"use {profiles.PROFILE_KINDS}")
+    raise ConfigError(f"unknown load kind '{spec.kind}'", remedy=f"use {loads.LOAD_KINDS}")
 
 
 def simulate_trace(spec: CycleSpec, config: CellConfig | None = None) -> Trace:
@@ -326,7 +320,7 @@ def simulate_cycle(spec: CycleSpec, config: CellConfig | None = None) -> Cycle:
         ambient_c=spec.ambient_c,
         split=spec.split,
         capacity_ah=cell_capacity_ah(config),
-        profile=spec.kind,
+        load_kind=spec.kind,
         extra={
             "soc0": spec.soc0,
             "seed": spec.seed,
@@ -341,16 +335,13 @@ def simulate_cycle(spec: CycleSpec, config: CellConfig | None = None) -> Cycle:
     return Cycle(frame=frame, meta=meta)
 
 
-def plan_cycles(scale: str, seed: int) -> list[CycleSpec]:
-    """The cycles of a scale ('tiny', 'quick', 'full'), deterministic in ``seed``.
+def plan_cycles(plan: Scale, seed: int) -> list[CycleSpec]:
+    """The cycles of a scale, deterministic in ``seed``.
 
     Per ambient temperature: train = a C/20 OCV discharge, an HPPC test, CC discharges,
     charges and drive cycles; validation and test = drive cycles only (at least one each),
     so every split covers every temperature. Splits are by whole cycles.
     """
-    if scale not in SCALES:
-        raise ConfigError(f"unknown profile '{scale}'", remedy=f"use one of {list(SCALES)}")
-    plan = SCALES[scale]
     rng = np.random.default_rng(seed)
     specs: list[CycleSpec] = []
 
@@ -364,7 +355,7 @@ def plan_cycles(scale: str, seed: int) -> list[CycleSpec]:
         add("ocv", ambient, 1.0, "train", c_rate=OCV_C_RATE)
         add("hppc", ambient, 1.0, "train")
         for rate in plan.cc_rates:
-            derated = round(rate * profiles.rate_limits(ambient).discharge_c / profiles.PEAK_DISCHARGE_C, 3)
+            derated = round(rate * loads.rate_limits(ambient).discharge_c / loads.PEAK_DISCHARGE_C, 3)
             add("cc", ambient, float(rng.choice([1.0, 0.9])), "train", c_rate=derated)
         for _ in range(plan.charges):
             add("charge", ambient, round(float(rng.uniform(0.05, 0.4)), 2), "train",
@@ -375,7 +366,7 @@ def plan_cycles(scale: str, seed: int) -> list[CycleSpec]:
             ("test", plan.test_drives, ti + 2),
         ):
             for k in range(count):
-                kind = profiles.DRIVE_KINDS[(k + offset) % len(profiles.DRIVE_KINDS)]
+                kind = loads.DRIVE_KINDS[(k + offset) % len(loads.DRIVE_KINDS)]
                 add(kind, ambient, float(rng.choice(DRIVE_SOC0)), split,
                     max_duration_s=plan.drive_max_s)
     return specs
@@ -421,27 +412,30 @@ def simulate_cycles(
 
 
 def simulate_dataset(
-    scale: str = "quick",
+    scale: Scale,
     seed: int = 0,
     config: CellConfig | None = None,
     *,
+    profile: str,
     workers: int = 1,
     on_cycle: Callable[[Cycle], None] | None = None,
     command: str | None = None,
 ) -> Dataset:
-    """Plan and simulate a whole dataset; the manifest's provenance says how it was made."""
+    """Plan and simulate a whole dataset of the run profile ``profile`` (its ``scale``); the
+    manifest's provenance says how it was made."""
     config = config or CellConfig()
     specs = plan_cycles(scale, seed)
     cycles = simulate_cycles(specs, config, workers=workers, on_cycle=on_cycle)
     return Dataset(
-        name=f"sim-{scale}-seed{seed}",
+        name=f"sim-{profile}-seed{seed}",
         cycles=cycles,
-        provenance=simulation_provenance(scale, seed, config, cycles, command),
+        provenance=simulation_provenance(profile, scale, seed, config, cycles, command),
     )
 
 
 def simulation_provenance(
-    scale: str, seed: int, config: CellConfig, cycles: Sequence[Cycle], command: str | None
+    profile: str, scale: Scale, seed: int, config: CellConfig, cycles: Sequence[Cycle],
+    command: str | None,
 ) -> dict[str, Any]:
     pybamm = _pybamm()
     splits: dict[str, list[str]] = {}
@@ -450,9 +444,9 @@ def simulation_provenance(
     return {
         "made_by": SIMULATED_BY,
         "command": command,
-        "profile": scale,
+        "profile": profile,
         "seed": seed,
-        "scale": asdict(SCALES[scale]),
+        "scale": asdict(scale),
         "simulator": {
             "pybamm_version": pybamm.__version__,
             "parameter_set": config.parameter_set,
@@ -480,11 +474,11 @@ def simulation_provenance(
         "sampling_hz": 1.0,
         "sensors": config.sensors.to_dict(),
         "rate_derating": {
-            "temperatures_c": list(profiles.DERATE_TEMPERATURES_C),
-            "discharge_fraction": list(profiles.DISCHARGE_DERATE),
-            "charge_fraction": list(profiles.CHARGE_DERATE),
-            "peak_discharge_c": profiles.PEAK_DISCHARGE_C,
-            "peak_charge_c": profiles.PEAK_CHARGE_C,
+            "temperatures_c": list(loads.DERATE_TEMPERATURES_C),
+            "discharge_fraction": list(loads.DISCHARGE_DERATE),
+            "charge_fraction": list(loads.CHARGE_DERATE),
+            "peak_discharge_c": loads.PEAK_DISCHARGE_C,
+            "peak_charge_c": loads.PEAK_CHARGE_C,
         },
         "splits": splits,
         "cell_hours": round(sum(c.duration_s for c in cycles) / 3600.0, 2),

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bsoc.data.dataset import Dataset
+from bsoc.data.schema import OCV_LOAD_KIND
 from bsoc.ekf.estimator import EkfSocEstimator
 from bsoc.ekf.figures import write_fit_figures
 from bsoc.ekf.filter import InitSettings
@@ -40,7 +41,8 @@ def fit_ekf(
         )
     identifier = identifier or EcmIdentifier()
     tuner = tuner or NoiseTuner()
-    n_groups = len({round(c.meta.ambient_c) for c in train if c.meta.profile != "ocv"}) or 1
+    n_groups = len({round(c.meta.ambient_c) for c in train
+                    if c.meta.load_kind != OCV_LOAD_KIND}) or 1
     done: list[float] = []
 
     def group_done(ambient: float) -> None:

@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from bsoc.data.schema import Cycle
+from bsoc.data.schema import OCV_LOAD_KIND, Cycle
 from bsoc.ekf.ecm import EcmTables
 from bsoc.ekf.ecm_fit import EcmFit, EcmLeastSquares, Series, r0_guess, uniform_series
-from bsoc.ekf.ocv import OCV_PROFILE, ir_corrected, ocv_from_low_rate, ocv_row, pseudo_ocv
+from bsoc.ekf.ocv import ir_corrected, ocv_from_low_rate, ocv_row, pseudo_ocv
 from bsoc.errors import ConfigError
 
 REFERENCE_TEMPERATURE_C = 25.0
@@ -142,8 +142,8 @@ class EcmIdentifier:
         parameters: a robust start), then one joint fit of all groups with every parameter a
         function of each sample's measured cell temperature (table nodes at the ambients).
         """
-        low_rate = [c for c in cycles if c.meta.profile == OCV_PROFILE]
-        dynamic = [c for c in cycles if c.meta.profile != OCV_PROFILE]
+        low_rate = [c for c in cycles if c.meta.load_kind == OCV_LOAD_KIND]
+        dynamic = [c for c in cycles if c.meta.load_kind != OCV_LOAD_KIND]
         groups = _by_ambient(dynamic)
         if not groups:
             raise ConfigError(

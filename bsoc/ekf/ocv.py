@@ -1,6 +1,6 @@
 """OCV(SOC) from training data: from low-rate tests where there are some, else from drives.
 
-From the low-rate cycles (load kind ``"ocv"``) of a
+From the low-rate cycles (load kind :data:`~bsoc.data.schema.OCV_LOAD_KIND`) of a
 temperature: voltage binned by SOC per branch (its constant-current part); with a charge and
 a discharge branch the OCV is their mean (IR drop and hysteresis cancel), where only one
 branch covers a SOC range it is shifted by the half-gap nearest to it, and SOC that a
@@ -23,8 +23,6 @@ import numpy as np
 
 from bsoc.data.schema import Cycle
 from bsoc.errors import ConfigError
-
-OCV_PROFILE = "ocv"
 
 
 def binned(soc: np.ndarray, value: np.ndarray, n: int) -> np.ndarray:

@@ -28,10 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from bsoc.data.schema import Cycle
+from bsoc.data.schema import OCV_LOAD_KIND, Cycle
 from bsoc.ekf.ecm import EcmTables
 from bsoc.ekf.filter import InitSettings, NoiseSettings, ekf_step, new_state
-from bsoc.ekf.ocv import OCV_PROFILE
 from bsoc.errors import ConfigError
 from bsoc.estimator import SAMPLE_FIELDS
 
@@ -96,7 +95,7 @@ class NoiseTuner:
         """Up to ``cycles_per_temperature`` pulse/drive cycles per ambient (sorted by name)."""
         by_ambient: dict[float, list[Cycle]] = defaultdict(list)
         for cycle in sorted(cycles, key=lambda c: c.meta.name):
-            if cycle.meta.profile != OCV_PROFILE:
+            if cycle.meta.load_kind != OCV_LOAD_KIND:
                 by_ambient[round(cycle.meta.ambient_c)].append(cycle)
         chosen = [
             c for a in sorted(by_ambient) for c in by_ambient[a][: self.cycles_per_temperature]

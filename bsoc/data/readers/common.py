@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bsoc.data.schema import OCV_LOAD_KIND
 from bsoc.errors import DataValidationError
 
 # How SOC is anchored when the file has no SOC column:
@@ -46,7 +47,7 @@ class RawCycle:
     cell: str
     nominal_capacity_ah: float | None
     ambient_c: float | None
-    profile: str | None
+    load_kind: str | None
     soc_basis: str = "full-at-start"
     charge_voltage_v: float | None = None  # the CV charge voltage, for the "full-point" basis
     extra: dict[str, Any] = field(default_factory=dict)
@@ -55,13 +56,12 @@ class RawCycle:
 
 _AMBIENT = re.compile(r"(?<![A-Za-z0-9.])([n-]?)(\d+(?:\.\d+)?) ?d(?:eg)?C(?![a-z])")
 
-OCV_KIND = "ocv"
-# The load kind ("profile") of a cycle from its name; the first pattern that matches wins.
+# The load kind of a cycle from its name; the first pattern that matches wins.
 # ocv: slow (C/20) discharge/charge tests; capacity: 1C capacity tests; cc: other
 # constant-current discharges; pulse: pulse cycles with rests; charge: the charges between
 # tests; then each drive cycle, and mixed drive cycles.
-_PROFILES: tuple[tuple[str, str], ...] = (
-    (OCV_KIND, r"OCV|C20"),
+_LOAD_KINDS: tuple[tuple[str, str], ...] = (
+    (OCV_LOAD_KIND, r"OCV|C20"),
     ("hppc", r"HPPC"),
     ("capacity", r"Dis1C|Cap_?\d*C|Capacity"),
     ("cc", r"Dis_\d|(?<![A-Za-z0-9])\d*C_?(dis)?charge|(^|_)CC(_|$)"),
@@ -86,11 +86,11 @@ def ambient_from_path(path: Path) -> float | None:
     return None
 
 
-def profile_from_name(name: str) -> str | None:
+def load_kind_from_name(name: str) -> str | None:
     """Kind of load from the cycle name (ocv, capacity, pulse, hppc, charge, udds, mixed...)."""
-    for profile, pattern in _PROFILES:
+    for kind, pattern in _LOAD_KINDS:
         if re.search(pattern, name, flags=re.IGNORECASE):
-            return profile
+            return kind
     return None
 
 

@@ -31,7 +31,7 @@ from bsoc.data.readers.common import (
     clean_names,
     drop_repeated_times,
     parse_time,
-    profile_from_name,
+    load_kind_from_name,
     reject_repeated_header,
     require_columns,
     require_unique,
@@ -144,7 +144,7 @@ def read(path: Path) -> list[RawCycle]:
             nominal_capacity_ah=_metadata_number(
                 metadata, "Nominal Capacity", NOMINAL_CAPACITY_AH, 0.1, 100.0),
             ambient_c=ambient,
-            profile=profile_from_name(path.stem),
+            load_kind=load_kind_from_name(path.stem),
             soc_basis="full-point",
             charge_voltage_v=_metadata_number(
                 metadata, "Maximum Voltage", CHARGE_VOLTAGE_V, 3.0, 5.0),

@@ -19,10 +19,11 @@ from bsoc.data.readers.common import (
     RawCycle,
     ambient_from_path,
     drop_repeated_times,
-    profile_from_name,
+    load_kind_from_name,
     read_bytes,
     unreadable,
 )
+from bsoc.data.schema import OCV_LOAD_KIND
 from bsoc.errors import DataValidationError
 
 CELL = "Panasonic 18650PF"
@@ -97,7 +98,7 @@ def read(path: Path) -> list[RawCycle]:
         )
     frame, repeated = drop_repeated_times(pd.DataFrame(columns))
     name = cycle_name(path)
-    profile = profile_from_name(name)
+    load_kind = load_kind_from_name(name)
     extra: dict[str, object] = {"repeated_timestamps_dropped": repeated}
     ambient = ambient_from_path(path)
     if ambient is None and "Chamber_Temp_degC" in meas.dtype.names:
@@ -113,8 +114,8 @@ def read(path: Path) -> list[RawCycle]:
             cell=CELL,
             nominal_capacity_ah=NOMINAL_CAPACITY_AH,
             ambient_c=ambient,
-            profile=profile,
-            soc_basis="own-capacity" if profile == "ocv" else "full-at-start",
+            load_kind=load_kind,
+            soc_basis="own-capacity" if load_kind == OCV_LOAD_KIND else "full-at-start",
             extra=extra,
             sources={canonical: f"meas.{source}" for source, canonical in FIELDS.items()},
         )

@@ -26,7 +26,7 @@ from bsoc.data.readers.common import (
     clean_names,
     drop_repeated_times,
     parse_time,
-    profile_from_name,
+    load_kind_from_name,
     read_bytes,
     reject_repeated_header,
     require_columns,
@@ -141,7 +141,7 @@ def read(
             cell=cell,
             nominal_capacity_ah=None,
             ambient_c=ambient_from_path(path),
-            profile=profile_from_name(path.stem),
+            load_kind=load_kind_from_name(path.stem),
             extra=extra,
             sources=present,
         )

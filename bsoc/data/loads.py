@@ -1,6 +1,7 @@
-"""Current profiles for the simulated cell: drive cycles, CC, HPPC, charging, OCV.
+"""The loads of the simulated cell: drive cycles, CC, HPPC, charging, OCV.
 
-A profile is a piecewise-linear current ``I(t)`` given by knots on whole seconds, so that
+A load kind (:data:`LOAD_KINDS`, a cycle's ``load_kind``) is drawn as a load profile, a
+piecewise-linear current ``I(t)`` given by knots on whole seconds, so that
 the 1 Hz table contains every knot and trapezoidal coulomb counting on it is exact. A
 step is a one-second ramp, which is what a 1 Hz logger sees of a real step anyway. The
 knots also steer the solver (see :func:`bsoc.data.simulate.simulate_trace`): PyBaMM's
@@ -19,8 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bsoc.data.schema import OCV_LOAD_KIND
+
 DRIVE_KINDS: tuple[str, ...] = ("urban", "highway", "aggressive", "mixed")
-PROFILE_KINDS: tuple[str, ...] = (*DRIVE_KINDS, "cc", "hppc", "charge", "ocv")
+LOAD_KINDS: tuple[str, ...] = (*DRIVE_KINDS, "cc", "hppc", "charge", OCV_LOAD_KIND)
 
 # BMS-style derating: fraction of the warm-cell rate allowed at each ambient temperature.
 DERATE_TEMPERATURES_C = (-20.0, -10.0, 0.0, 10.0, 20.0)

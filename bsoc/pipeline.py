@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bsoc.command_lines import CommandLines
 from bsoc.data.dataset import Dataset
 from bsoc.data.simulate import SIMULATED_BY
 from bsoc.errors import OverwriteRefusedError
@@ -77,7 +78,7 @@ class Step:
     argv: list[str]
     reads: list[Path] = field(default_factory=list)
     artefact: str = "config.json"  # the file in ``output`` that the step writes
-    takes_force: bool = True  # the command refuses to overwrite its output without --force
+    force: list[str] = field(default_factory=list)  # the words that let it replace its output
 
     def overwrites_foreign_output(self) -> bool:
         """True when ``output`` holds an artefact this pipeline did not make (a user's)."""
@@ -91,79 +92,66 @@ def pretrains_by_default(data: Path | None) -> bool:
     return Dataset.manifest(data).get("provenance", {}).get("made_by") != SIMULATED_BY
 
 
-def plan_steps(plan: PipelinePlan) -> list[Step]:
-    """The commands of one pipeline run, in order."""
-    data, models, profile, sizes = str(plan.data), plan.models, plan.profile, plan.sizes
+def plan_steps(plan: PipelinePlan, lines: CommandLines) -> list[Step]:
+    """The commands of one pipeline run, in order, spelled by ``lines`` (bsoc's commands)."""
+    sizes, models, seed = plan.sizes, plan.models, plan.seed
     lstm, projected, svd = models / "lstm", models / "projected", models / "svd"
     projected_ft, svd_ft, ekf = models / "projected-ft", models / "svd-ft", models / "ekf"
     sweep = plan.report / "sweep"
-    seed = ["--seed", str(plan.seed)]
+
+    def step(name: str, output: Path, command: str, *arguments: Any, reads: list[Path],
+             artefact: str = "config.json", **options: Any) -> Step:
+        return Step(name, output, lines(command, *arguments, **options), reads, artefact,
+                    lines.force(command))
+
     steps = []
     if plan.simulate:
-        steps.append(Step("simulate", plan.data, ["data", "simulate", "--profile", profile,
-                                                  *seed, "--out", data],
-                          artefact="manifest.json"))
-    steps.append(Step("inspect data", plan.report / "data",
-                      ["data", "inspect", data, "--out", str(plan.report / "data")], [plan.data],
-                      artefact="summary.json", takes_force=False))
+        steps.append(step("simulate", plan.data, "data simulate", reads=[],
+                          artefact="manifest.json", profile=plan.profile, seed=seed,
+                          out=plan.data))
+    steps.append(step("inspect data", plan.report / "data", "data inspect", plan.data,
+                      reads=[plan.data], artefact="summary.json", out=plan.report / "data"))
     # fine-tuning inherits the threads from the model's recorded training
-    threads = [] if plan.threads is None else ["--threads", str(plan.threads)]
-    train = Step("train", lstm, ["train", "--data", data, "--out", str(lstm), "--profile",
-                                 profile, *seed, *threads], [plan.data])
+    training = {"profile": plan.profile, "seed": seed, "threads": plan.threads}
+    init_from: dict[str, Path] = {}
     if plan.pretrain:
-        budget = _budget(sizes.pretraining_epochs, sizes.pretraining_max_minutes)
         pretrained, pretraining = models / "pretrained", plan.pretraining_data
         steps += [
-            Step("simulate (pretraining cells)", pretraining,
-                 ["data", "simulate", "--profile", sizes.pretraining_cells, *seed, "--out",
-                  str(pretraining)],
-                 artefact="manifest.json"),
-            Step("pretrain (simulated cells)", pretrained,
-                 ["train", "--data", str(pretraining), "--out", str(pretrained), "--profile",
-                  profile, *seed, *threads, *budget], [pretraining]),
+            step("simulate (pretraining cells)", pretraining, "data simulate", reads=[],
+                 artefact="manifest.json", profile=sizes.pretraining_cells, seed=seed,
+                 out=pretraining),
+            step("pretrain (simulated cells)", pretrained, "train", reads=[pretraining],
+                 data=pretraining, out=pretrained, **training, epochs=sizes.pretraining_epochs,
+                 max_minutes=sizes.pretraining_max_minutes),
         ]
-        train.argv += ["--init-from", str(pretrained)]
-        train.reads.append(pretrained)
-    finetune = [*_budget(sizes.finetune_epochs, sizes.finetune_max_minutes), *seed]
+        init_from = {"init_from": pretrained}
+    finetune = {"epochs": sizes.finetune_epochs, "max_minutes": sizes.finetune_max_minutes,
+                "seed": seed}
     steps += [
-        train,
-        Step("compress (projection)", projected,
-             ["compress", str(lstm), "--data", data, "--out", str(projected),
-              "--learnables-reduction", str(plan.reduction)], [plan.data, lstm]),
-        Step("fine-tune (projection)", projected_ft,
-             ["finetune", str(projected), "--data", data, "--out", str(projected_ft), *finetune],
-             [plan.data, projected]),
-        Step("compress (SVD, same learnables)", svd,
-             ["compress", str(lstm), "--data", data, "--out", str(svd), "--method", "svd",
-              "--learnables-reduction", str(plan.reduction)], [plan.data, lstm]),
-        Step("fine-tune (SVD)", svd_ft,
-             ["finetune", str(svd), "--data", data, "--out", str(svd_ft), *finetune],
-             [plan.data, svd]),
-        Step("sweep (projection vs SVD)", sweep,
-             ["compress", str(lstm), "--data", data, "--sweep", "--out", str(sweep)],
-             [plan.data, lstm], artefact="sweep.json"),
-        Step("EKF fit", ekf, ["ekf", "fit", data, "--out", str(ekf)], [plan.data]),
+        step("train", lstm, "train", reads=[plan.data, *init_from.values()], data=plan.data,
+             out=lstm, **training, **init_from),
+        step("compress (projection)", projected, "compress", lstm, reads=[plan.data, lstm],
+             data=plan.data, out=projected, learnables_reduction=plan.reduction),
+        step("fine-tune (projection)", projected_ft, "finetune", projected,
+             reads=[plan.data, projected], data=plan.data, out=projected_ft, **finetune),
+        step("compress (SVD, same learnables)", svd, "compress", lstm, reads=[plan.data, lstm],
+             data=plan.data, out=svd, method="svd", learnables_reduction=plan.reduction),
+        step("fine-tune (SVD)", svd_ft, "finetune", svd, reads=[plan.data, svd],
+             data=plan.data, out=svd_ft, **finetune),
+        step("sweep (projection vs SVD)", sweep, "compress", lstm, reads=[plan.data, lstm],
+             artefact="sweep.json", data=plan.data, sweep=True, out=sweep),
+        step("EKF fit", ekf, "ekf fit", plan.data, reads=[plan.data], out=ekf),
     ]
     benchmark_models = [lstm, projected, projected_ft, svd, svd_ft, ekf]
-    bench_args = ["benchmark", "--data", data, "--out", str(plan.benchmark)]
-    for model in benchmark_models:
-        bench_args += ["--models", str(model)]
-    if sizes.quick_benchmark:
-        bench_args.append("--quick")
     steps += [
-        Step("benchmark", plan.benchmark, bench_args, [plan.data, *benchmark_models],
-             artefact="benchmark.json"),
-        Step("report", plan.report, ["report", str(plan.benchmark), "--out", str(plan.report),
-                                     "--sweep", str(sweep / "sweep.json"),
-                                     "--title", f"bsoc report: {plan.run}"],
-             [plan.benchmark, sweep], artefact="report.html"),
+        step("benchmark", plan.benchmark, "benchmark", reads=[plan.data, *benchmark_models],
+             artefact="benchmark.json", data=plan.data, out=plan.benchmark,
+             models=benchmark_models, quick=sizes.quick_benchmark),
+        step("report", plan.report, "report", plan.benchmark, reads=[plan.benchmark, sweep],
+             artefact="report.html", out=plan.report, sweep=[sweep / "sweep.json"],
+             title=f"bsoc report: {plan.run}"),
     ]
     return steps
-
-
-def _budget(epochs: int | None, max_minutes: float | None) -> list[str]:
-    return [*(["--epochs", str(epochs)] if epochs is not None else []),
-            *(["--max-minutes", f"{max_minutes:g}"] if max_minutes is not None else [])]
 
 
 def source_fingerprint() -> str:
@@ -183,16 +171,16 @@ def _fingerprint(path: Path) -> str:
 
 def run_pipeline(
     plan: PipelinePlan,
+    lines: CommandLines,
     invoke: Callable[[list[str]], None],
     log: Callable[[str], None],
     *,
     force: bool = False,
 ) -> dict[str, Any]:
     """Run the steps through ``invoke(argv)`` (the CLI), skipping those that are up to date."""
-    run_profile(plan.profile)  # an unknown profile is refused before any step runs
     timings: dict[str, float] = {}
     code = source_fingerprint()
-    steps = plan_steps(plan)
+    steps = plan_steps(plan, lines)  # an unknown profile is refused here, before any step
     if not plan.simulate:  # a given dataset must lie outside every folder the run writes
         for step in steps:
             check_inputs(step.output, [plan.data],
@@ -206,7 +194,7 @@ def run_pipeline(
             )
         inputs = {"argv": step.argv, "reads": {str(p): _fingerprint(p) for p in step.reads},
                   "bsoc_source": code}
-        argv = [*step.argv, "--force"] if step.takes_force else step.argv
+        argv = [*step.argv, *step.force]
         started = time.perf_counter()
 
         def action(argv: list[str] = argv) -> None:

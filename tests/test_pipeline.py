@@ -6,13 +6,20 @@ import errno
 import json
 from pathlib import Path
 
+import click
 import pytest
+import typer
 
-from bsoc.cli import main
+from bsoc.cli import app, main
+from bsoc.command_lines import CommandLines
 from bsoc.data.dataset import Dataset
 from bsoc.data.simulate import SIMULATED_BY
 from bsoc.pipeline import PipelinePlan, plan_steps, pretrains_by_default
 from bsoc.pipeline_steps import STEP_FILE
+from bsoc.profiles import PROFILES
+
+BSOC = typer.main.get_command(app)
+LINES = CommandLines(BSOC)
 
 
 def run_cli(args: list[str]) -> int:
@@ -68,17 +75,51 @@ def test_only_measured_cells_are_pretrained_for_by_default(toy_dataset: Path, tm
 def test_pretraining_steps_only_when_asked(tmp_path: Path, simulate: bool, pretrain: bool):
     plan = PipelinePlan(profile="tiny", run="r", data=tmp_path / "d", simulate=simulate,
                         pretrain=pretrain)
-    steps = {step.name: step for step in plan_steps(plan)}
+    steps = {step.name: step for step in plan_steps(plan, LINES)}
     assert ("pretrain (simulated cells)" in steps) is pretrain
     assert ("--init-from" in steps["train"].argv) is pretrain
     if pretrain:
         assert steps["pretrain (simulated cells)"].output in steps["train"].reads
 
 
+@pytest.mark.parametrize("profile", list(PROFILES))
+@pytest.mark.parametrize(("simulate", "pretrain"), [(True, False), (False, True)])
+def test_every_planned_step_is_a_command_line_bsoc_parses(tmp_path: Path, profile: str,
+                                                          simulate: bool, pretrain: bool):
+    plan = PipelinePlan(profile=profile, run="r", data=tmp_path / "d", simulate=simulate,
+                        pretrain=pretrain, threads=1)
+    for step in plan_steps(plan, LINES):
+        words = step.argv[:2] if step.argv[0] in ("data", "ekf") else step.argv[:1]
+        command = LINES.command(" ".join(words))
+        parsed = command.make_context("bsoc", [*step.argv[len(words):], *step.force])
+        if step.force:
+            assert parsed.params["force"] is True
+        assert parsed.params.get("out") in (step.output, None) or step.name == "report"
+
+
+def test_options_are_spelled_from_the_commands_so_a_renamed_one_fails_when_planned(
+    tmp_path: Path,
+):
+    plan = PipelinePlan(profile="tiny", run="r", data=tmp_path / "d", simulate=False, threads=1)
+    train = BSOC.commands["train"]
+
+    def with_threads_option(*declaration: str) -> CommandLines:
+        changed = click.Command("train", params=[
+            *(p for p in train.params if p.name != "threads"), click.Option(list(declaration))])
+        return CommandLines(click.Group("bsoc", commands={**BSOC.commands, "train": changed}))
+
+    renamed_flag = plan_steps(plan, with_threads_option("--torch-threads", "threads"))
+    assert next(s for s in renamed_flag if s.name == "train").argv[-2:] == ["--torch-threads", "1"]
+    with pytest.raises(LookupError, match="threads"):
+        plan_steps(plan, with_threads_option("--torch-threads"))
+    with pytest.raises(LookupError, match="no command"):
+        LINES("trian", data=tmp_path)
+
+
 def test_threads_reach_both_trainings(tmp_path: Path):
     plan = PipelinePlan(profile="tiny", run="r", data=tmp_path / "d", simulate=False,
                         pretrain=True, threads=1)
-    trainings = [step.argv for step in plan_steps(plan) if step.argv[0] == "train"]
+    trainings = [step.argv for step in plan_steps(plan, LINES) if step.argv[0] == "train"]
     assert len(trainings) == 2
     assert all(argv[argv.index("--threads") + 1] == "1" for argv in trainings)
 
@@ -97,7 +138,7 @@ def test_second_run_skips_every_step(pipeline_run: Path, toy_dataset: Path, caps
 def test_pipeline_refuses_to_overwrite_a_users_model(tmp_path: Path, toy_dataset: Path):
     plan = PipelinePlan(profile="tiny", run="mine", data=toy_dataset, simulate=False,
                         root=tmp_path)
-    first_model = next(step.output for step in plan_steps(plan) if step.name == "train")
+    first_model = next(step.output for step in plan_steps(plan, LINES) if step.name == "train")
     first_model.mkdir(parents=True)
     (first_model / "config.json").write_text("{}")
     with pytest.MonkeyPatch.context() as patch:

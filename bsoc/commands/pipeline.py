@@ -13,6 +13,7 @@ from bsoc.console import emit_json, err_console, out_console, set_command_line
 
 
 def pipeline(
+    ctx: typer.Context,
     profile: str = typer.Option("quick", "--profile", help="tiny (tests), quick (the demo, "
                                 "<= 15 min on 2 cores) or full (the benchmark figures)."),
     data: Path = typer.Option(None, "--data", help="Use this dataset (e.g. from 'bsoc data "
@@ -35,7 +36,7 @@ def pipeline(
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Run the whole job end to end and print the report's path and the summary table."""
-    from bsoc.cli import app
+    from bsoc.command_lines import CommandLines
     from bsoc.pipeline import PipelinePlan, pretrains_by_default, run_pipeline
 
     plan = PipelinePlan(
@@ -49,12 +50,14 @@ def pipeline(
         threads=threads,
     )
 
+    bsoc = ctx.find_root().command  # every step is one of bsoc's own commands
+
     def invoke(argv: list[str]) -> None:
         set_command_line(argv)
-        app(args=argv, standalone_mode=False)
+        bsoc.main(args=argv, prog_name="bsoc", standalone_mode=False)
 
     started = time.perf_counter()
-    result = run_pipeline(plan, invoke, err_console.print, force=force)
+    result = run_pipeline(plan, CommandLines(bsoc), invoke, err_console.print, force=force)
     result["seconds"] = round(time.perf_counter() - started, 1)
     if json_output:
         emit_json(result)

@@ -35,7 +35,8 @@ from bsoc.data.schema import Cycle
 from bsoc.errors import BsocError, ConfigError, DatasetNotFoundError
 from bsoc.estimator import SAMPLE_FIELDS
 from bsoc.heap import settle_heap
-from bsoc.serve.schemas import Rejected, check_stream_id
+from bsoc.serve.errors import InvalidStreamId
+from bsoc.serve.schemas import check_stream_id
 
 TRANSPORTS = ("ws", "http")
 KEY_REMEDY = "pass the service's key with --api-key-file FILE or BSOC_API_KEY"
@@ -109,7 +110,7 @@ def _check(config: ReplayConfig) -> None:
     if config.prefix:
         try:
             check_stream_id(f"{config.prefix}-00000")
-        except Rejected as error:
+        except InvalidStreamId as error:
             raise ConfigError(f"--prefix {config.prefix!r}: {error.message}") from None
 
 

@@ -22,9 +22,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bsoc.errors import ConfigError
 from bsoc.estimator import SAMPLE_FIELDS, StreamSet
-from bsoc.serve.app import ServeConfig, create_app, describe_model
+from bsoc.serve.app import create_app
 from bsoc.serve.auth import resolve_api_key
 from bsoc.serve.batching import step_jobs
+from bsoc.serve.service import ServeConfig, describe_model
 from bsoc.serve.snapshot import write_snapshot
 from test_serve_helpers import (
     CoulombEstimator,

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from bsoc.replay import ReplayConfig, load_cycles, replay
-from bsoc.serve.app import ServeConfig, create_app, describe_model
+from bsoc.serve.app import create_app
+from bsoc.serve.service import ServeConfig, describe_model
 from test_serve_helpers import CoulombEstimator, ThreadServer
 
 CHROMIUM = Path("/usr/bin/chromium")

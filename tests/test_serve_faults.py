@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from bsoc.serve.app import describe_model
+from bsoc.serve.service import describe_model
 from bsoc.serve.snapshot import write_snapshot
 from test_serve_helpers import CoulombEstimator, ProcessServer, as_json, rows_of, run_cli, socs
 

@@ -21,7 +21,8 @@ import pytest
 from websockets.asyncio.client import connect
 
 from bsoc.estimator import ESTIMATOR_CLASSES, StreamSet, load_estimator
-from bsoc.serve.app import ServeConfig, create_app, describe_model
+from bsoc.serve.app import create_app
+from bsoc.serve.service import ServeConfig, describe_model
 from conftest import make_toy_cycle
 from test_serve_helpers import (
     COULOMB_KIND,

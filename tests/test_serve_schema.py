@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 
-from bsoc.serve.app import ServeConfig, create_app, describe_model
+from bsoc.serve.app import create_app
+from bsoc.serve.service import ServeConfig, describe_model
 from test_serve_helpers import CoulombEstimator, ThreadServer
 
 KEY = "s" * 24

@@ -93,8 +93,9 @@ def serve(
     import uvicorn
 
     from bsoc.estimator import load_estimator
-    from bsoc.serve.app import ServeConfig, create_app, describe_model
+    from bsoc.serve.app import create_app
     from bsoc.serve.auth import check_bind
+    from bsoc.serve.service import ServeConfig, describe_model
     from bsoc.serve.streams import GAP_POLICIES
 
     if gap_policy not in GAP_POLICIES:

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from bsoc.data.schema import MAX_CURRENT_C_RATE, TEMPERATURE_RANGE_C, VOLTAGE_RANGE_V
-from bsoc.errors import BsocError
+from bsoc.serve.errors import InvalidStreamId
 
 # The dataset validator's default current limit (40 C of a 5 Ah cell): beyond it the
 # number is almost surely milliamperes. The service knows no capacity, so it uses the default.
@@ -140,26 +140,10 @@ class ErrorResponse(BaseModel):
     details: list[dict] | None = None
 
 
-class Rejected(BsocError):
-    """A request the service refuses; carries its HTTP status and error kind.
-
-    Raised before any state changes, so the stream is exactly as it was.
-    """
-
-    def __init__(self, status: int, kind: str, reason: str) -> None:
-        self.status, self.kind = status, kind
-        super().__init__(reason)
-
-    def body(self) -> dict:
-        return {"error": self.kind, "reason": self.message}
-
-
 def check_stream_id(stream_id: str) -> str:
     """The id itself, if the whole of it is valid (``match`` would accept a trailing newline)."""
     if not _STREAM_ID.fullmatch(stream_id):
-        raise Rejected(
-            422,
-            "validation",
+        raise InvalidStreamId(
             f"stream id {stream_id[:140]!r} is invalid: use 1-128 characters "
             "from letters, digits and . _ : - (starting with a letter or digit)",
         )

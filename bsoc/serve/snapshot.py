@@ -22,7 +22,8 @@ import numpy as np
 
 from bsoc import __version__
 from bsoc.errors import ConfigError
-from bsoc.serve.schemas import Rejected, check_stream_id
+from bsoc.serve.errors import InvalidStreamId
+from bsoc.serve.schemas import check_stream_id
 
 FORMAT_VERSION = 1
 ARRAYS = ("stream_ids", "states", "last_time_s", "samples", "gaps", "soc", "last_sample")
@@ -181,7 +182,7 @@ def _inconsistency(arrays: dict[str, np.ndarray], state_size: int) -> str | None
     try:
         for stream_id in ids.tolist():
             check_stream_id(stream_id)
-    except Rejected as error:
+    except InvalidStreamId as error:
         return error.message
     return None
 

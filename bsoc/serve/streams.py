@@ -10,6 +10,7 @@ the stream's latest time *at that moment*: its first sample must be later than t
 accepted one, its samples strictly increasing. So when two clients send the same or
 overlapping timestamps, the first to arrive wins and the other gets 409 ``out_of_order``;
 interleaved, increasing samples from two clients are both accepted, in arrival order.
+Refusals are the domain errors of :mod:`bsoc.serve.errors`.
 
 A request is all-or-nothing: the state is replaced only after the model has stepped every
 one of its samples. Anything rejected or failed leaves the stream exactly as it was (a
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bsoc.serve.batching import MicroBatcher
-from bsoc.serve.schemas import Rejected
+from bsoc.serve.errors import SamplesNotIncreasing, SamplesNotNewer, TooManyStreams, UnknownStream
 
 GAP_POLICIES = ("reset", "flag")
 HISTORY_FIELDS = ("time_s", "soc", "voltage_v", "current_a", "temperature_c")
@@ -117,7 +118,7 @@ class StreamRegistry:
                 del self._lock_users[stream_id], self._locks[stream_id]
 
     async def apply(self, stream_id: str, rows: np.ndarray) -> Applied:
-        """Step one stream through ``rows`` (K, 4) and commit; raise :class:`Rejected` if not."""
+        """Step one stream through ``rows`` (K, 4) and commit, or refuse and change nothing."""
         async with self._exclusive(stream_id):
             stream = self.streams.get(stream_id)
             if stream is None:
@@ -126,16 +127,12 @@ class StreamRegistry:
             steps = np.diff(rows[:, 0])
             if (steps <= 0).any():
                 k = int(np.flatnonzero(steps <= 0)[0]) + 1
-                raise Rejected(
-                    422,
-                    "out_of_order",
+                raise SamplesNotIncreasing(
                     f"samples[{k}].time_s = {times[k]!r} does not come after samples[{k - 1}]"
                     f".time_s = {times[k - 1]!r}; send samples in strictly increasing time",
                 )
             if stream is not None and times[0] <= stream.last_time:
-                raise Rejected(
-                    409,
-                    "out_of_order",
+                raise SamplesNotNewer(
                     f"samples[0].time_s = {times[0]!r} is not after the stream's last accepted "
                     f"time {stream.last_time!r}; send only newer samples (or DELETE the stream "
                     "to start it again)",
@@ -186,9 +183,7 @@ class StreamRegistry:
 
     def _check_capacity(self) -> None:
         if len(self.streams) >= self.max_streams:
-            raise Rejected(
-                429,
-                "too_many_streams",
+            raise TooManyStreams(
                 f"the service already holds its limit of {self.max_streams} streams; "
                 "DELETE finished streams or start it with a larger --max-streams",
             )
@@ -198,13 +193,13 @@ class StreamRegistry:
         async with self._exclusive(stream_id):
             stream = self.streams.pop(stream_id, None)
         if stream is None:
-            raise Rejected(404, "not_found", f"no stream {stream_id!r}; it has sent no samples")
+            raise _unknown(stream_id)
         return stream
 
     def get(self, stream_id: str) -> Stream:
         stream = self.streams.get(stream_id)
         if stream is None:
-            raise Rejected(404, "not_found", f"no stream {stream_id!r}; it has sent no samples")
+            raise _unknown(stream_id)
         return stream
 
     def export(self) -> dict[str, np.ndarray]:
@@ -236,3 +231,7 @@ class StreamRegistry:
                 history=self._new_history(),
             )
         return len(self.streams)
+
+
+def _unknown(stream_id: str) -> UnknownStream:
+    return UnknownStream(f"no stream {stream_id!r}; it has sent no samples")

@@ -26,7 +26,6 @@ import numpy as np
 
 from bsoc.data.dataset import Dataset
 from bsoc.estimator import load_estimator
-from bsoc.evaluate import samples_of
 from bsoc.export import measure
 from bsoc.export.write import export_model
 
@@ -82,7 +81,7 @@ def main() -> None:
         if missing:
             print(f"skipping {what}: {', '.join(missing)} not installed (make edge-tools)")
     cycle = Dataset.load(args.data).split("test")[0]
-    samples = samples_of(cycle)
+    samples = cycle.samples()
     rows = [measure_model(m, args.out, samples, args.callgrind_samples, args.qemu_samples)
             for m in args.models]
     meta = {"data": str(args.data), "cycle": cycle.meta.name, "rows": rows,

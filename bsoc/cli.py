@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 
 from bsoc import __version__
-from bsoc.console import err_console, set_command_line
+from bsoc.console import err_console
 from bsoc.errors import BsocError
 
 app = typer.Typer(
@@ -120,7 +120,6 @@ def _os_failure(error: OSError) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point; exits with the command's code."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    set_command_line(argv)
     try:
         returned = app(args=argv, prog_name="bsoc", standalone_mode=False)
     except typer.Exit as done:

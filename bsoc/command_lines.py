@@ -1,12 +1,15 @@
 """bsoc's own command lines, spelled from the commands' definitions (their parameters).
 
+Two uses, one spelling (:func:`spell`): :func:`running_command` writes down the command that
+is running, with every parameter's value, for the provenance artefacts record; and
 :class:`CommandLines` writes the argument lists the pipeline runs from the parameters'
-Python names (:func:`spell`), so that a renamed command or option fails as soon as a
-pipeline is planned (in the tests), never half-way through a user's run.
+Python names, so that a renamed command or option fails as soon as a pipeline is planned
+(in the tests), never half-way through a user's run.
 """
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 # Commands and parameters are click's objects as typer builds them (typer ships its own copy
@@ -48,6 +51,22 @@ def _word(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+def running_command(context: Any) -> str:
+    """The running ``bsoc`` command (its ``typer.Context``) with every parameter's value, as
+    a shell line.
+
+    Rebuilt from the parsed parameters rather than ``sys.argv``, so it is right however the
+    command was invoked (console script, ``python -m``, the pipeline, tests calling ``main``).
+    """
+    path: list[str] = []
+    node = context
+    while node.parent is not None:
+        path.insert(0, str(node.info_name))
+        node = node.parent
+    values = {param.name: context.params.get(param.name) for param in context.command.params}
+    return shlex.join(["bsoc", *path, *spell(context.command, values)])
 
 
 class CommandLines:

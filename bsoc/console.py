@@ -23,19 +23,6 @@ from rich.progress import (
 
 err_console = Console(stderr=True)
 out_console = Console()
-_command_line: list[str] = []
-
-
-def set_command_line(argv: list[str]) -> None:
-    """Remember how bsoc was invoked (the CLI edge calls this) for artefact provenance."""
-    _command_line[:] = list(argv)
-
-
-def command_line() -> str:
-    """The invoking command, e.g. ``bsoc train --data d --out m``, recorded in artefacts."""
-    import shlex
-
-    return shlex.join(["bsoc", *_command_line])
 
 
 def progress(transient: bool = False) -> Progress:

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from bsoc.errors import ModelFileError
-from bsoc.lazy import import_target
+from bsoc.lazy import registered
 from bsoc.outputs import OutputKind, check_output, make_folder
 
 SAMPLE_FIELDS: tuple[str, ...] = ("time_s", "voltage_v", "current_a", "temperature_c")
@@ -110,30 +110,6 @@ class SocEstimator(ABC):
         """Read a model folder written by :meth:`save`. Never unpickles."""
 
 
-class StreamSet:
-    """Per-stream state for a fixed estimator: ``step(sample)`` for one cell, ``step_batch`` for many.
-
-    The service keeps one of these; tests use it to prove that streaming equals ``predict``.
-    """
-
-    def __init__(self, estimator: SocEstimator, n_streams: int = 1) -> None:
-        self.estimator = estimator
-        self.states = np.repeat(estimator.initial_state()[None, :], n_streams, axis=0)
-
-    def step(self, sample: np.ndarray | list[float], stream: int = 0) -> float:
-        row = np.asarray(sample, dtype=np.float64).reshape(1, -1)
-        soc, new = self.estimator.step_batch(row, self.states[stream : stream + 1])
-        self.states[stream] = new[0]
-        return float(soc[0])
-
-    def step_batch(self, samples: np.ndarray) -> np.ndarray:
-        soc, self.states = self.estimator.step_batch(np.asarray(samples, np.float64), self.states)
-        return soc
-
-    def reset(self, stream: int) -> None:
-        self.states[stream] = self.estimator.initial_state()
-
-
 def read_config(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
@@ -152,13 +128,7 @@ def read_config(directory: str | Path) -> dict[str, Any]:
 def load_estimator(directory: str | Path) -> SocEstimator:
     """Load any model folder by the ``kind`` recorded in its config."""
     kind = read_config(directory).get("kind")
-    target = ESTIMATOR_CLASSES.get(str(kind))
-    if target is None:
-        raise ModelFileError(
-            f"{directory} holds a model of unknown kind {kind!r}",
-            remedy=f"expected one of {sorted(ESTIMATOR_CLASSES)}",
-        )
-    cls = import_target(target)
+    cls = registered(ESTIMATOR_CLASSES, kind, f"{directory} holds a model of unknown kind {kind!r}")
     return cls.load(directory)
 
 

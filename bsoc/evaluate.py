@@ -13,7 +13,7 @@
 Errors are SOC percentage points. Overall metrics pool all counted samples of all cycles;
 ``by_condition`` has one row per cycle (with its ambient temperature), ``by_temperature``
 pools per ambient temperature. Results are plain dicts shaped like a model entry of the
-benchmark contract (DESIGN.md): top-level metrics are ``from_start``'s.
+``benchmark.json`` (docs/benchmark.md): top-level metrics are ``from_start``'s.
 """
 
 from __future__ import annotations
@@ -81,11 +81,6 @@ class CycleRun:
         return 100.0 * (self.soc_est - self.soc_true)
 
 
-def samples_of(cycle: Cycle) -> np.ndarray:
-    """(T, 4) rows of ``time_s, voltage_v, current_a, temperature_c`` (the estimator input)."""
-    return cycle.frame[["time_s", "voltage_v", "current_a", "temperature_c"]].to_numpy(np.float64)
-
-
 def degrade_samples(
     samples: np.ndarray, nominal_capacity_ah: float, settings: ScenarioSettings,
     rng: np.random.Generator,
@@ -129,7 +124,7 @@ def run_scenario(
     cycles = list(cycles)
     inputs = []
     for index, cycle in enumerate(cycles):
-        samples, soc = samples_of(cycle), cycle.soc()
+        samples, soc = cycle.samples(), cycle.soc()
         if scenario == "cold_start":
             first = int(settings.start_fraction * len(samples))
             samples, soc = samples[first:], soc[first:]

@@ -239,7 +239,7 @@ async def _replay(
 
 def _plan(cycle: Cycle, config: ReplayConfig) -> tuple[np.ndarray, np.ndarray]:
     """The rows a stream will send (cut to what fits in --max-seconds) and their true SOC."""
-    rows = cycle.frame[list(SAMPLE_FIELDS)].to_numpy(dtype=np.float64)
+    rows = cycle.samples()
     truth = cycle.soc()
     if config.max_seconds and config.rate_hz > 0:
         keep = int(np.ceil(config.max_seconds * config.rate_hz)) * config.batch

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from stream_set import StreamSet
 
 from bsoc.compress.goals import Goal, compress_network_using_projection, rank_for_level
 from bsoc.compress.maps import LowRankMap, ProjectedMap
@@ -16,7 +17,7 @@ from bsoc.compress.unpack import unpack_network
 from bsoc.data.dataset import Dataset
 from bsoc.data.windows import SequenceSet
 from bsoc.errors import ConfigError
-from bsoc.estimator import StreamSet, load_estimator
+from bsoc.estimator import load_estimator
 from bsoc.nn.estimator import LstmSocEstimator
 from bsoc.nn.layers import DenseMap
 from bsoc.nn.network import NetworkConfig, SocNetwork

@@ -11,7 +11,6 @@ import pytest
 from bsoc.cli import main
 from bsoc.data.dataset import Dataset
 from bsoc.estimator import load_estimator
-from bsoc.evaluate import samples_of
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -98,7 +97,7 @@ def test_svd_baseline_matches_projection_learnables_and_unpack_keeps_outputs(
     code, out, _ = _run(["unpack", str(tmp_path / "projection"), "--out", str(tmp_path / "plain"),
                          "--json"], capsys)
     assert code == 0 and json.loads(out)["learnables"] == 2089
-    samples = samples_of(Dataset.load(toy_dataset).split("test")[0])
+    samples = Dataset.load(toy_dataset).split("test")[0].samples()
     np.testing.assert_allclose(load_estimator(tmp_path / "plain").predict(samples),
                                load_estimator(tmp_path / "projection").predict(samples), atol=1e-6)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from filterpy.kalman import ExtendedKalmanFilter
+from stream_set import StreamSet
 from typer.testing import CliRunner
 
 from bsoc.cli import app
@@ -16,9 +17,9 @@ from bsoc.ekf.ecm import EcmTables
 from bsoc.ekf.estimator import EkfSocEstimator
 from bsoc.ekf.filter import CAPACITY, LAST_TIME, PRESET, RUNNING, STATUS, NoiseSettings
 from bsoc.ekf.fit import fit_ekf
-from bsoc.ekf.tuning import NoiseTuner, cycle_samples
+from bsoc.ekf.tuning import NoiseTuner
 from bsoc.errors import ConfigError, ModelFileError, OverwriteRefusedError
-from bsoc.estimator import StreamSet, load_estimator
+from bsoc.estimator import load_estimator
 from test_ekf_synthetic import make_cycle, true_tables
 
 NOISE = NoiseSettings(soc_std=1e-5, rc_std=1e-4, voltage_std=5e-3)
@@ -31,7 +32,7 @@ def tables() -> EcmTables:
 
 @pytest.fixture(scope="module")
 def samples(tables: EcmTables) -> np.ndarray:
-    return cycle_samples(make_cycle(tables, "c", 18.0, "drive", seed=5, soc0=0.9))[:400]
+    return make_cycle(tables, "c", 18.0, "drive", seed=5, soc0=0.9).samples()[:400]
 
 
 def test_equations_equal_filterpy_extended_kalman_filter(

@@ -14,7 +14,6 @@ from bsoc.ekf.filter import (
     project_soc,
     voltage_variance,
 )
-from bsoc.ekf.tuning import cycle_samples
 from bsoc.errors import ConfigError
 from test_ekf_synthetic import make_cycle, true_tables
 
@@ -46,7 +45,7 @@ def test_single_stream_path_equals_vectorised_step(
 ) -> None:
     """Clean then garbage samples, near full and near empty: same SOC and state to 1e-12."""
     cycle = make_cycle(tables, "c", 12.0, "drive", seed=8, soc0=1.0)
-    clean = cycle_samples(cycle)
+    clean = cycle.samples()
     samples = np.concatenate([clean[:300], garbage(clean[300:900], seed=2), clean[-300:]])
     estimator = EkfSocEstimator(tables, noise, InitSettings())
     state = estimator.initial_state(soc=0.97 if start == "preset" else None)[None]

@@ -18,7 +18,7 @@ from bsoc.data.schema import Cycle, CycleMeta
 from bsoc.ekf.ecm import EcmTables, simulate_cycle
 from bsoc.ekf.estimator import EkfSocEstimator
 from bsoc.ekf.identify import EcmIdentifier
-from bsoc.ekf.tuning import NoiseTuner, cycle_samples
+from bsoc.ekf.tuning import NoiseTuner
 
 CAPACITY_AH = 1.0
 NOISE_V = 0.002
@@ -229,7 +229,7 @@ def held_out(truth: EcmTables) -> Cycle:
 
 
 def test_ekf_tracks_soc_within_one_percent(ekf: EkfSocEstimator, held_out: Cycle) -> None:
-    estimate = ekf.predict(cycle_samples(held_out))
+    estimate = ekf.predict(held_out.samples())
     error = estimate - held_out.soc()
     assert np.isfinite(estimate).all()
     assert np.abs(error[300:]).max() < 0.01  # after the start under load (from 50 %)
@@ -240,7 +240,7 @@ def test_ekf_tracks_soc_within_one_percent(ekf: EkfSocEstimator, held_out: Cycle
 def test_ekf_converges_from_thirty_percent_error(
     ekf: EkfSocEstimator, held_out: Cycle, offset: float
 ) -> None:
-    samples, soc = cycle_samples(held_out), held_out.soc()
+    samples, soc = held_out.samples(), held_out.soc()
     start = 900  # under load, RC pairs charged: the hard case
     states = ekf.initial_state(soc=float(np.clip(soc[start] + offset, 0, 1)))[None]
     errors = []
@@ -257,7 +257,7 @@ def test_batch_of_streams_equals_individual_streams(ekf: EkfSocEstimator, truth:
         for k in range(3)
     ]
     length = min(len(c.frame) for c in cycles) // 4
-    samples = [cycle_samples(c)[k * 50 : k * 50 + length] for k, c in enumerate(cycles)]
+    samples = [c.samples()[k * 50 : k * 50 + length] for k, c in enumerate(cycles)]
     alone = [ekf.predict(s) for s in samples]
     states = np.stack([ekf.initial_state() for _ in samples])
     together = np.empty((length, len(samples)))

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from edge_models import ALL_KINDS, cycle_samples, estimator_of_kind, run_cli
+from stream_set import StreamSet
 
-from bsoc.estimator import StreamSet
 from bsoc.export import measure
 from bsoc.export.measure import host_build, parse_run, sample_lines
 from bsoc.export.write import export_model

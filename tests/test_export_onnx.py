@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from edge_models import ALL_KINDS, cycle_samples, estimator_of_kind, run_cli
+from stream_set import StreamSet
 from test_ekf_synthetic import true_tables
 
 from bsoc.ekf.estimator import EkfSocEstimator
 from bsoc.ekf.filter import NoiseSettings
-from bsoc.estimator import StreamSet
 from bsoc.export.write import export_model
 from bsoc.nn.estimator import LstmSocEstimator
 

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from stream_set import StreamSet
 from test_nn import TwoFactorMap, two_factor_registered  # noqa: F401
 
 from bsoc.data.dataset import Dataset
 from bsoc.errors import ModelFileError, OverwriteRefusedError
-from bsoc.estimator import StreamSet, load_estimator
+from bsoc.estimator import load_estimator
 from bsoc.nn.estimator import LstmSocEstimator
 from bsoc.nn.network import NetworkConfig, SocNetwork
 from bsoc.nn.streaming import StreamingStepper

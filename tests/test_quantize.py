@@ -10,10 +10,11 @@ import pytest
 import torch
 from edge_models import KINDS, cycle_samples, float_estimator, run_cli
 from safetensors import safe_open
+from stream_set import StreamSet
 
 from bsoc.compress.quantize import Int8Map, quantize_factor, quantize_network
 from bsoc.errors import ModelFileError
-from bsoc.estimator import StreamSet, load_estimator
+from bsoc.estimator import load_estimator
 from bsoc.nn.estimator import LstmSocEstimator
 
 

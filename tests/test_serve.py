@@ -17,11 +17,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from stream_set import StreamSet
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bsoc.errors import ConfigError
-from bsoc.estimator import SAMPLE_FIELDS, StreamSet
+from bsoc.estimator import SAMPLE_FIELDS
 from bsoc.serve.app import create_app
 from bsoc.serve.auth import resolve_api_key
 from bsoc.serve.batching import step_jobs

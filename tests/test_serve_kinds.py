@@ -18,9 +18,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from stream_set import StreamSet
 from websockets.asyncio.client import connect
 
-from bsoc.estimator import ESTIMATOR_CLASSES, StreamSet, load_estimator
+from bsoc.estimator import ESTIMATOR_CLASSES, load_estimator
 from bsoc.serve.app import create_app
 from bsoc.serve.service import ServeConfig, describe_model
 from conftest import make_toy_cycle

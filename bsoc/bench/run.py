@@ -1,10 +1,10 @@
 """``bsoc benchmark``: accuracy, size and speed of every model on one dataset's test split.
 
-Writes ``benchmark.json`` (the contract in DESIGN.md, plus the machine and the speed
-details) and ``traces.npz`` (each model's from-start SOC per test cycle, for the report).
-Accuracy uses :mod:`bsoc.evaluate` (three scenarios); speed uses :mod:`bsoc.bench.speed`,
-all models interleaved in this one process. Ratios are against the reference model
-(the first uncompressed LSTM, else the first model).
+Writes ``benchmark.json`` (its fields: docs/benchmark.md) and ``traces.npz`` (each
+model's from-start SOC per test cycle, for the report). Accuracy uses :mod:`bsoc.evaluate`
+(three scenarios); speed uses :mod:`bsoc.bench.speed`, all models interleaved in this one
+process. Ratios are against the reference model (the first uncompressed LSTM, else the
+first model).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from bsoc.bench.machine import machine_info
 from bsoc.data.dataset import Dataset
 from bsoc.errors import ConfigError
 from bsoc.estimator import SocEstimator, load_estimator, read_config
-from bsoc.evaluate import ScenarioSettings, evaluate_runs, samples_of
+from bsoc.evaluate import ScenarioSettings, evaluate_runs
 from bsoc.outputs import OutputKind, check_output, write_output
 
 BENCHMARK_FILE = "benchmark.json"
@@ -118,7 +118,7 @@ def run_benchmark(
         })
 
     plan = plan or (speed.SpeedPlan.quick() if quick else speed.SpeedPlan())
-    samples = np.concatenate([samples_of(c) for c in cycles])
+    samples = np.concatenate([c.samples() for c in cycles])
     log(f"speed: {len(models)} models interleaved, {plan.repeats} repeats")
     steppers: dict[str, Any] = dict(models)
     eager_names = _add_eager_steppers(models, steppers)

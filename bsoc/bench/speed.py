@@ -61,12 +61,13 @@ def _spread(values: Sequence[float]) -> dict[str, float]:
 
 def _interleaved(
     names: Sequence[str], repeats: int, measure: Callable[[int], float]
-) -> dict[str, list[float]]:
+) -> dict[str, dict[str, float]]:
+    """The spread of ``measure(index)`` per model over ``repeats`` rounds of every model."""
     results: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(repeats):
         for index, name in enumerate(names):
             results[name].append(measure(index))
-    return results
+    return {name: _spread(values) for name, values in results.items()}
 
 
 def representative_samples(samples: np.ndarray, count: int) -> np.ndarray:
@@ -94,7 +95,7 @@ def step_latency_us(
             _, state = model.step_batch(rows[t : t + 1], state)
         return (time.perf_counter() - start) / len(rows) * 1e6
 
-    return {name: _spread(v) for name, v in _interleaved(names, plan.repeats, measure).items()}
+    return _interleaved(names, plan.repeats, measure)
 
 
 def batched_throughput(
@@ -117,8 +118,8 @@ def batched_throughput(
                 _, states = model.step_batch(rows[t], states)
             return batch * (len(rows) - 1) / (time.perf_counter() - start)
 
-        for name, values in _interleaved(names, plan.repeats, measure).items():
-            out[name][batch] = _spread(values)
+        for name, spread in _interleaved(names, plan.repeats, measure).items():
+            out[name][batch] = spread
     return out
 
 
@@ -134,4 +135,4 @@ def sequence_throughput(
         models[names[index]].predict(rows)
         return len(rows) / (time.perf_counter() - start)
 
-    return {name: _spread(v) for name, v in _interleaved(names, plan.repeats, measure).items()}
+    return _interleaved(names, plan.repeats, measure)

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import typer
 
-from bsoc.console import command_line, emit_json, err_console, out_console
+from bsoc.command_lines import running_command
+from bsoc.console import emit_json, err_console, out_console
 
 
 def benchmark(
+    ctx: typer.Context,
     data: Path = typer.Option(..., "--data", help="Dataset folder; its test split is used."),
     models: list[Path] = typer.Option(
         ..., "--models", help="Model folders to compare (repeat the option for each)."
@@ -26,7 +28,7 @@ def benchmark(
 
     with err_console.status("benchmarking...") as status:
         result = run_benchmark(data, models, out, quick=quick, split=split, force=force,
-                               command=command_line(), log=lambda m: status.update(m))
+                               command=running_command(ctx), log=lambda m: status.update(m))
     if json_output:
         emit_json(result)
         return

@@ -11,7 +11,8 @@ from typing import Any
 
 import typer
 
-from bsoc.console import command_line, emit_json, err_console, progress, training_progress
+from bsoc.command_lines import running_command
+from bsoc.console import emit_json, err_console, progress, training_progress
 from bsoc.outputs import OutputKind, check_output, write_output
 
 SWEEP_FILE = "sweep.json"
@@ -40,6 +41,7 @@ def _goal(explained_variance: float | None, learnables_reduction: float | None,
 
 
 def compress(
+    ctx: typer.Context,
     model: Path = typer.Argument(..., help="Trained model folder (kind lstm) to compress."),
     data: Path = typer.Option(..., "--data", help="Dataset folder: its train split feeds the "
                               "neuron PCA, its val split measures the result."),
@@ -97,18 +99,18 @@ def compress(
         run = _analyze if analyze else _sweep
         check_output(out, ANALYSIS_OUTPUT if analyze else SWEEP_OUTPUT, force=force,
                      inputs=[model, data])  # refuse early, before the PCA
-        run(model, dataset, out, chosen, mean_handling, force, json_output)
+        run(model, dataset, out, chosen, mean_handling, force, json_output, running_command(ctx))
         return
     from bsoc.estimator import prepare_model_dir
 
     prepare_model_dir(out, force=force, inputs=[model, data])  # refuse early, before the PCA
     _compress(model, dataset, out, _goal(explained_variance, learnables_reduction, ranks),
-              method, chosen, mean_handling, svd_ranks, json_output)
+              method, chosen, mean_handling, svd_ranks, json_output, running_command(ctx))
 
 
 def _compress(model: Path, dataset: Any, out: Path, goal: Any, method: str,
               layers: list[str] | None, mean_handling: str, svd_ranks: str,
-              json_output: bool) -> None:
+              json_output: bool, command: str) -> None:
     from rich.table import Table
 
     from bsoc.compress.workflow import compress_model
@@ -116,7 +118,7 @@ def _compress(model: Path, dataset: Any, out: Path, goal: Any, method: str,
     with progress(transient=True) as bar:
         estimator, record = compress_model(
             model, dataset, out, goal, method=method, layers=layers, mean_handling=mean_handling,
-            svd_ranks=svd_ranks, command=command_line(), force=True,
+            svd_ranks=svd_ranks, command=command, force=True,
             on_progress=_pca_progress(bar, "neuron PCA"))
     compression = estimator.metadata["compression"]
     summary = {
@@ -152,7 +154,7 @@ def _compress(model: Path, dataset: Any, out: Path, goal: Any, method: str,
 
 
 def _analyze(model: Path, dataset: Any, out: Path, layers: list[str] | None,
-             mean_handling: str, force: bool, json_output: bool) -> None:
+             mean_handling: str, force: bool, json_output: bool, command: str) -> None:
     from rich.table import Table
 
     from bsoc.compress.workflow import analyze, fit_pca
@@ -166,7 +168,7 @@ def _analyze(model: Path, dataset: Any, out: Path, layers: list[str] | None,
     result = analyze(source.network, pca)
     shown = [row for row in result["layers"] if layers is None or row["layer"] in layers]
     figure = out / ANALYSIS_FIGURE
-    result.update(model=str(model), command=command_line(), figure=str(figure),
+    result.update(model=str(model), command=command, figure=str(figure),
                   data={"name": dataset.name, "fingerprint": dataset.fingerprint()})
     with write_output(out, ANALYSIS_OUTPUT, force=force) as folder:
         explained_variance(result["explained_variance"]).savefig(folder / ANALYSIS_FIGURE, dpi=110)
@@ -197,7 +199,7 @@ def _analyze(model: Path, dataset: Any, out: Path, layers: list[str] | None,
 
 
 def _sweep(model: Path, dataset: Any, out: Path, layers: list[str] | None,
-           mean_handling: str, force: bool, json_output: bool) -> None:
+           mean_handling: str, force: bool, json_output: bool, command: str) -> None:
     from bsoc import __version__
     from bsoc.compress.workflow import SWEEP_LEVELS, sweep
     from bsoc.nn.estimator import LstmSocEstimator
@@ -216,7 +218,7 @@ def _sweep(model: Path, dataset: Any, out: Path, layers: list[str] | None,
             "data": {"name": dataset.name, "fingerprint": dataset.fingerprint(), "split": "val"},
             "levels": list(SWEEP_LEVELS), "mean_handling": mean_handling,
             "rmse": "from the first sample, validation split, no fine-tuning",
-            "command": command_line(), "bsoc_version": __version__}
+            "command": command, "bsoc_version": __version__}
     with write_output(out, SWEEP_OUTPUT, force=force) as folder:
         (folder / SWEEP_FILE).write_text(json.dumps(points, indent=2) + "\n")
         (folder / SWEEP_META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
@@ -230,6 +232,7 @@ def _sweep(model: Path, dataset: Any, out: Path, layers: list[str] | None,
 
 
 def finetune(
+    ctx: typer.Context,
     model: Path = typer.Argument(..., help="Model folder to fine-tune (e.g. a projected-lstm)."),
     data: Path = typer.Option(..., "--data", help="Dataset folder with train and val splits: "
                               "the one the model was trained and compressed on, or another "
@@ -263,7 +266,7 @@ def finetune(
 
         estimator, result, record = finetune_model(
             model, dataset, out, epochs=epochs, learning_rate=lr, max_minutes=max_minutes,
-            seed=seed, command=command_line(), force=True, on_step=on_step)
+            seed=seed, command=running_command(ctx), force=True, on_step=on_step)
     summary = {
         "model": str(out), "kind": estimator.kind, "learnables": estimator.learnables(),
         "val_rmse_pct_before": record["val_rmse_pct_before"],

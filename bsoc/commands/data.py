@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
-import shlex
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.markup import escape
 
+from bsoc.command_lines import running_command
 from bsoc.console import emit_json, err_console, out_console, progress
 
 
 def ingest(
+    ctx: typer.Context,
     path: Path = typer.Argument(
         ..., help="A file, or a folder searched recursively for files of the format."
     ),
@@ -133,7 +134,7 @@ def ingest(
     ),
     force: bool = typer.Option(False, "--force", help="Replace the dataset bsoc wrote at "
                                "--out (other files there are kept; never an input's folder)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    json_output: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Turn real cell data (files or folders) into a validated bsoc dataset.
 
@@ -179,15 +180,13 @@ def ingest(
         duplicate_times=duplicate_times,
     )
     files = excluded_files(find_files(path, fmt), path, options)[0]
-    # The full option set is recorded in the manifest's provenance.options.
-    command = shlex.join(["bsoc", "data", "ingest", str(path), "--format", fmt, "--out", str(out)])
     with progress(transient=True) as bar:
         task = bar.add_task("ingest", total=len(files), info="")
         result = run_ingest(
             path,
             options,
             name=name or out.resolve().name,
-            command=command,
+            command=running_command(ctx),
             on_file=lambda f: bar.update(task, advance=1, info=escape(f.name)),
         )
     for note in result.notes:
@@ -206,7 +205,7 @@ def ingest(
         "seconds": round(result.seconds, 2),
         "splits": splits,
     }
-    if json_out:
+    if json_output:
         emit_json(summary)
         return
     err_console.print(
@@ -221,7 +220,7 @@ def ingest(
 
 def inspect(
     dataset: Path = typer.Argument(..., help="Dataset folder (with manifest.json)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     no_figures: bool = typer.Option(
         False, "--no-figures", help="Skip the per-cycle PNGs and summary.json."
     ),
@@ -248,7 +247,7 @@ def inspect(
     summary = {"dataset": str(dataset), "name": data.name, "cycles": rows, "figures": figures}
     if figures:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if json_out:
+    if json_output:
         emit_json(summary)
         return
     table = Table(

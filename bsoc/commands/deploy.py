@@ -9,10 +9,12 @@ from pathlib import Path
 
 import typer
 
-from bsoc.console import command_line, emit_json, err_console
+from bsoc.command_lines import running_command
+from bsoc.console import emit_json, err_console
 
 
 def quantize(
+    ctx: typer.Context,
     model: Path = typer.Argument(..., help="Float model folder (lstm, projected-lstm, svd-lstm)."),
     out: Path = typer.Option(..., "--out", help="Model folder to write (kind <kind>-int8)."),
     data: Path = typer.Option(None, "--data", help="Dataset folder: measure the float and the "
@@ -34,7 +36,7 @@ def quantize(
 
     prepare_model_dir(out, force=force, inputs=[model, data])
     dataset = Dataset.load(data) if data is not None else None
-    estimator, record = quantize_model(model, out, data=dataset, command=command_line(),
+    estimator, record = quantize_model(model, out, data=dataset, command=running_command(ctx),
                                        force=True)
     summary = {"model": str(out), "kind": estimator.kind, "learnables": estimator.learnables(),
                **{k: record[k] for k in ("weight_bytes_float32", "weight_bytes", "int8_bytes",
@@ -54,6 +56,7 @@ def quantize(
 
 
 def export(
+    ctx: typer.Context,
     model: Path = typer.Argument(..., help="Model folder (lstm, projected-lstm, svd-lstm, or "
                                  "an -int8 one)."),
     fmt: str = typer.Option(..., "--format", help="onnx (step and sequence graphs) or c "
@@ -76,7 +79,7 @@ def export(
     """
     from bsoc.export.write import export_model
 
-    record = export_model(model, out, fmt, force=force, command=command_line())
+    record = export_model(model, out, fmt, force=force, command=running_command(ctx))
     if json_output:
         emit_json(record)
         return

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import typer
 
-from bsoc.console import command_line, emit_json, err_console, progress
+from bsoc.command_lines import running_command
+from bsoc.console import emit_json, err_console, progress
 
 ekf_app = typer.Typer(
     help="The EKF baseline: equivalent-circuit model identified from data + Kalman filter.",
@@ -19,6 +20,7 @@ ekf_app = typer.Typer(
 
 @ekf_app.command("fit")
 def fit(
+    ctx: typer.Context,
     dataset: Path = typer.Argument(..., help="Dataset folder (manifest.json + cycles/)."),
     out: Path = typer.Option(Path("models/ekf"), "--out", help="Model folder to write."),
     force: bool = typer.Option(
@@ -38,7 +40,7 @@ def fit(
 
     prepare_model_dir(out, force=force, inputs=[dataset])  # refuse early, before the fit
     data = Dataset.load(dataset)
-    command = command_line()
+    command = running_command(ctx)
     with progress() as bar:
         tasks: dict[str, int] = {}
 

@@ -5,34 +5,14 @@ Heavy imports (torch, matplotlib) happen inside the commands so ``bsoc --help`` 
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
 import typer
 
+from bsoc.command_lines import running_command
 from bsoc.console import emit_json, err_console, out_console, progress, training_progress
 
 CHECKPOINT_DIR = "checkpoint"
-
-
-def _command_line(ctx: typer.Context) -> str:
-    """The running command with every parameter's value, as a shell line (for provenance).
-
-    Rebuilt from the parsed parameters rather than ``sys.argv``, so it is right however
-    the command was invoked (console script, ``python -m``, tests calling ``main``).
-    """
-    words = ["bsoc", str(ctx.info_name)]
-    for param in ctx.command.params:
-        value = ctx.params.get(param.name)
-        if value is None or value is False:
-            continue
-        if param.param_type_name == "argument":
-            words.append(str(value))
-        elif value is True:
-            words.append(param.opts[0])
-        else:
-            words += [param.opts[0], str(value)]
-    return shlex.join(words)
 
 
 def train(
@@ -91,7 +71,7 @@ def train(
         estimator, result = train_model(
             dataset, profile=chosen, epochs=epochs, max_minutes=max_minutes, seed=seed,
             threads=threads, checkpoint_dir=checkpoint, resume=resume, init_from=init_from,
-            name=out.name, command=_command_line(ctx), on_step=on_step,
+            name=out.name, command=running_command(ctx), on_step=on_step,
         )
     estimator.save(out, force=True)
     if not result.stopped.startswith("time budget"):  # finished: nothing left to resume
@@ -169,7 +149,7 @@ def evaluate(
         "macs_per_sample": estimator.macs_per_sample(),
         "dataset": data.name, "data_fingerprint": data.fingerprint(), "split": split,
         **result,
-        "figure": str(figure), "command": _command_line(ctx), "bsoc_version": __version__,
+        "figure": str(figure), "command": running_command(ctx), "bsoc_version": __version__,
     }
     (out / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
     if json_output:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from bsoc.console import emit_json, err_console, out_console, set_command_line
+from bsoc.console import emit_json, err_console, out_console
 
 
 def pipeline(
@@ -53,7 +53,6 @@ def pipeline(
     bsoc = ctx.find_root().command  # every step is one of bsoc's own commands
 
     def invoke(argv: list[str]) -> None:
-        set_command_line(argv)
         bsoc.main(args=argv, prog_name="bsoc", standalone_mode=False)
 
     started = time.perf_counter()

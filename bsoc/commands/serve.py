@@ -178,7 +178,7 @@ def replay(
         show_default=False,
     ),
     api_key: str | None = typer.Option(None, "--api-key", help=KEY_OPTION_HELP, show_default=False),
-    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    json_output: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Stream a dataset's cycles to a running service; report SOC error and latency."""
     from bsoc.replay import ReplayConfig, load_cycles, replay_failure
@@ -195,7 +195,7 @@ def replay(
         prefix=prefix,
         transport=transport,
     )
-    bar = progress(transient=json_out)
+    bar = progress(transient=json_output)
     task = bar.add_task(f"replaying {streams} streams", total=None, info="")
 
     def on_progress(sent: int, planned: int) -> None:
@@ -209,7 +209,7 @@ def replay(
             bar.stop()
     report["dataset"] = str(dataset)
     report["split"] = split
-    if json_out:
+    if json_output:
         emit_json(report)
     else:
         _print_report(report)

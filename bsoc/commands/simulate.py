@@ -7,12 +7,12 @@ stays fast.
 from __future__ import annotations
 
 import os
-import shlex
 import time
 from pathlib import Path
 
 import typer
 
+from bsoc.command_lines import running_command
 from bsoc.console import emit_json, err_console, progress
 
 HELP = (
@@ -24,6 +24,7 @@ HELP = (
 
 
 def simulate(
+    ctx: typer.Context,
     profile: str = typer.Option(
         "quick",
         "--profile",
@@ -60,10 +61,6 @@ def simulate(
 
     config = CellConfig(model=model)
     planned = len(plan_cycles(scale, seed))
-    command = shlex.join(
-        ["bsoc", "data", "simulate", "--profile", profile, "--out", str(out), "--seed", str(seed),
-         "--model", model, "--workers", str(workers)]
-    )
     started = time.perf_counter()
     with progress(transient=json_output) as bar:
         task = bar.add_task(f"simulating ({profile})", total=planned, info="")
@@ -72,7 +69,7 @@ def simulate(
             bar.update(task, advance=1, info=cycle.meta.name)
 
         dataset = simulate_dataset(scale, seed, config, profile=profile, workers=workers,
-                                   on_cycle=on_cycle, command=command)
+                                   on_cycle=on_cycle, command=running_command(ctx))
     dataset.save(out, force=force)
     elapsed = time.perf_counter() - started
     splits = {name: len(dataset.split(name)) for name in ("train", "val", "test")}

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bsoc.compress.maps import LowRankMap
 from bsoc.compress.goals import CompressionRecord, Goal, compress_with_basis, layer_maps
+from bsoc.compress.maps import LowRankMap
 from bsoc.nn.network import SocNetwork
 
 

@@ -49,9 +49,8 @@ from bsoc.errors import ConfigError, DataValidationError, SocReferenceError
 # drive-cycle families for LG HG2): held-out UDDS/LA92 for test; for validation the
 # highway cycle and one mixed cycle (Cycle_4: US06, HWFET, UDDS, LA92 and NN pieces) at
 # every temperature, so early stopping sees every temperature and more than one kind of
-# driving (a validation split of highway cycles alone did not rank models as the test
-# split did); everything else (NN, the other mixed cycles, pulse and capacity tests)
-# for training.
+# driving (highway cycles alone rank models unlike the test split); everything else (NN,
+# the other mixed cycles, pulse and capacity tests) for training.
 DEFAULT_SPLIT_PATTERNS: dict[str, tuple[str | None, str | None]] = {
     "panasonic": ("UDDS|LA92", "HWFET|HWFTb|Cycle_4"),
     "lg-hg2": ("UDDS|LA92|US06", "HWFET|HWFTb|Mixed8"),

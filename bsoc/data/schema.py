@@ -24,12 +24,14 @@ import pandas as pd
 
 from bsoc.data.resample import cumulative_integral
 from bsoc.errors import DataValidationError
+from bsoc.estimator import SAMPLE_FIELDS
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("time_s", "voltage_v", "current_a", "temperature_c", "soc")
 OPTIONAL_COLUMNS: tuple[str, ...] = ("capacity_ah",)
 FEATURE_COLUMNS: tuple[str, ...] = ("voltage_v", "current_a", "temperature_c")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 OCV_LOAD_KIND = "ocv"  # the load kind of slow (C/20) tests, which the EKF reads OCV(SOC) off
+KELVIN = 273.15  # 0 degC in kelvin
 
 # Physical plausibility limits for a single Li-ion cell. Values outside them are
 # almost always a unit mistake (mV, mA, kelvin, percent), which we name explicitly.
@@ -87,6 +89,10 @@ class Cycle:
     def features(self) -> np.ndarray:
         """(T, 3) float32 array of voltage, current, temperature in the canonical order."""
         return self.frame[list(FEATURE_COLUMNS)].to_numpy(dtype=np.float32)
+
+    def samples(self) -> np.ndarray:
+        """(T, 4) float64 rows of ``SAMPLE_FIELDS``: what an estimator is fed, sample by sample."""
+        return self.frame[list(SAMPLE_FIELDS)].to_numpy(dtype=np.float64)
 
     def soc(self) -> np.ndarray:
         return self.frame["soc"].to_numpy(dtype=np.float64)

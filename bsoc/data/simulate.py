@@ -31,11 +31,10 @@ import pandas as pd
 
 from bsoc.data import loads
 from bsoc.data.dataset import Dataset
-from bsoc.data.schema import Cycle, CycleMeta, coulomb_soc, validate_frame
+from bsoc.data.schema import KELVIN, Cycle, CycleMeta, coulomb_soc, validate_frame
 from bsoc.data.sensors import SensorModel
 from bsoc.errors import ConfigError, SimulationError
 
-KELVIN = 273.15
 SIMULATED_BY = "bsoc data simulate"  # provenance["made_by"] of every simulated dataset
 MODELS: tuple[str, ...] = ("SPMe", "DFN")
 OCV_C_RATE = 0.05  # C/20 pseudo-OCV discharge

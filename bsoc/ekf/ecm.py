@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from bsoc.data.schema import KELVIN, coulomb_soc
 from bsoc.errors import ConfigError
 
 TABLE_FIELDS: tuple[str, ...] = (
@@ -202,9 +203,6 @@ class EcmTables:
         return cls(**{f: data[f] for f in TABLE_FIELDS if f in data})
 
 
-KELVIN = 273.15
-
-
 def temperature_weights(
     grid_c: np.ndarray, temperature_c: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -283,8 +281,6 @@ def simulate_cycle(
     Data with known truth, for testing identification and the filter against the model
     they assume. SOC by trapezoidal coulomb counting, exactly as the reference SOC of a dataset.
     """
-    from bsoc.data.schema import coulomb_soc
-
     soc = coulomb_soc(time_s, current_a, capacity_ah, soc0)
     voltage = tables.terminal_voltage(time_s, current_a, temperature_c, soc)
     noise = np.random.default_rng(seed).normal(0.0, voltage_noise_v, len(time_s))

@@ -99,9 +99,9 @@ class EcmIdentifier:
     ``joint_nfev`` (evaluations of the joint fit; 0 keeps the per-group parameters).
 
     Why tau2 is bounded: an RC pair with a time constant of hours and a large R integrates the
-    current like the SOC does, so the filter cannot tell them apart; on the Panasonic data an
-    unbounded fit put tau2 at 7600 s with R2 = 0.44 ohm, and the EKF then explained a
-    discharge by V2 = -1 V while SOC stayed at 100 %.
+    current like the SOC does, so the filter cannot tell them apart: unbounded, such a pair
+    (tau2 of two hours, R2 of half an ohm on the Panasonic cell) explains a discharge by its
+    own voltage while the SOC stays at 100 %.
 
     Learned: ``tables_``, ``report_`` (OCV source per temperature, k, RMSE per temperature),
     ``traces_`` (one cycle per temperature: time, measured and modelled voltage, for figures).

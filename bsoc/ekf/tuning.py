@@ -32,12 +32,6 @@ from bsoc.data.schema import OCV_LOAD_KIND, Cycle
 from bsoc.ekf.ecm import EcmTables
 from bsoc.ekf.filter import InitSettings, NoiseSettings, ekf_step, new_state
 from bsoc.errors import ConfigError
-from bsoc.estimator import SAMPLE_FIELDS
-
-
-def cycle_samples(cycle: Cycle) -> np.ndarray:
-    """(T, 4) float64 samples of a cycle in ``SAMPLE_FIELDS`` order."""
-    return cycle.frame[list(SAMPLE_FIELDS)].to_numpy(dtype=np.float64)
 
 
 def squared_errors(
@@ -127,7 +121,7 @@ class NoiseTuner:
         chosen = self.select_cycles(cycles)
         sequences, references = [], []
         for cycle in chosen:
-            samples, soc = cycle_samples(cycle), cycle.soc()
+            samples, soc = cycle.samples(), cycle.soc()
             start = int(self.cold_start_fraction * len(samples))
             sequences += [samples, samples[start:]]
             references += [soc, soc[start:]]

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from bsoc.errors import ModelFileError
-from bsoc.lazy import import_target
+from bsoc.lazy import registered
 
 # type name -> "module:Class"; the compression package adds its maps here.
 MAP_CLASSES: dict[str, str] = {
@@ -112,13 +112,8 @@ class DenseMap(WeightMap):
 
 def build_map(spec: dict[str, Any]) -> WeightMap:
     """A map from its spec, its class found through :data:`MAP_CLASSES`."""
-    target = MAP_CLASSES.get(str(spec.get("type")))
-    if target is None:
-        raise ModelFileError(
-            f"unknown weight-map type {spec.get('type')!r}",
-            remedy=f"expected one of {sorted(MAP_CLASSES)}; was the model made by a newer bsoc?",
-        )
-    cls = import_target(target)
+    cls = registered(MAP_CLASSES, spec.get("type"), f"unknown weight-map type {spec.get('type')!r}",
+                     "; was the model made by a newer bsoc?")
     return cls.from_spec(spec)
 
 

@@ -93,36 +93,34 @@ def pareto(models: list[dict[str, Any]], sweep: dict[str, list[dict[str, Any]]] 
     for index, model in enumerate(models):
         ax.scatter(model["learnables"], model["rmse_pct"], s=60, color=colour(index),
                    edgecolor="black", zorder=5, label=model["name"])
-    ax.set_xscale("log")
-    ax.set_xlabel("learnables (log)")
-    ax.set_ylabel("RMSE from start [% SOC]")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _log_x_figure(fig, ax, "learnables (log)", "RMSE from start [% SOC]")
 
 
 def explained_variance(layers: dict[str, dict[str, Any]]) -> Figure:
     """Cumulative explained variance per layer input/output, chosen ranks marked.
 
-    One activation can be two slots (``lstm_1.output`` is ``lstm_2.input``): such curves
-    are drawn once, labelled with both names, each slot's rank marked on it.
+    One activation can be two sites (``lstm_1.output`` is ``lstm_2.input``): such curves
+    are drawn once, labelled with both names, each site's rank marked on it.
     """
     groups: dict[tuple[float, ...], list[tuple[str, int | None]]] = {}
     for label, info in layers.items():
         key = tuple(np.round(info["explained_variance_curve"], 12))
         groups.setdefault(key, []).append((label, info.get("rank")))
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for key, slots in groups.items():
+    for key, sites in groups.items():
         curve = np.asarray(key)
         ranks = np.arange(1, len(curve) + 1)
-        line = ax.plot(ranks, curve * 100, lw=1.2, label=" = ".join(n for n, _ in slots))[0]
-        chosen = [r for _, r in slots if r]
+        line = ax.plot(ranks, curve * 100, lw=1.2, label=" = ".join(n for n, _ in sites))[0]
+        chosen = [r for _, r in sites if r]
         ax.scatter(chosen, [curve[r - 1] * 100 for r in chosen], color=line.get_color(),
                    zorder=5, s=30)
+    return _log_x_figure(fig, ax, "rank (eigen-neurons kept)", "explained variance [%]")
+
+
+def _log_x_figure(fig: Figure, ax: Any, xlabel: str, ylabel: str) -> Figure:
     ax.set_xscale("log")
-    ax.set_xlabel("rank (eigen-neurons kept)")
-    ax.set_ylabel("explained variance [%]")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()

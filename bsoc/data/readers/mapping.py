@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from bsoc.data.readers.table import MAPPABLE
+from bsoc.data.schema import KELVIN
 from bsoc.errors import ConfigError
 
 # quantity -> (canonical column, {unit: (scale, offset)}) with canonical = value * scale + offset
@@ -41,7 +42,7 @@ UNITS: dict[str, tuple[str, dict[str, tuple[float, float]]]] = {
     "current": ("current_a", {"A": (1.0, 0.0), "mA": (1e-3, 0.0)}),
     "temperature": (
         "temperature_c",
-        {"C": (1.0, 0.0), "K": (1.0, -273.15), "F": (5.0 / 9.0, -32.0 * 5.0 / 9.0)},
+        {"C": (1.0, 0.0), "K": (1.0, -KELVIN), "F": (5.0 / 9.0, -32.0 * 5.0 / 9.0)},
     ),
     "soc": ("soc", {"fraction": (1.0, 0.0), "percent": (0.01, 0.0)}),
     "ah": ("ah", {"Ah": (1.0, 0.0), "mAh": (1e-3, 0.0)}),

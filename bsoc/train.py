@@ -17,15 +17,13 @@ with the best mean of the two RMSEs (early stopping).
 
 Reproducible and resumable: epoch ``e`` draws its windows and dropout masks from seeds
 ``(seed, e)``, and the learning rate is a pure function of the step, so a checkpoint
-(``checkpoint.safetensors`` + ``checkpoint.json``: weights, best weights, AdamW moments,
-history; no pickle) written after every epoch lets ``resume=True`` continue as if never
-stopped.
+(:mod:`bsoc.train_checkpoint`: weights, best weights, AdamW moments, history; no pickle)
+written after every epoch lets ``resume=True`` continue as if never stopped.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from collections.abc import Callable
@@ -35,7 +33,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from bsoc.data.augment import SensorAugmentation
 from bsoc.data.dataset import Dataset
@@ -53,13 +50,10 @@ from bsoc.errors import ConfigError, ModelFileError
 from bsoc.evaluate import ScenarioSettings
 from bsoc.nn.layers import LstmState
 from bsoc.nn.network import NetworkConfig, SocNetwork
-from bsoc.outputs import save_tensors
+from bsoc.train_checkpoint import Checkpoint
 
 if TYPE_CHECKING:
     from bsoc.nn.estimator import LstmSocEstimator
-
-CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
-CHECKPOINT_STATE = "checkpoint.json"
 
 
 @dataclass(frozen=True)
@@ -188,65 +182,6 @@ def validate(network: SocNetwork, val: SequenceSet, settings: ScenarioSettings) 
             "score": 0.5 * (from_start + cold)}
 
 
-def _resumable(config: dict[str, Any]) -> dict[str, Any]:
-    """The settings a resumed run must share with the checkpoint (all but time and threads)."""
-    free = ("max_minutes", "threads")
-    return json.loads(json.dumps({k: v for k, v in config.items() if k not in free}))
-
-
-class _Checkpoint:
-    """Safetensors (weights, best weights, AdamW moments) + JSON (everything else)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    def exists(self) -> bool:
-        return (self.directory / CHECKPOINT_STATE).is_file()
-
-    def save(self, network: SocNetwork, best: dict[str, torch.Tensor],
-             optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tensors = {f"model.{k}": v.detach().clone() for k, v in network.state_dict().items()}
-        tensors.update({f"best.{k}": v.clone() for k, v in best.items()})
-        optim_state = optimizer.state_dict()
-        for index, moments in optim_state["state"].items():
-            for key, value in moments.items():
-                tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).reshape(-1).clone()
-        state = {**state, "param_groups": optim_state["param_groups"]}
-        save_tensors(tensors, self.directory / (CHECKPOINT_WEIGHTS + ".tmp"))
-        (self.directory / (CHECKPOINT_STATE + ".tmp")).write_text(json.dumps(state, indent=1))
-        for name in (CHECKPOINT_WEIGHTS, CHECKPOINT_STATE):  # both complete, then both swapped
-            (self.directory / (name + ".tmp")).replace(self.directory / name)
-
-    def load(self, network: SocNetwork, optimizer: torch.optim.Optimizer,
-             config: TrainConfig) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        state = json.loads((self.directory / CHECKPOINT_STATE).read_text())
-        if _resumable(state["config"]) != _resumable(config.to_json()) or state[
-            "architecture"
-        ] != network.architecture():
-            raise ConfigError(
-                f"the checkpoint in {self.directory} was made with other settings",
-                remedy="resume with the same profile/options, or train afresh with --force",
-            )
-        tensors = load_file(str(self.directory / CHECKPOINT_WEIGHTS))
-        network.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
-        moments: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith("optim."):
-                _, index, name = key.split(".", 2)
-                moments.setdefault(int(index), {})[name] = (
-                    value.reshape(()) if name == "step" else value.reshape(-1)
-                )
-        shapes = [p.shape for p in network.parameters()]
-        optimizer.load_state_dict({
-            "state": {i: {k: (v if k == "step" else v.reshape(shapes[i])) for k, v in m.items()}
-                      for i, m in moments.items()},
-            "param_groups": state["param_groups"],
-        })
-        return best, state
-
-
 def fit(
     network: SocNetwork,
     train: list[Cycle] | SequenceSet,
@@ -297,7 +232,7 @@ def _fit(
                                                       config.samples_per_epoch))
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
-    checkpoint = _Checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+    checkpoint = Checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
     history: list[dict[str, Any]] = []
     best_state = copy.deepcopy(network.state_dict())
     initial = validate(network, val, settings)
@@ -307,7 +242,7 @@ def _fit(
         if checkpoint is None or not checkpoint.exists():
             raise ModelFileError(f"no checkpoint to resume from in {checkpoint_dir}",
                                  remedy="train without --resume first")
-        best_state, saved = checkpoint.load(network, optimizer, config)
+        best_state, saved = checkpoint.load(network, optimizer, config.to_json())
         history, best, bad_epochs = saved["history"], saved["best"], saved["bad_epochs"]
         initial = saved["initial_validation"]
         start_epoch = saved["next_epoch"]

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from bsoc.cli import main
-from bsoc.data.ingest import IngestOptions, ingest
+from bsoc.data.ingest import ingest
+from bsoc.data.ingest_options import IngestOptions
 from bsoc.data.readers.common import load_kind_from_name
 from bsoc.data.reference import ChargeCutoff, cv_charge_ends
 from bsoc.data.schema import Cycle

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bsoc.data.ingest import IngestOptions, IngestResult, ingest
+from bsoc.data.ingest import IngestResult, ingest
+from bsoc.data.ingest_options import IngestOptions
 from bsoc.data.readers.mapping import TableSpec, load_map_file
 from bsoc.data.resample import interval_charge_ah, resample
 from bsoc.data.schema import coulomb_soc, validate_frame

@@ -19,16 +19,14 @@ from bsoc.data import loads
 from bsoc.data.dataset import Dataset
 from bsoc.data.schema import SPLITS
 from bsoc.data.sensors import SensorModel, first_order_lag
-from bsoc.data.simulate import (
+from bsoc.data.pybamm_cell import (
     CellConfig,
     CycleSpec,
     build_profile,
     cell_capacity_ah,
-    plan_cycles,
-    simulate_cycle,
-    simulate_cycles,
     simulate_trace,
 )
+from bsoc.data.simulate import plan_cycles, simulate_cycle, simulate_cycles
 from bsoc.errors import ConfigError, SimulationError
 from bsoc.profiles import PROFILES, run_profile
 

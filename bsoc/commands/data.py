@@ -141,8 +141,8 @@ def ingest(
     Example: bsoc data ingest /data/panasonic-18650pf --format panasonic --out data/pan
     """
     from bsoc.data.dataset import DATASET_OUTPUT
-    from bsoc.data.ingest import IngestOptions, excluded_files
     from bsoc.data.ingest import ingest as run_ingest
+    from bsoc.data.ingest_options import IngestOptions, excluded_files
     from bsoc.data.inspect import split_names
     from bsoc.data.readers import find_files
     from bsoc.data.readers.mapping import (

@@ -51,7 +51,8 @@ def train(
     from bsoc.errors import OverwriteRefusedError
     from bsoc.estimator import prepare_model_dir
     from bsoc.profiles import run_profile
-    from bsoc.train import CHECKPOINT_STATE, CHECKPOINT_WEIGHTS, train_model
+    from bsoc.train import train_model
+    from bsoc.train_checkpoint import CHECKPOINT_STATE, CHECKPOINT_WEIGHTS
 
     chosen = run_profile(profile)
     checkpoint = out / CHECKPOINT_DIR

@@ -57,7 +57,8 @@ def simulate(
     from bsoc.outputs import check_output
 
     check_output(out, DATASET_OUTPUT, force=force)  # refuse early, before the simulation
-    from bsoc.data.simulate import CellConfig, plan_cycles, simulate_dataset
+    from bsoc.data.pybamm_cell import CellConfig
+    from bsoc.data.simulate import plan_cycles, simulate_dataset
 
     config = CellConfig(model=model)
     planned = len(plan_cycles(scale, seed))

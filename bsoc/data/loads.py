@@ -4,7 +4,7 @@ A load kind (:data:`LOAD_KINDS`, a cycle's ``load_kind``) is drawn as a load pro
 piecewise-linear current ``I(t)`` given by knots on whole seconds, so that
 the 1 Hz table contains every knot and trapezoidal coulomb counting on it is exact. A
 step is a one-second ramp, which is what a 1 Hz logger sees of a real step anyway. The
-knots also steer the solver (see :func:`bsoc.data.simulate.simulate_trace`): PyBaMM's
+knots also steer the solver (see :func:`bsoc.data.pybamm_cell.simulate_trace`): PyBaMM's
 adaptive solver would otherwise step straight over a short pulse after a long rest.
 
 Currents are built in C-rate units and scaled by the capacity at the end; discharge is

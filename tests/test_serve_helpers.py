@@ -99,6 +99,11 @@ def socs(response: httpx.Response) -> list[float]:
     return [e["soc"] for e in response.json()["estimates"]]
 
 
+def _child_path() -> str:
+    """The tests' folder, then the PYTHONPATH the tests run with (a worktree's bsoc, say)."""
+    return os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -152,7 +157,7 @@ class ProcessServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = ["serve", "--port", str(self.port), *args]
-        self.env = {**os.environ, "PYTHONPATH": str(HERE), **(env or {})}
+        self.env = {**os.environ, "PYTHONPATH": _child_path(), **(env or {})}
         self.process: subprocess.Popen | None = None
 
     def start(self) -> ProcessServer:
@@ -185,7 +190,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout_s: float = 60
     """``bsoc ARGS`` with the test estimator registered; returns the CompletedProcess."""
     return subprocess.run(
         [sys.executable, str(Path(__file__)), *args],
-        env={**os.environ, "PYTHONPATH": str(HERE), **(env or {})},
+        env={**os.environ, "PYTHONPATH": _child_path(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout_s,

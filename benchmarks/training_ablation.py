@@ -48,8 +48,10 @@ LONG_WINDOWS = {"window": WindowPlan(length=2000, warmup=100, from_start_fractio
                 "batch_size": 32, "chunk": 500, "learning_rate": 1e-3}
 BASES: dict[str, dict[str, Any]] = {"windows": WINDOWS, "long": LONG_WINDOWS,
                                     "stateful": WHOLE_CYCLES}
+# The SOC change over 10 s must match the charge moved, weighted like the level error.
+COULOMB = {"coulomb_weight": 1.0, "coulomb_lag": 10}
 # a variant is a base and any of these, joined by "+": "stateful+augmented+pretrained"
-MODIFIERS = ("augmented", "pretrained")
+MODIFIERS = ("augmented", "pretrained", "coulomb")
 
 
 def parse_variant(variant: str) -> tuple[dict[str, Any], bool]:
@@ -61,6 +63,8 @@ def parse_variant(variant: str) -> tuple[dict[str, Any], bool]:
     overrides = dict(BASES[base])
     if "augmented" in modifiers:
         overrides["augmentation"] = SENSOR_ERRORS
+    if "coulomb" in modifiers:
+        overrides.update(COULOMB)
     return overrides, "pretrained" in modifiers
 
 
@@ -145,6 +149,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--patience", type=int, default=1000, help="default: no early stop")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default: the full "
+                        "profile's; lower it to compare variants as fine-tuning)")
     parser.add_argument("--variants", default="windows,stateful,windows+augmented,"
                         "stateful+augmented")
     parser.add_argument("--pretrained", type=Path, help="model the +pretrained variants start "
@@ -156,7 +162,8 @@ def main() -> None:
     args = parser.parse_args()
     data = Dataset.load(args.data)
     base = replace(PROFILES["full"].train, epochs=args.epochs, patience=args.patience,
-                   max_minutes=None, threads=args.threads)
+                   max_minutes=None, threads=args.threads,
+                   learning_rate=args.lr or PROFILES["full"].train.learning_rate)
     runs = json.loads(args.out.read_text())["runs"] if args.out.exists() else []
     done = {(run["variant"], run["seed"]) for run in runs}
     for variant in args.variants.split(","):

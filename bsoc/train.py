@@ -73,6 +73,9 @@ class TrainConfig:
     warmup_fraction: float = 0.03  # linear learning-rate warm-up, fraction of all steps
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
+    # weight of the coulomb-consistency term (0: plain MSE) and its lag in samples
+    coulomb_weight: float = 0.0
+    coulomb_lag: int = 10
     patience: int = 8  # epochs without validation improvement before stopping
     max_minutes: float | None = None
     seed: int = 0
@@ -85,6 +88,10 @@ class TrainConfig:
                               remedy="use positive epochs, batch size and learning rate")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ConfigError("--max-minutes must be positive", remedy="e.g. --max-minutes 5")
+        if self.coulomb_weight < 0 or self.coulomb_lag < 1:
+            raise ConfigError(f"coulomb term weight {self.coulomb_weight} and lag "
+                              f"{self.coulomb_lag} must be >= 0 and >= 1",
+                              remedy="e.g. weight 1.0 and a lag of 10 samples")
         if self.chunk is not None and self.chunk < 1:
             raise ConfigError(f"chunk {self.chunk} must be a positive number of samples",
                               remedy="e.g. 1000, or None to train whole windows")
@@ -159,6 +166,21 @@ def learning_rate_at(progress: float, config: TrainConfig) -> float:
 
 def _masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return ((prediction - target) ** 2 * mask).sum() / mask.sum().clamp(min=1)
+
+
+def coulomb_consistency(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                        lag: int) -> torch.Tensor:
+    """Mean squared mismatch between the predicted and the true SOC change over ``lag`` samples.
+
+    The reference SOC is a charge count, so its change over any stretch is the charge the
+    current moved. A network that follows each current pulse with its voltage instead of
+    integrating the current has errors that move from sample to sample: the level MSE
+    weighs them by their size only, this term by how fast they move. Pairs count where
+    both ends are in the loss mask; an error that stays constant costs nothing here.
+    """
+    both = mask[:, lag:] & mask[:, :-lag]
+    mismatch = (prediction[:, lag:] - prediction[:, :-lag]) - (target[:, lag:] - target[:, :-lag])
+    return (mismatch**2 * both).sum() / both.sum().clamp(min=1)
 
 
 def _rmse_pct(network: SocNetwork, data: SequenceSet, counted_after_s: float = 0.0) -> float:
@@ -242,7 +264,8 @@ def _fit(
         if checkpoint is None or not checkpoint.exists():
             raise ModelFileError(f"no checkpoint to resume from in {checkpoint_dir}",
                                  remedy="train without --resume first")
-        best_state, saved = checkpoint.load(network, optimizer, config.to_json())
+        best_state, saved = checkpoint.load(network, optimizer, config.to_json(),
+                                            lambda c: TrainConfig.from_json(c).to_json())
         history, best, bad_epochs = saved["history"], saved["best"], saved["bad_epochs"]
         initial = saved["initial_validation"]
         start_epoch = saved["next_epoch"]
@@ -274,10 +297,15 @@ def _fit(
                 keep = torch.from_numpy(~starts).float()[:, None]
                 state = [(h * keep, c * keep) for h, c in state]
             prediction, final = network(torch.from_numpy(xb), state)
-            loss = _masked_mse(prediction, torch.from_numpy(yb), torch.from_numpy(mb))
+            target, in_loss = torch.from_numpy(yb), torch.from_numpy(mb)
+            loss = _masked_mse(prediction, target, in_loss)
+            objective = loss
+            if config.coulomb_weight:
+                objective = objective + config.coulomb_weight * coulomb_consistency(
+                    prediction, target, in_loss, config.coulomb_lag)
             optimizer.zero_grad(set_to_none=True)
             if mb.any():  # a chunk inside every window's warm-up teaches nothing
-                loss.backward()
+                objective.backward()
                 torch.nn.utils.clip_grad_norm_(network.parameters(), config.grad_clip)
                 optimizer.step()
             state = [(h.detach(), c.detach()) for h, c in final]

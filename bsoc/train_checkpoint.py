@@ -8,6 +8,7 @@ while saving resumes from the previous epoch.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,14 +54,16 @@ class Checkpoint:
             (self.directory / (name + ".tmp")).replace(self.directory / name)
 
     def load(self, network: SocNetwork, optimizer: torch.optim.Optimizer,
-             config: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+             config: dict[str, Any], as_recorded: Callable[[dict[str, Any]], dict[str, Any]],
+             ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Restore ``network`` and ``optimizer``; return the best weights and the saved state.
 
         ``config`` (the run's ``TrainConfig.to_json()``) must match the checkpoint's in all
-        but time and threads.
+        but time and threads; ``as_recorded`` reads the checkpoint's config as the run's
+        would be written (fields added since the checkpoint take their defaults).
         """
         state = json.loads((self.directory / CHECKPOINT_STATE).read_text())
-        if _resumable(state["config"]) != _resumable(config) or state[
+        if _resumable(as_recorded(state["config"])) != _resumable(config) or state[
             "architecture"
         ] != network.architecture():
             raise ConfigError(

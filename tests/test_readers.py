@@ -526,3 +526,18 @@ def test_messages_print_bracketed_names_as_written(tmp_path, capsys):
     code, _, err = _run_cli([*argv, "--column-map", wrong, "--out", str(tmp_path / "x")], capsys)
     assert code == 2
     assert "column 'Temperature [C]'" in err and "'Temperature [degC]'" in err
+
+
+def test_a_gap_after_the_first_sample_is_a_one_line_error(tmp_path, capsys):
+    t = np.array([0.0, 20.0, 21.0, 22.0])  # found by the ingest fuzzer: an IndexError before
+    path = tmp_path / "src" / "gap.csv"
+    path.parent.mkdir()
+    pd.DataFrame({"time_s": t, "voltage_v": 4.1, "current_a": -1.0,
+                  "temperature_c": 25.0}).to_csv(path, index=False)  # fmt: skip
+    argv = ["data", "ingest", str(path), "--format", "csv", "--capacity", "3", "--max-gap", "5",
+            "--out", str(tmp_path / "ds")]  # fmt: skip
+    code, _, err = _run_cli(argv, capsys)
+    assert code == 2
+    assert err.strip().startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert "20 s gap" in err and "--max-gap" in err
+    assert not (tmp_path / "ds").exists()

@@ -24,7 +24,14 @@ from bsoc.data.windows import (
 from bsoc.errors import ConfigError
 from bsoc.evaluate import ScenarioSettings
 from bsoc.profiles import PROFILES
-from bsoc.train import TrainConfig, fit, learning_rate_at, new_network, training_progress
+from bsoc.train import (
+    TrainConfig,
+    coulomb_consistency,
+    fit,
+    learning_rate_at,
+    new_network,
+    training_progress,
+)
 
 
 @pytest.fixture(scope="module")
@@ -379,3 +386,32 @@ def test_lanes_run_every_chunk_of_every_window_once_in_order() -> None:
             assert starts[b] == (k == 0 or lanes.restart[step, b])
             counted_from = 30 if lanes.restart[step, b] else 0
             assert not mb[b, :counted_from].any() and mb[b, counted_from : len(piece)].all()
+
+
+def test_coulomb_consistency_ignores_a_constant_error_and_counts_a_moving_one() -> None:
+    target = (1.0 - torch.arange(40) / 128).repeat(2, 1)  # exact in binary: equalities hold
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    assert coulomb_consistency(target - 0.25, target, mask, lag=5).item() == 0.0
+    jitter = (-1.0) ** torch.arange(40) / 64  # flips sign every sample: moves 1/32 a step
+    assert coulomb_consistency(target + jitter, target, mask, lag=1).item() == 1 / 32**2
+    assert coulomb_consistency(target + jitter, target, mask, lag=2).item() == 0.0
+    mask[:, 10:] = False  # pairs with an end outside the mask do not count
+    moved = target.clone()
+    moved[:, 10:] -= 0.25
+    assert coulomb_consistency(moved, target, mask, lag=1).item() == 0.0
+
+
+def test_the_coulomb_term_changes_training_only_when_weighted(toy: Dataset) -> None:
+    train, val = toy.split("train"), toy.split("val")
+    trained = {}
+    for weight in (0.0, 5.0):
+        network = new_network(PROFILES["tiny"].network, train, seed=1)
+        fit(network, train, val, replace(_tiny(1), coulomb_weight=weight))
+        trained[weight] = network.state_dict()
+    plain = new_network(PROFILES["tiny"].network, train, seed=1)
+    fit(plain, train, val, _tiny(1))
+    for key, value in plain.state_dict().items():
+        torch.testing.assert_close(trained[0.0][key], value, atol=0, rtol=0)
+    assert any(not torch.equal(trained[5.0][k], v) for k, v in plain.state_dict().items())
+    with pytest.raises(ConfigError, match="coulomb"):
+        TrainConfig(coulomb_lag=0)

@@ -45,7 +45,14 @@ from bsoc.data.readers.common import RawCycle, load_kind_from_name, read_bytes
 from bsoc.data.readers.mapping import conversions, convert_units
 from bsoc.data.reference import REST_CURRENT_A
 from bsoc.data.resample import METHOD, cumulative_integral, interval_charge_ah, resample
-from bsoc.data.schema import OCV_LOAD_KIND, Cycle, CycleMeta, numeric_column, validate_frame
+from bsoc.data.schema import (
+    MIN_SAMPLES,
+    OCV_LOAD_KIND,
+    Cycle,
+    CycleMeta,
+    numeric_column,
+    validate_frame,
+)
 from bsoc.errors import ConfigError, DataValidationError, SocReferenceError
 
 # Median interval between samples: real tester logs run from 0.1 s (drive cycles) to 60 s
@@ -102,14 +109,22 @@ def _charge_ah(frame: pd.DataFrame, until_s: float) -> float:
 
 
 def _cut_at_gap(
-    frame: pd.DataFrame, ah: np.ndarray | None, max_gap_s: float, extra: dict[str, Any]
+    frame: pd.DataFrame, ah: np.ndarray | None, max_gap_s: float, raw: RawCycle
 ) -> tuple[pd.DataFrame, np.ndarray | None]:
     steps = np.diff(frame["time_s"].to_numpy())
     gaps = np.flatnonzero(steps > max_gap_s)
     if len(gaps) == 0:
         return frame, ah
     end = int(gaps[0]) + 1
-    extra["cut_at_gap"] = {
+    if end < MIN_SAMPLES:
+        raise DataValidationError(
+            f"the first {end} sample(s) are followed by a {steps[gaps[0]]:.6g} s gap in the log, "
+            f"and a cycle cut there would have fewer than {MIN_SAMPLES} samples",
+            file=raw.source_file,
+            column=raw.sources.get("time_s", "time_s"),
+            remedy="check the time column (e.g. --units time=ms), or allow longer gaps with --max-gap",
+        )
+    raw.extra["cut_at_gap"] = {
         "gap_s": float(steps[gaps[0]]),
         "at_time_s": float(frame["time_s"].iloc[end - 1]),
         "rows_dropped": len(frame) - end,
@@ -153,7 +168,7 @@ def _measured(
     ah = columns.pop("ah", None)
     frame = _validated(pd.DataFrame(columns), raw, rows, options.capacity_for(raw))
     _check_sampling(frame, raw)
-    return _cut_at_gap(frame, ah, options.max_gap_s, raw.extra)
+    return _cut_at_gap(frame, ah, options.max_gap_s, raw)
 
 
 def _ambient(raw: RawCycle, frame: pd.DataFrame, options: IngestOptions) -> float:

@@ -113,9 +113,18 @@ def worker(
         worker_id=worker_id,
     )
     fleet_worker = Worker(estimator, describe_model(estimator, model), config)
-    err_console.print(f"worker {fleet_worker.id}: {fleet_worker.model['name']} on {nats}, "
-                      f"{partitions} partitions", highlight=False)  # fmt: skip
-    _run_until_signal(fleet_worker.run, fleet_worker.request_stop)
+
+    async def work() -> None:
+        ready = asyncio.Event()
+        running = asyncio.create_task(fleet_worker.run(ready))
+        await asyncio.wait([running, asyncio.create_task(ready.wait())],
+                           return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        if ready.is_set():
+            err_console.print(f"worker {fleet_worker.id}: {fleet_worker.model['name']} on "
+                              f"{nats}, {partitions} partitions", highlight=False)  # fmt: skip
+        await running
+
+    _run_until_signal(work, fleet_worker.request_stop)
 
 
 @fleet_app.command("gateway")

@@ -7,6 +7,7 @@ user of the machine (``ps``), as ``bsoc serve`` says of API keys.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from bsoc.fleet.log import FleetError
 
 PASSWORD_ENV = "BSOC_NATS_PASSWORD"
 CONNECT_TIMEOUT_S = 5.0
+FIRST_CONNECT_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -56,15 +58,29 @@ def nats_target(url: str, user: str | None, password_file: Path | None) -> NatsT
 
 
 async def connect(target: NatsTarget, name: str, **options: Any) -> Any:
-    """A connected nats-py client that reconnects by itself; FleetError if none answers now."""
-    import nats
-    from nats.errors import NoServersError
+    """A connected nats-py client that reconnects by itself; FleetError if none answers now.
 
-    async def quiet(_: Exception) -> None:  # reconnects are expected; nats-py logs them anyway
-        return None
+    Once connected it reconnects for ever; the first connection is bounded (nats-py's own
+    retry of it never ends when reconnects are unlimited) and a refused login ends it at once.
+    """
+    from nats.aio.client import Client
 
-    try:
-        return await nats.connect(
+    refused = asyncio.get_running_loop().create_future()
+    unreachable = asyncio.get_running_loop().create_future()
+    failures: list[Exception] = []
+
+    async def on_error(error: Exception) -> None:  # reconnects are expected and retried
+        if unreachable.done() or refused.done():
+            return
+        if "authorization" in str(error).lower():
+            refused.set_result(error)
+        failures.append(error)
+        if len(failures) >= 3 * len(target.servers()):
+            unreachable.set_result(error)
+
+    client = Client()
+    connecting = asyncio.ensure_future(
+        client.connect(
             servers=target.servers(),
             user=target.user,
             password=target.password,
@@ -73,18 +89,27 @@ async def connect(target: NatsTarget, name: str, **options: Any) -> Any:
             allow_reconnect=True,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
-            error_cb=quiet,
+            error_cb=on_error,
             **options,
         )
-    except (NoServersError, OSError, TimeoutError) as error:
+    )
+    await asyncio.wait([connecting, refused, unreachable], timeout=FIRST_CONNECT_TIMEOUT_S,
+                       return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+    if connecting.done() and connecting.exception() is None:
+        failures.clear()  # from now on failures are reconnects, retried for ever
+        return client
+    connecting.cancel()
+    await asyncio.wait([connecting])
+    await client.close()
+    if refused.done():
         raise FleetError(
-            f"no NATS server answers at {target.url} ({type(error).__name__}: {error})",
-            remedy="start one (e.g. 'bsoc fleet up') or give its address with --nats",
-        ) from None
-    except Exception as error:  # nats-py raises its own kinds for refused credentials
-        if "authorization" in str(error).lower():
-            raise FleetError(
-                f"the NATS server at {target.url} refused the credentials",
-                remedy="check --nats-user and the password file",
-            ) from None
-        raise
+            f"the NATS server at {target.url} refused the login of {target.user or 'an anonymous client'}",
+            remedy="check --nats-user and the password file",
+        )
+    failure = failures[-1] if failures else None
+    why = f"{type(failure).__name__}: {failure}" if failure else (
+        f"no answer within {FIRST_CONNECT_TIMEOUT_S:g} s")  # fmt: skip
+    raise FleetError(
+        f"no NATS server answers at {target.url} ({why})",
+        remedy="start one (e.g. 'bsoc fleet up') or give its address with --nats",
+    )

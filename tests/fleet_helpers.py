@@ -125,7 +125,7 @@ def fleet_status(url: str, partitions: int) -> tuple[list[dict], list[int]]:
     return asyncio.run(ask())
 
 
-def wait_until_owned(url: str, partitions: int, timeout_s: float = 90.0) -> list[dict]:
+def wait_until_owned(url: str, partitions: int, timeout_s: float = 300.0) -> list[dict]:
     """Until every partition has a live owner that has started it; returns the answers."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

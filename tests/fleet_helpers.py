@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from bsoc.fleet.connection import NatsTarget, connect
-from bsoc.fleet.gateway import query_fleet
+from bsoc.fleet.gateway import ask_fleet
 from bsoc.fleet.subjects import REPLY_HEADER, SOC_OUT, samples_subject
 from bsoc.fleet.worker import Worker, WorkerConfig
 from bsoc.serve.app import describe_model
@@ -115,14 +115,7 @@ class ThreadWorker:
 
 
 def fleet_status(url: str, partitions: int) -> tuple[list[dict], list[int]]:
-    async def ask() -> tuple[list[dict], list[int]]:
-        nc = await connect(NatsTarget(url), "test-status")
-        try:
-            return await query_fleet(nc, partitions)
-        finally:
-            await nc.close()
-
-    return asyncio.run(ask())
+    return asyncio.run(ask_fleet(NatsTarget(url), partitions))
 
 
 def wait_until_owned(url: str, partitions: int, timeout_s: float = 300.0) -> list[dict]:

@@ -32,6 +32,7 @@ from fleet_helpers import (
 )
 from test_serve_helpers import CoulombEstimator, ThreadServer, as_json, free_port, rows_of
 
+pytest.importorskip("nats", reason="nats-py is in the fleet extra: pip install '.[fleet]'")
 PARTITIONS = 4
 
 

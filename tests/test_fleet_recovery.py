@@ -26,6 +26,7 @@ from bsoc.fleet.nats_server import NatsCluster
 from fleet_helpers import AnswerLog, WorkerProcess, interleaved, publish, wait_until_owned
 from test_serve_helpers import as_json, rows_of
 
+pytest.importorskip("nats", reason="nats-py is in the fleet extra: pip install '.[fleet]'")
 torch = pytest.importorskip("torch")
 
 PARTITIONS = 4

@@ -261,15 +261,15 @@ def status(
 
 async def _status(target) -> dict:
     from bsoc.fleet.connection import connect
-    from bsoc.fleet.gateway import query_fleet
+    from bsoc.fleet.gateway import ask_fleet
     from bsoc.fleet.log import read_settings
 
     nc = await connect(target, "bsoc-fleet-status")
     try:
         settings = await read_settings(nc.jetstream(), target.url)
-        answers, missing = await query_fleet(nc, settings.partitions)
     finally:
         await nc.close()
+    answers, missing = await ask_fleet(target, settings.partitions)
     return {
         "partitions": settings.partitions,
         "model": settings.model,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bsoc.fleet.connection import NatsTarget, connect
 from bsoc.fleet.log import FleetError, read_settings
-from bsoc.fleet.nats_server import NatsCluster
+from bsoc.fleet.nats_server import NatsCluster, wait_for_ok
 
 USERS = ("worker", "gateway", "client")
 
@@ -111,19 +111,9 @@ class LocalFleet:
                          remedy=f"see the logs in {self.root}")  # fmt: skip
 
     def wait_for_gateway(self, timeout_s: float = 60.0) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            self.check_children()
-            try:
-                if httpx.get(f"{self.gateway_url}/healthz", timeout=2.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        raise FleetError(f"the gateway did not answer within {timeout_s:.0f} s",
-                         remedy=f"see {self.root / 'gateway.log'}")  # fmt: skip
+        if not wait_for_ok(f"{self.gateway_url}/healthz", timeout_s, self.check_children):
+            raise FleetError(f"the gateway did not answer within {timeout_s:.0f} s",
+                             remedy=f"see {self.root / 'gateway.log'}")  # fmt: skip
 
     def _client_login(self) -> tuple[str | None, str | None]:
         if self.passwords is None:

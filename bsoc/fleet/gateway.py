@@ -222,6 +222,15 @@ async def query_fleet(
     return answers, sorted(set(range(partitions)) - covered)
 
 
+async def ask_fleet(target: NatsTarget, partitions: int) -> tuple[list[dict], list[int]]:
+    """:func:`query_fleet` over a connection of its own (for status commands and tests)."""
+    nc = await connect(target, "bsoc-fleet-status")
+    try:
+        return await query_fleet(nc, partitions)
+    finally:
+        await nc.close()
+
+
 def render_worker_metrics(answers: list[dict], missing: list[int]) -> str:
     """Prometheus text for the workers' answers (one family at a time, as the format needs)."""
     families: list[tuple[str, str, str, list[str]]] = [

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,23 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
+
+
+def wait_for_ok(url: str, timeout_s: float, check: Callable[[], None]) -> bool:
+    """Poll ``url`` until it answers 200 (True) or ``timeout_s`` passes (False); ``check()``
+    runs before each poll and raises if waiting is pointless (the process died)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        check()
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    return False
 
 
 @dataclass
@@ -143,23 +161,17 @@ class NatsCluster:
 
     def wait_ready(self, node: NatsNode, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Until the node's /healthz says JetStream is up (in a cluster: a leader exists)."""
-        import httpx
 
-        deadline = time.monotonic() + timeout_s
-        url = f"http://{self.host}:{node.monitor_port}/healthz"
-        while time.monotonic() < deadline:
+        def alive() -> None:
             if node.process is not None and node.process.poll() is not None:
                 log = (node.folder / "nats.log").read_text(errors="replace")[-400:]
                 raise FleetError(f"nats-server {node.name} exited ({node.process.returncode}): "
                                  f"{log.strip()}", remedy="see its nats.log")  # fmt: skip
-            try:
-                if httpx.get(url, timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise FleetError(f"nats-server {node.name} was not ready within {timeout_s:.0f} s",
-                         remedy=f"see {node.folder / 'nats.log'}")  # fmt: skip
+
+        url = f"http://{self.host}:{node.monitor_port}/healthz"
+        if not wait_for_ok(url, timeout_s, alive):
+            raise FleetError(f"nats-server {node.name} was not ready within {timeout_s:.0f} s",
+                             remedy=f"see {node.folder / 'nats.log'}")  # fmt: skip
 
     def kill(self, node: NatsNode) -> None:
         """SIGKILL one node (for fault tests)."""

@@ -85,10 +85,10 @@ def recovery(bsoc: list[str], args: argparse.Namespace, url: str, workers: list)
             break
         time.sleep(0.05)
     taken_over = time.monotonic() - killed
-    while True:  # until the new owners have replayed and caught up with the log
+    while True:  # until the new owners have replayed the log and delivered all it holds
         answers, _ = fleet_status(url, args.partitions)
         state = [a["partitions"][str(p)] for a in answers for p in orphaned if str(p) in a["partitions"]]
-        if len(state) == len(orphaned) and all(s["lag"] == 0 and s["in_flight"] == 0 for s in state):
+        if len(state) == len(orphaned) and all(s["lag"] == 0 for s in state):
             break
         time.sleep(0.05)
     caught_up = time.monotonic() - killed

@@ -48,9 +48,10 @@ class LeaseView:
     keys: dict[str, Observed] = field(default_factory=dict)
 
     def observe(self, key: str, revision: int, value: bytes | None, now: float) -> None:
-        """Record an update (``value`` None for a delete or purge)."""
+        """Record an update (``value`` None for a delete or purge); older revisions than the
+        one already seen (a lagging watcher after a direct read) change nothing."""
         seen = self.keys.get(key)
-        if seen is not None and seen.revision == revision:
+        if seen is not None and revision <= seen.revision:
             return
         decoded = None
         if value:

@@ -430,6 +430,7 @@ class Worker:
         from nats.js.errors import KeyWrongLastSequenceError
 
         await self.kv.put(worker_key(self.id), json.dumps(self._heartbeat()).encode())
+        await self._read_leases()
         for index in list(self.partitions):
             try:
                 self.revisions[index] = await self.kv.update(
@@ -445,6 +446,19 @@ class Worker:
         for index in take:
             if not self._stopping.is_set():
                 await self._take(index)
+
+    async def _read_leases(self) -> None:
+        """Read every lease key now: the watcher can lag behind (or stall) on a busy machine,
+        and a lease judged on an old revision could never be taken over."""
+        from nats.js.errors import KeyNotFoundError
+
+        for index in range(self.config.partitions):
+            try:
+                entry = await self.kv.get(lease_key(index))
+            except KeyNotFoundError:
+                self.view.keys.pop(lease_key(index), None)  # absent or deleted: free
+                continue
+            self.view.observe(entry.key, entry.revision, entry.value, time.monotonic())
 
     async def _take(self, index: int) -> None:
         """Take the lease, then restore and start the partition in the background (renewals

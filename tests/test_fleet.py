@@ -139,9 +139,13 @@ def test_worker_answers_equal_predict_and_refusals_go_to_dead_letter(nats_url):
         await nc.close()
         return out
 
-    assert asyncio.run(dead_letters()) == [
+    # in order within a stream; streams of other partitions may come in between
+    letters = asyncio.run(dead_letters())
+    assert [kind for subject, kind in letters if subject == "bsoc.dead.a~1"] == [
+        "validation", "out_of_order"]  # fmt: skip
+    assert sorted(letters) == sorted([
         ("bsoc.dead.a~1", "validation"), ("bsoc.dead.a~1", "out_of_order"),
-        ("bsoc.dead.b-2", "validation"), ("bsoc.dead.a/b", "validation")]  # fmt: skip
+        ("bsoc.dead.b-2", "validation"), ("bsoc.dead.a/b", "validation")])  # fmt: skip
 
 
 # -- the gateway answers as bsoc serve does -------------------------------------------------

@@ -3,8 +3,8 @@
 Each partition ``p`` has a key ``lease.p`` naming its owner; each worker has a heartbeat key
 ``worker.<id>``. A worker renews its leases with compare-and-set updates (``update(last=
 revision)``) every third of the lease time, so two workers can never both succeed in taking
-or renewing the same lease revision. A lease (or a heartbeat) is *stale* when this worker
-has seen its revision stay unchanged for longer than the lease time by its own monotonic
+or renewing the same lease revision. Each round the worker reads every lease and heartbeat
+key. A lease (or a heartbeat) is *stale* when this worker has seen its revision stay unchanged for longer than the lease time by its own monotonic
 clock, so no two machines' clocks need to agree. A worker takes a free or stale lease while
 it owns fewer than its fair share (``ceil(partitions / live workers)``) and hands back,
 after a final checkpoint, the leases it holds beyond that share, so a worker that joins

@@ -40,7 +40,7 @@ import numpy as np
 from bsoc.estimator import SocEstimator
 from bsoc.fleet.checkpoint import CheckpointStore
 from bsoc.fleet.connection import NatsTarget, connect
-from bsoc.fleet.leases import LeaseView, lease_key, lease_value, worker_key
+from bsoc.fleet.leases import WORKER_PREFIX, LeaseView, lease_key, lease_value, worker_key
 from bsoc.fleet.log import DAY_S, FleetSettings, ensure_log, pin_settings
 from bsoc.fleet.subjects import (
     CHECKPOINTS_BUCKET,
@@ -352,7 +352,6 @@ class Worker:
         self.revisions: dict[int, int] = {}  # our lease revision per owned partition
         self.query_subscriptions: dict[int, Any] = {}
         self._stopping = asyncio.Event()
-        self._synced = asyncio.Event()
         self._checkpoint_lock = asyncio.Lock()
         self._starts: dict[int, asyncio.Task] = {}
         self.failure: Exception | None = None
@@ -376,8 +375,6 @@ class Worker:
                 self.estimator, max_wait_s=self.config.batch_wait_s, max_jobs=self.config.max_batch
             )
             self.batcher.start()
-            watcher = await self.kv.watchall()
-            watching = asyncio.get_running_loop().create_task(self._watch(watcher))
             await self.nc.subscribe(f"{QUERY}.fleet", cb=self._on_fleet_query)
             if ready is not None:
                 ready.set()
@@ -385,7 +382,6 @@ class Worker:
             if self.failure is None:
                 await self._hand_back(list(self.partitions))
             await self.kv.delete(worker_key(self.id))
-            watching.cancel()
             await self.batcher.stop()
         finally:
             await self.nc.close()
@@ -394,15 +390,6 @@ class Worker:
 
     def request_stop(self) -> None:
         self._stopping.set()
-
-    async def _watch(self, watcher: Any) -> None:
-        async for entry in watcher:
-            if entry is None:  # the end of the initial values
-                self._synced.set()
-                continue
-            deleted = entry.operation in ("DEL", "PURGE")
-            self.view.observe(entry.key, entry.revision, None if deleted else entry.value,
-                              time.monotonic())  # fmt: skip
 
     async def _sleep_or_stop(self, seconds: float) -> bool:
         """True when asked to stop."""
@@ -414,10 +401,6 @@ class Worker:
 
     async def _lease_loop(self) -> None:
         """Renew, take and hand back leases every third of the lease time, until stopped."""
-        try:
-            await asyncio.wait_for(self._synced.wait(), self.config.lease_s)
-        except TimeoutError:
-            pass  # an empty bucket sends no end marker with some servers; start anyway
         while True:
             try:
                 await self._lease_round()
@@ -448,15 +431,19 @@ class Worker:
                 await self._take(index)
 
     async def _read_leases(self) -> None:
-        """Read every lease key now: the watcher can lag behind (or stall) on a busy machine,
-        and a lease judged on an old revision could never be taken over."""
-        from nats.js.errors import KeyNotFoundError
+        """Read every lease and heartbeat key now (a KV watcher lags behind, or stalls, on a
+        busy machine, and a lease judged on an old revision could never be taken over)."""
+        from nats.js.errors import KeyNotFoundError, NoKeysError
 
-        for index in range(self.config.partitions):
+        try:
+            heartbeats = [k for k in await self.kv.keys() if k.startswith(WORKER_PREFIX)]
+        except NoKeysError:
+            heartbeats = []
+        for key in [lease_key(i) for i in range(self.config.partitions)] + heartbeats:
             try:
-                entry = await self.kv.get(lease_key(index))
+                entry = await self.kv.get(key)
             except KeyNotFoundError:
-                self.view.keys.pop(lease_key(index), None)  # absent or deleted: free
+                self.view.keys.pop(key, None)  # absent or deleted: free
                 continue
             self.view.observe(entry.key, entry.revision, entry.value, time.monotonic())
 

@@ -14,6 +14,10 @@ which shows up as ``max_lag_s`` and an achieved rate below the target.
 A replay in which any sample failed is a failed replay (:func:`replay_failure`), and the
 mistakes that would fail every sample (no service at the URL, a wrong key) are refused
 before the first stream starts.
+
+With transport ``nats`` the URL is a fleet's NATS (``bsoc fleet``): each request is
+published straight into the log and answered by the worker that owns the stream, so the
+latency is end to end through the log.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from bsoc.estimator import SAMPLE_FIELDS
 from bsoc.heap import settle_heap
 from bsoc.serve.schemas import Rejected, check_stream_id
 
-TRANSPORTS = ("ws", "http")
+TRANSPORTS = ("ws", "http", "nats")
 KEY_REMEDY = "pass the service's key with --api-key-file FILE or BSOC_API_KEY"
 PREFLIGHT_TIMEOUT_S = 10.0
 
@@ -58,6 +62,8 @@ class ReplayConfig:
     transport: str = "ws"
     connect_concurrency: int = 64
     timeout_s: float = 30.0
+    nats_user: str | None = None  # with transport "nats"
+    nats_password: str | None = None
 
 
 @dataclass
@@ -104,7 +110,10 @@ def _check(config: ReplayConfig) -> None:
             "--streams and --batch must be at least 1 and --rate not negative",
             remedy="e.g. --streams 10 --rate 1",
         )
-    if not config.url.startswith(("http://", "https://")):
+    if config.transport == "nats":
+        if not config.url.startswith(("nats://", "tls://")):
+            raise ConfigError(f"--nats {config.url!r} must start with nats:// or tls://")
+    elif not config.url.startswith(("http://", "https://")):
         raise ConfigError(f"--url {config.url!r} must start with http:// or https://")
     if config.prefix:
         try:
@@ -120,6 +129,9 @@ def _headers(config: ReplayConfig) -> dict[str, str]:
 def _preflight(config: ReplayConfig) -> None:
     """Refuse at once what would fail every sample: no bsoc service at the URL, a wrong key."""
     import httpx
+
+    if config.transport == "nats":
+        return asyncio.run(_NatsClient(config).check())
 
     base = config.url.rstrip("/")
     try:
@@ -180,7 +192,8 @@ async def _replay(
     started = time.monotonic()
     deadline = started + config.max_seconds if config.max_seconds else float("inf")
     period = config.batch / config.rate_hz if config.rate_hz > 0 else 0.0
-    client = _HttpClient(config, headers) if config.transport == "http" else None
+    client = {"http": _HttpClient, "nats": _NatsClient, "ws": None}[config.transport]
+    client = client(config, headers) if client else None
 
     async def one(i: int) -> None:
         rows, truth = plans[i]
@@ -382,3 +395,78 @@ class _HttpStream:
             except ValueError:
                 return [], f"http {response.status_code}"
         return [e["soc"] for e in response.json()["estimates"]], None
+
+
+class _NatsClient:
+    """One NATS connection for every stream: publish into the fleet's log, await the answer."""
+
+    def __init__(self, config: ReplayConfig, headers: dict[str, str] | None = None) -> None:
+        from bsoc.fleet.connection import NatsTarget
+
+        self.config = config
+        self.target = NatsTarget(config.url, config.nats_user, config.nats_password)
+        self.nc: Any = None
+        self.waiting: dict[str, asyncio.Future] = {}
+        self.count = 0
+        self.opening = asyncio.Lock()
+
+    async def check(self) -> None:
+        """A fleet answers there (a worker has set it up); else the one-line error."""
+        from bsoc.fleet.connection import connect
+        from bsoc.fleet.log import read_settings
+
+        nc = await connect(self.target, "bsoc-replay-check")
+        try:
+            await read_settings(nc.jetstream(), self.config.url)
+        finally:
+            await nc.close()
+
+    async def for_stream(self, stream_id: str) -> _NatsStream:
+        from bsoc.fleet.connection import connect
+
+        async with self.opening:
+            if self.nc is None:
+                self.nc = await connect(self.target, "bsoc-replay")
+                self.inbox = self.nc.new_inbox()
+                await self.nc.subscribe(f"{self.inbox}.*", cb=self._on_answer)
+        return _NatsStream(self, stream_id)
+
+    async def _on_answer(self, message: Any) -> None:
+        waiting = self.waiting.get(message.subject)
+        if waiting is not None and not waiting.done():  # repeats after a takeover are dropped
+            waiting.set_result(json.loads(message.data))
+
+    async def close(self) -> None:
+        if self.nc is not None:
+            await self.nc.drain()
+
+
+class _NatsStream:
+    def __init__(self, owner: _NatsClient, stream_id: str) -> None:
+        from bsoc.fleet.subjects import samples_subject
+
+        self.owner, self.subject = owner, samples_subject(stream_id)
+
+    async def __aenter__(self) -> _NatsStream:
+        return self
+
+    async def __aexit__(self, *_: Any) -> None:
+        return None
+
+    async def send(self, chunk: np.ndarray) -> tuple[list[float], str | None]:
+        from bsoc.fleet.subjects import REPLY_HEADER
+
+        owner = self.owner
+        owner.count += 1
+        reply = f"{owner.inbox}.{owner.count}"
+        answer = owner.waiting[reply] = asyncio.get_running_loop().create_future()
+        samples = _samples_json(chunk)
+        try:
+            await owner.nc.publish(self.subject, json.dumps(samples).encode(),
+                                   headers={REPLY_HEADER: reply})  # fmt: skip
+            result = await asyncio.wait_for(answer, owner.config.timeout_s)
+        finally:
+            owner.waiting.pop(reply, None)
+        if "error" in result:
+            return [], str(result["error"])
+        return [e["soc"] for e in result["estimates"]], None

@@ -4,6 +4,8 @@
 ``bsoc serve`` command runs it under uvicorn, tests run it on a free loopback port.
 Routes follow DESIGN.md's serving contract; every rejection is a JSON
 :class:`~bsoc.serve.schemas.ErrorResponse` with a kind and a reason, counted in /metrics.
+The routes only talk to a :class:`StreamService`, so the fleet's gateway
+(:mod:`bsoc.fleet.gateway`) serves the same API in front of its log with :func:`build_app`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import numpy as np
 from fastapi import Depends, FastAPI, Path as PathParam, Query, Request, Security, WebSocket
@@ -105,6 +107,31 @@ def describe_model(estimator: SocEstimator, directory: str | Path | None) -> dic
         "state_size": int(len(estimator.initial_state())),
         "fingerprint": digest.hexdigest()[:16],
     }
+
+
+class StreamService(Protocol):
+    """What the routes need from whatever holds the streams (this process, or a fleet)."""
+
+    config: Any  # .api_key and .max_body_bytes
+    metrics: Metrics
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def apply(
+        self, stream_id: str, samples: list[Sample], transport: str
+    ) -> list[Estimate]: ...
+
+    async def list_streams(self, prefix: str, limit: int) -> StreamList: ...
+
+    async def stream_status(self, stream_id: str, history: int) -> StreamStatus: ...
+
+    async def delete_stream(self, stream_id: str) -> StreamStatus: ...
+
+    async def health(self) -> Health: ...
+
+    async def metrics_text(self) -> str: ...
 
 
 class Service:
@@ -211,6 +238,33 @@ class Service:
             for t, s, g in zip(rows[:, 0], applied.soc, applied.gap)
         ]
 
+    async def list_streams(self, prefix: str, limit: int) -> StreamList:
+        chosen = [(i, s) for i, s in self.registry if i.startswith(prefix)]
+        return stream_list(chosen, limit)
+
+    async def stream_status(self, stream_id: str, history: int) -> StreamStatus:
+        return stream_status(stream_id, self.registry.get(stream_id), history)
+
+    async def delete_stream(self, stream_id: str) -> StreamStatus:
+        return stream_status(stream_id, await self.registry.delete(stream_id), 0)
+
+    async def health(self) -> Health:
+        failure = self.metrics.snapshot_failure
+        return Health(
+            status="degraded" if failure else "ok",
+            reason=failure,
+            version=__version__,
+            model=ModelInfo(**self.model),
+            streams=len(self.registry),
+            uptime_s=time.time() - self.metrics.started,
+            gap_limit_s=self.config.gap_limit_s,
+            gap_policy=self.config.gap_policy,
+        )
+
+    async def metrics_text(self) -> str:
+        model = {k: str(v) for k, v in self.model.items()}
+        return self.metrics.render(len(self.registry), model)
+
 
 class BodyLimit:
     """Pure ASGI middleware: refuse HTTP bodies over ``limit`` bytes with 413, before parsing.
@@ -285,7 +339,12 @@ StreamId = Annotated[str, PathParam(pattern=STREAM_ID_PATTERN, max_length=128)]
 
 def create_app(estimator: SocEstimator, config: ServeConfig, model: dict[str, Any]) -> FastAPI:
     """Build the service for one model. Restores the snapshot now, so errors surface early."""
-    service = Service(estimator, config, model)
+    return build_app(Service(estimator, config, model))
+
+
+def build_app(service: StreamService, *, description: str = "") -> FastAPI:
+    """The HTTP/WebSocket API in front of ``service`` (``description`` is added to /docs)."""
+    config = service.config
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -302,6 +361,7 @@ def create_app(estimator: SocEstimator, config: ServeConfig, model: dict[str, An
             "arrival order and must carry strictly newer timestamps. Rejected requests "
             "change nothing. Writes (and stream reads) need the API key when one is "
             "configured, as `Authorization: Bearer KEY` or `X-API-Key: KEY`."
+            + (f" {description}" if description else "")
         ),
         lifespan=lifespan,
         docs_url=None,  # served below from vendored assets: FastAPI's default page needs a CDN
@@ -391,14 +451,7 @@ def create_app(estimator: SocEstimator, config: ServeConfig, model: dict[str, An
         prefix: str = Query("", description="Only ids starting with this."),
         limit: int = Query(1000, ge=1, le=100_000),
     ) -> StreamList:
-        chosen = [(i, s) for i, s in service.registry if i.startswith(prefix)]
-        return StreamList(
-            count=len(chosen),
-            streams=[
-                StreamSummary(stream_id=i, samples=s.samples, last_time_s=s.last_time, soc=s.soc)
-                for i, s in chosen[:limit]
-            ],
-        )
+        return await service.list_streams(prefix, limit)
 
     @app.get(
         "/v1/streams/{stream_id}",
@@ -411,7 +464,7 @@ def create_app(estimator: SocEstimator, config: ServeConfig, model: dict[str, An
         stream_id: StreamId,
         history: int = Query(0, ge=0, le=100_000, description="Recent samples to include."),
     ) -> StreamStatus:
-        return _status(stream_id, service.registry.get(stream_id), history)
+        return await service.stream_status(stream_id, history)
 
     @app.delete(
         "/v1/streams/{stream_id}",
@@ -421,21 +474,11 @@ def create_app(estimator: SocEstimator, config: ServeConfig, model: dict[str, An
         summary="Forget a stream (its next sample starts it afresh)",
     )
     async def delete_stream(stream_id: StreamId) -> StreamStatus:
-        return _status(stream_id, await service.registry.delete(stream_id), 0)
+        return await service.delete_stream(stream_id)
 
     @app.get("/healthz", response_model=Health, summary="Liveness and what is served")
     async def healthz() -> Health:
-        failure = service.metrics.snapshot_failure
-        return Health(
-            status="degraded" if failure else "ok",
-            reason=failure,
-            version=__version__,
-            model=ModelInfo(**model),
-            streams=len(service.registry),
-            uptime_s=time.time() - service.metrics.started,
-            gap_limit_s=config.gap_limit_s,
-            gap_policy=config.gap_policy,
-        )
+        return await service.health()
 
     @app.get(
         "/metrics",
@@ -443,7 +486,7 @@ def create_app(estimator: SocEstimator, config: ServeConfig, model: dict[str, An
         summary="Prometheus metrics (text format 0.0.4)",
     )
     async def metrics() -> PlainTextResponse:
-        text = service.metrics.render(len(service.registry), {k: str(v) for k, v in model.items()})
+        text = await service.metrics_text()
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/", include_in_schema=False)
@@ -483,7 +526,19 @@ def _error_details(errors: Any) -> list[dict[str, Any]]:
     ]
 
 
-def _status(stream_id: str, stream: Stream, history: int) -> StreamStatus:
+def stream_list(chosen: list[tuple[str, Stream]], limit: int) -> StreamList:
+    """The listing of ``chosen`` (id order), at most ``limit`` of them, with the full count."""
+    return StreamList(
+        count=len(chosen),
+        streams=[
+            StreamSummary(stream_id=i, samples=s.samples, last_time_s=s.last_time, soc=s.soc)
+            for i, s in chosen[:limit]
+        ],
+    )
+
+
+def stream_status(stream_id: str, stream: Stream, history: int) -> StreamStatus:
+    """What GET and DELETE answer about one stream."""
     recent = None
     if history:
         rows = stream.recent(history)
@@ -505,7 +560,7 @@ _ONE = TypeAdapter(Sample)
 _MANY = TypeAdapter(SampleList)
 
 
-async def serve_socket(websocket: WebSocket, stream_id: str, service: Service) -> None:
+async def serve_socket(websocket: WebSocket, stream_id: str, service: StreamService) -> None:
     """The WebSocket protocol: auth at the handshake, then one answer per message.
 
     A bad message gets an error object (same shape as HTTP errors, plus ``status``) and
@@ -547,18 +602,26 @@ async def serve_socket(websocket: WebSocket, stream_id: str, service: Service) -
             return
 
 
-async def _answer(service: Service, stream_id: str, text: str) -> dict[str, Any]:
+def parse_message(text: str | bytes) -> tuple[list[Sample], bool]:
+    """The samples of one message (a sample object or a list of them) and whether it was one
+    object; :class:`Rejected` (422) with the reason if it is not valid."""
     try:
         payload = json.loads(text)
         single = isinstance(payload, dict)
         samples = [_ONE.validate_python(payload)] if single else _MANY.validate_python(payload)
-    except json.JSONDecodeError as error:
-        raise Rejected(422, "validation", f"message is not JSON ({error.msg})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        reason = getattr(error, "msg", None) or getattr(error, "reason", None)
+        raise Rejected(422, "validation", f"message is not JSON ({reason})") from None
     except RecursionError:
         raise Rejected(422, "validation", f"the message {TOO_DEEP}") from None
     except ValidationError as error:
         details = _error_details(error.errors())
         raise Rejected(422, "validation", describe_validation_errors(details)) from None
+    return samples, single
+
+
+async def _answer(service: StreamService, stream_id: str, text: str) -> dict[str, Any]:
+    samples, single = parse_message(text)
     estimates = await service.apply(stream_id, samples, "ws")
     if single:
         return estimates[0].model_dump()

@@ -14,7 +14,6 @@ from edge_models import ALL_KINDS, cycle_samples, estimator_of_kind, run_cli
 
 from bsoc.estimator import StreamSet
 from bsoc.export import measure
-from bsoc.export.measure import host_build, parse_run, sample_lines
 from bsoc.export.write import export_model
 from bsoc.nn.estimator import LstmSocEstimator
 
@@ -29,20 +28,13 @@ def _export(estimator: LstmSocEstimator, tmp_path: Path) -> Path:
     return tmp_path / "c"
 
 
-def _run_cycle(folder: Path, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """SOC per sample and the final state from the compiled ``run_cycle``."""
-    run = subprocess.run([str(host_build(folder))], input=sample_lines(samples),
-                         capture_output=True, text=True, check=True)
-    return parse_run(run.stdout)
-
-
 @pytest.mark.parametrize("kind", ALL_KINDS)
 def test_c_library_computes_what_the_estimator_computes(
     kind: str, tmp_path: Path, toy_dataset: Path,
 ) -> None:
     estimator = estimator_of_kind(kind)
     samples = cycle_samples(toy_dataset)
-    soc, state = _run_cycle(_export(estimator, tmp_path), samples)
+    soc, state = measure.host_run(_export(estimator, tmp_path), samples)
     streams = StreamSet(estimator)
     streamed = np.array([streams.step(row) for row in samples])
     assert soc.shape == (len(samples),)

@@ -27,18 +27,28 @@ from bsoc.export.c_source import RUNNER_FILE, SOURCE_FILE
 HOST_CC = ("gcc", "cc")
 CORTEX_M4_FLAGS = ("-mcpu=cortex-m4", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard", "-mthumb", "-O2",
                    "-std=c99")
-TOOLS = {"callgrind": ("valgrind",), "cortex-m4": ("arm-none-eabi-gcc", "arm-none-eabi-size"),
+TOOLS = {"host": (), "callgrind": ("valgrind",),
+         "cortex-m4": ("arm-none-eabi-gcc", "arm-none-eabi-size"),
          "qemu": ("arm-none-eabi-gcc", "qemu-system-arm")}
 
 
 def missing_tools(measure: str) -> list[str]:
-    """The programs ``measure`` ("callgrind", "cortex-m4", "qemu") needs and cannot find."""
+    """The programs ``measure`` ("host", "callgrind", "cortex-m4", "qemu") needs and cannot
+    find (every measure builds on the host first, so a C compiler is always needed)."""
     needed = list(TOOLS[measure]) + ([] if any(shutil.which(c) for c in HOST_CC) else ["cc"])
     return [tool for tool in needed if shutil.which(tool) is None]
 
 
 def _host_cc() -> str:
     return next(c for c in HOST_CC if shutil.which(c))
+
+
+def compiler_versions() -> dict[str, str]:
+    """First line of ``--version`` of each compiler found here (what made the figures)."""
+    compilers = [c for c in HOST_CC if shutil.which(c)][:1]
+    compilers += ["arm-none-eabi-gcc"] if shutil.which("arm-none-eabi-gcc") else []
+    return {tool: subprocess.run([tool, "--version"], capture_output=True, text=True,
+                                 check=True).stdout.splitlines()[0] for tool in compilers}
 
 
 def sample_lines(samples: np.ndarray) -> str:
@@ -60,6 +70,13 @@ def host_build(folder: Path) -> Path:
                     SOURCE_FILE, RUNNER_FILE, "-o", "run_cycle"], cwd=folder, check=True,
                    capture_output=True)
     return folder / "run_cycle"
+
+
+def host_run(folder: Path, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """SOCs and final state of the host build of the library in ``folder`` over ``samples``."""
+    run = subprocess.run([str(host_build(folder))], input=sample_lines(samples),
+                         capture_output=True, text=True, check=True)
+    return parse_run(run.stdout)
 
 
 def instructions_per_step(folder: Path, samples: np.ndarray) -> float:

@@ -68,20 +68,48 @@ def test_weights_are_read_only_and_ram_is_the_scratch_vectors(kind: str, tmp_pat
     assert sections[".bss"] == 4 * scratch
 
 
-def test_tanh_and_sigmoid_error_bound(tmp_path: Path) -> None:
-    """The library's own tanh (no libm): its error over the whole float range it sees."""
-    folder = _export(estimator_of_kind("lstm"), tmp_path)
-    (folder / "probe.c").write_text(
-        '#include <stdio.h>\n#include "bsoc_model.c"\n'
-        "int main(void) { for (int k = -200000; k <= 200000; ++k) { float x = k * 1e-4f;"
-        ' printf("%.9e %.9e %.9e\\n", (double)x, (double)bsoc_tanh(x),'
-        " (double)bsoc_sigmoid(x)); } return 0; }\n")
+def _probe(folder: Path, body: str, data: str = "") -> np.ndarray:
+    """Run ``body`` (C statements printing numbers) against the library's own functions,
+    after ``data`` (C declarations)."""
+    (folder / "probe.c").write_text(f'#include <stdio.h>\n#include "bsoc_model.c"\n{data}\n'
+                                    f"int main(void) {{ {body} return 0; }}\n")
     subprocess.run([CC, *STRICT, "probe.c", "-o", "probe"], cwd=folder, check=True)
     out = subprocess.run(["./probe"], cwd=folder, capture_output=True, text=True, check=True)
-    x, tanh, sigmoid = np.loadtxt(out.stdout.splitlines()).T
-    assert x[0] == -20.0 and x[-1] == 20.0
-    assert np.abs(tanh - np.tanh(x)).max() < 5e-7
-    assert np.abs(sigmoid - 1 / (1 + np.exp(-x))).max() < 5e-7
+    return np.loadtxt(out.stdout.splitlines())
+
+
+def test_exp2_and_sigmoid_error_bounds(tmp_path: Path) -> None:
+    """The library's own exponential (no libm) over the whole range the gates reach."""
+    folder = _export(estimator_of_kind("lstm"), tmp_path)
+    x, exp2, sigmoid = _probe(folder, (
+        "for (int k = -300000; k <= 300000; ++k) { float x = k * 1e-4f;"
+        ' printf("%.9e %.9e %.9e\\n", (double)x, (double)bsoc_exp2(x),'
+        " (double)bsoc_sigmoid(x)); }")).T
+    assert x[0] == -30.0 and x[-1] == 30.0
+    assert np.abs(exp2 / np.exp2(x) - 1).max() < 3e-7
+    assert np.abs(sigmoid - 1 / (1 + np.exp(-x))).max() < 2e-7
+    assert bool(np.all(np.diff(sigmoid) >= 0))  # monotonic: no step where round(t) changes
+
+
+def test_cell_update_error_bound(tmp_path: Path) -> None:
+    """c' = sigmoid(f) c + sigmoid(i) tanh(g) and h = sigmoid(o) tanh(c'), with their shared
+    divisions, against float64 over gates and cells far into saturation."""
+    folder = _export(estimator_of_kind("lstm"), tmp_path)
+    rng = np.random.default_rng(0)
+    cases = np.concatenate([rng.uniform(-4, 4, (20000, 5)),
+                            rng.uniform(-40, 40, (20000, 5))]).astype(np.float32)
+    rows = ",\n".join("{" + ", ".join(f"{v:.9e}f" for v in row) + "}" for row in cases)
+    c_out, h_out = _probe(folder, (
+        "for (unsigned k = 0; k < sizeof cases / sizeof cases[0]; ++k) {"
+        " float c = cases[k][4]; const float h = cell_update(cases[k], &c);"
+        ' printf("%.9e %.9e\\n", (double)c, (double)h); }'),
+        data=f"static const float cases[][5] = {{\n{rows}}};").T
+    gates, cell = cases[:, :4].astype(np.float64), cases[:, 4].astype(np.float64)
+    sigmoid = 1 / (1 + np.exp(-gates))
+    c = sigmoid[:, 1] * cell + sigmoid[:, 0] * np.tanh(gates[:, 2])
+    h = sigmoid[:, 3] * np.tanh(c)
+    assert (np.abs(c_out - c) <= 4e-7 * np.maximum(1, np.abs(c))).all()
+    assert np.abs(h_out - h).max() < 4e-7
 
 
 def test_cli_exports_c_with_a_readme(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

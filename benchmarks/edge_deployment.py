@@ -3,7 +3,8 @@
 For each model folder, the deployment record that ``bsoc benchmark`` writes
 (:mod:`bsoc.export.deployment`: the model exported as C, its host build checked against
 Python, x86 instructions per ``bsoc_step`` by callgrind over the first
-``--callgrind-samples`` of the first test cycle, Cortex-M4F flash and RAM), plus the
+``--count-samples`` of the first test cycle, Cortex-M4F flash and RAM and Cortex-M4
+instructions per step counted on QEMU over the same samples), plus the
 Cortex-M4 build run on QEMU's MPS2 AN386 board over the first ``--qemu-samples`` of the
 same cycle, its SOCs compared with the Python estimator's (max |difference|).
 
@@ -28,16 +29,15 @@ from bsoc.export.deployment import deployment_record
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = [("| model | kind | weights [B] | MACs/step | x86 instr./step | instr./MAC | "
+    lines = [("| model | kind | weights [B] | MACs/step | x86 instr./step | M4 instr./step | "
               "M4 flash [B] | M4 RAM [B] | QEMU max abs diff (samples) |"),
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        instructions = r.get("x86_instructions_per_step")
-        per_mac = f"{instructions / r['macs_per_step']:.2f}" if instructions else "-"
         m4 = r.get("cortex_m4", {})
         qemu = r.get("qemu")
         cells = [r["model"], r["kind"], f"{r['weight_bytes']:,}", f"{r['macs_per_step']:,}",
-                 f"{instructions:,}" if instructions else "-", per_mac,
+                 *(f"{r[key]:,}" if key in r else "-" for key in (
+                     "x86_instructions_per_step", "cortex_m4_instructions_per_step")),
                  f"{m4['flash']:,}" if m4 else "-", f"{m4['ram']:,}" if m4 else "-",
                  f"{qemu['max_abs_diff']:.1e} ({qemu['samples']})" if qemu else "-"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True, help="dataset with a test split")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--callgrind-samples", type=int, default=100)
+    parser.add_argument("--count-samples", type=int, default=100)
     parser.add_argument("--qemu-samples", type=int, default=2000)
     args = parser.parse_args()
     for what in ("callgrind", "cortex-m4", "qemu"):
@@ -62,7 +62,7 @@ def main() -> None:
     for model in args.models:
         estimator = load_estimator(model)
         record = deployment_record(model, estimator, samples, args.out / model.name,
-                                   callgrind_samples=args.callgrind_samples,
+                                   count_samples=args.count_samples,
                                    qemu_samples=args.qemu_samples)
         rows.append({"model": model.name, "kind": estimator.kind, **record})
     meta = {"data": str(args.data), "cycle": cycle.meta.name, "rows": rows}

@@ -20,7 +20,7 @@ def _record(kind: str, tmp_path: Path, toy_dataset: Path) -> dict:
     estimator = estimator_of_kind(kind)
     estimator.save(tmp_path / "model")
     return deployment_record(tmp_path / "model", estimator, cycle_samples(toy_dataset),
-                             tmp_path / "work", check_samples=300, callgrind_samples=20)
+                             tmp_path / "work", check_samples=300, count_samples=20)
 
 
 def test_record_checks_the_c_against_python_and_measures_what_the_tools_allow(
@@ -31,14 +31,16 @@ def test_record_checks_the_c_against_python_and_measures_what_the_tools_allow(
     assert record["macs_per_step"] == estimator.macs_per_sample()
     assert record["c_check"]["samples"] == 300 and record["c_check"]["max_abs_diff"] <= 1e-5
     assert record["state_bytes"] == 4 * 48  # h and c of 16 + 8 units
-    for key, tool in (("x86_instructions_per_step", "callgrind"), ("cortex_m4", "cortex-m4")):
+    for key, tool in (("x86_instructions_per_step", "callgrind"), ("cortex_m4", "cortex-m4"),
+                      ("cortex_m4_instructions_per_step", "qemu")):
         if measure.missing_tools(tool):
             assert key not in record and "not installed" in record["not_measured"][key]
         else:
             assert key in record and key not in record["not_measured"]
-    if "x86_instructions_per_step" in record:
-        assert record["x86_instructions_per_step"] > record["macs_per_step"]
-        assert record["x86_samples"] == 20
+    assert record["instruction_count_samples"] == 20
+    for key in ("x86_instructions_per_step", "cortex_m4_instructions_per_step"):
+        if key in record:
+            assert record[key] > record["macs_per_step"]
     if "cortex_m4" in record:
         m4 = record["cortex_m4"]
         assert m4["flash"] >= record["weight_bytes"]
@@ -48,13 +50,17 @@ def test_record_checks_the_c_against_python_and_measures_what_the_tools_allow(
 
 def test_absent_tools_are_reported_never_estimated(tmp_path: Path, toy_dataset: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    absent = {"callgrind": ["valgrind"], "cortex-m4": ["arm-none-eabi-gcc"]}
+    absent = {"callgrind": ["valgrind"], "cortex-m4": ["arm-none-eabi-gcc"],
+              "qemu": ["arm-none-eabi-gcc", "qemu-system-arm"]}
     monkeypatch.setattr(deployment.measure, "missing_tools", lambda what: absent.get(what, []))
     record = _record("lstm", tmp_path, toy_dataset)
-    assert "x86_instructions_per_step" not in record and "cortex_m4" not in record
+    assert not {"x86_instructions_per_step", "cortex_m4", "cortex_m4_instructions_per_step"} & set(
+        record)
     assert record["not_measured"] == {
         "x86_instructions_per_step": "valgrind not installed (make edge-tools)",
-        "cortex_m4": "arm-none-eabi-gcc not installed (make edge-tools)"}
+        "cortex_m4": "arm-none-eabi-gcc not installed (make edge-tools)",
+        "cortex_m4_instructions_per_step":
+            "arm-none-eabi-gcc, qemu-system-arm not installed (make edge-tools)"}
     bench = {"reference": "lstm", "deployment_cycle": "toy_8", "models": [
         {"name": "lstm", "kind": "lstm", "rmse_pct": 2.5, "deployment": record},
         {"name": "ekf", "kind": "ekf", "rmse_pct": 3.0}]}

@@ -156,6 +156,33 @@ def test_cortex_m4_flash_holds_the_weights_and_ram_the_state(tmp_path: Path) -> 
     assert sizes["ram"] == sizes["bss"] + 4 * 48 and sizes["bss"] == 4 * (8 + 8)
 
 
+def test_qemu_instruction_clock_counts_40_instructions_a_systick(tmp_path: Path) -> None:
+    """The Cortex-M4 count's premise: under -icount shift=0 one SysTick tick of the MPS2
+    AN386 is 40 instructions; checked on a loop of exactly 1 + 6 x 10,000 instructions."""
+    _skip_without("qemu")
+    folder = _export(estimator_of_kind("projected-lstm-int8"), tmp_path)
+    (folder / "probe.c").write_text(
+        "#include <stdint.h>\n#include <stdio.h>\n"
+        "#define CVR (*(volatile uint32_t *)0xE000E018u)\n"
+        "int main(void) { *(volatile uint32_t *)0xE000E014u = 0xFFFFFFu; CVR = 0u;"
+        " *(volatile uint32_t *)0xE000E010u = 5u; const uint32_t before = CVR;"
+        ' __asm volatile("mov r0, #10000\\n1:\\n\\tnop\\n\\tnop\\n\\tnop\\n\\tnop\\n"'
+        ' "\\tsubs r0, r0, #1\\n\\tbne 1b" ::: "r0", "cc"); const uint32_t after = CVR;'
+        ' printf("ticks %lu\\n", (unsigned long)((before - after) & 0xFFFFFFu)); return 0; }\n')
+    ticks = int(measure._qemu(folder, "probe.c", np.zeros((0, 4)), 60, icount=True).split()[1])
+    assert abs(measure.INSTRUCTIONS_PER_SYSTICK * ticks - 60_001) <= 2 * 40
+
+
+def test_cortex_m4_count_grows_with_the_macs(tmp_path: Path, toy_dataset: Path) -> None:
+    _skip_without("qemu")
+    samples = cycle_samples(toy_dataset, 50)
+    counts = {kind: measure.cortex_m4_instructions_per_step(
+        _export(estimator_of_kind(kind), tmp_path / kind), samples)
+        for kind in ("lstm", "projected-lstm")}
+    assert counts["projected-lstm"] < counts["lstm"]
+    assert counts["projected-lstm"] > estimator_of_kind("projected-lstm").macs_per_sample()
+
+
 def test_callgrind_counts_more_instructions_for_more_macs(tmp_path: Path,
                                                           toy_dataset: Path) -> None:
     _skip_without("callgrind")

@@ -9,7 +9,9 @@ what deploying the network costs next to its accuracy:
   its SOCs against the Python estimator's (max |difference|): the C computes the model;
 * ``x86_instructions_per_step``: callgrind's count inside ``bsoc_step`` (repeatable);
 * ``cortex_m4``: flash and RAM bytes of the Cortex-M4F build (``arm-none-eabi-size``);
-* ``qemu``: the Cortex-M4 build run on QEMU's MPS2 AN386 board, against Python.
+* ``cortex_m4_instructions_per_step``: the Cortex-M4 build on QEMU's MPS2 AN386 board,
+  instructions counted by QEMU's instruction clock (repeatable, like callgrind's);
+* ``qemu``: the Cortex-M4 build run on QEMU over more samples, against Python.
 
 A figure whose tool is absent is not estimated: its key is left out and ``not_measured``
 says which tool was missing.
@@ -27,7 +29,7 @@ from bsoc.export import measure
 from bsoc.export.write import export_model
 
 CHECK_SAMPLES = 2000
-CALLGRIND_SAMPLES = 100
+COUNT_SAMPLES = 100  # instructions per step: x86 (callgrind) and Cortex-M4 (QEMU)
 
 
 def exportable(estimator: SocEstimator) -> bool:
@@ -43,7 +45,7 @@ def _absent(tools: list[str]) -> str:
 
 def deployment_record(model: Path, estimator: SocEstimator, samples: np.ndarray, work: Path, *,
                       check_samples: int = CHECK_SAMPLES,
-                      callgrind_samples: int = CALLGRIND_SAMPLES,
+                      count_samples: int = COUNT_SAMPLES,
                       qemu_samples: int = 0) -> dict[str, Any]:
     """Export the model folder ``model`` (loaded as ``estimator``) as C into ``work`` and
     measure it over the first samples of ``samples`` (rows of one test cycle); no QEMU run
@@ -52,7 +54,8 @@ def deployment_record(model: Path, estimator: SocEstimator, samples: np.ndarray,
     export = export_model(model, folder, "c", force=True)
     record: dict[str, Any] = {
         "format": "c", "weights": export["weights"], "weight_bytes": export["weight_bytes"],
-        "macs_per_step": export["macs_per_sample"], "state_bytes": 4 * export["state_size"]}
+        "macs_per_step": export["macs_per_sample"], "state_bytes": 4 * export["state_size"],
+        "instruction_count_samples": min(len(samples), count_samples)}
     not_measured: dict[str, str] = {}
     if missing := measure.missing_tools("host"):
         not_measured["c_check"] = _absent(missing)
@@ -65,17 +68,20 @@ def deployment_record(model: Path, estimator: SocEstimator, samples: np.ndarray,
         not_measured["x86_instructions_per_step"] = _absent(missing)
     else:
         record["x86_instructions_per_step"] = round(
-            measure.instructions_per_step(folder, samples[:callgrind_samples]))
-        record["x86_samples"] = min(len(samples), callgrind_samples)
+            measure.instructions_per_step(folder, samples[:count_samples]))
     if missing := measure.missing_tools("cortex-m4"):
         not_measured["cortex_m4"] = _absent(missing)
     else:
         record["cortex_m4"] = measure.cortex_m4_sizes(folder, export["state_size"])
         record["cortex_m4_flags"] = list(measure.CORTEX_M4_FLAGS)
-    if qemu_samples > 0:
-        if missing := measure.missing_tools("qemu"):
+    if missing := measure.missing_tools("qemu"):
+        not_measured["cortex_m4_instructions_per_step"] = _absent(missing)
+        if qemu_samples > 0:
             not_measured["qemu"] = _absent(missing)
-        else:
+    else:
+        record["cortex_m4_instructions_per_step"] = round(
+            measure.cortex_m4_instructions_per_step(folder, samples[:count_samples]))
+        if qemu_samples > 0:
             prefix = samples[:qemu_samples]
             soc, _ = measure.qemu_run(folder, prefix)
             record["qemu"] = {"samples": len(prefix), "max_abs_diff": float(

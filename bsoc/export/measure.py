@@ -6,7 +6,10 @@
   -mfloat-abi=hard -O2``, sections from ``arm-none-eabi-size``: flash = text + rodata +
   data (initial values), RAM = data + bss + the caller's state;
 * the same Cortex-M4 code run on QEMU's MPS2 AN386 board (``c/mps2/``: vector table,
-  FPU enable, memory map), samples in and SOCs out through semihosting.
+  FPU enable, memory map), samples in and SOCs out through semihosting;
+* Cortex-M4 instructions per step: the same build with ``c/mps2/count_steps.c``, run with
+  ``-icount shift=0`` (one instruction = 1 ns of virtual time) and timed by SysTick, whose
+  25 MHz processor clock makes one tick 40 instructions (repeatable, like callgrind's).
 
 Each needs Debian packages (``valgrind``, ``gcc-arm-none-eabi`` with
 ``libnewlib-arm-none-eabi``, ``qemu-system-arm``); :func:`missing_tools` names the absent
@@ -112,19 +115,41 @@ def cortex_m4_sizes(folder: Path, state_size: int) -> dict[str, int]:
             "ram": data + bss + 4 * state_size}
 
 
-def qemu_run(folder: Path, samples: np.ndarray, *, timeout_s: float = 600.0
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """SOCs and final state of the Cortex-M4 build run on QEMU's MPS2 AN386 over ``samples``."""
+# MPS2 AN386: 25 MHz processor clock; with -icount shift=0 one instruction takes 1 ns
+INSTRUCTIONS_PER_SYSTICK = 40
+COUNTED_SAMPLES_MAX = 4096  # count_steps.c's buffer
+
+
+def _qemu(folder: Path, runner: str, samples: np.ndarray, timeout_s: float,
+          icount: bool = False) -> str:
+    """Build the library with ``runner`` (in ``folder``, or the board's ``c/mps2/``) for the
+    MPS2 AN386 and run it on QEMU with ``samples`` on its stdin; returns its stdout."""
     board = resources.files("bsoc.export").joinpath("c", "mps2")
-    startup, script = folder / "startup_m4.c", folder / "mps2_an386.ld"
-    startup.write_text(board.joinpath("startup_m4.c").read_text())
-    script.write_text(board.joinpath("mps2_an386.ld").read_text())
+    for name in ("startup_m4.c", "mps2_an386.ld", "count_steps.c"):
+        (folder / name).write_text(board.joinpath(name).read_text())
+    elf = f"{Path(runner).stem}.elf"
     subprocess.run(["arm-none-eabi-gcc", *CORTEX_M4_FLAGS, "--specs=rdimon.specs", "-T",
-                    script.name, startup.name, SOURCE_FILE, RUNNER_FILE, "-o", "run_cycle.elf"],
+                    "mps2_an386.ld", "startup_m4.c", SOURCE_FILE, runner, "-o", elf],
                    cwd=folder, check=True, capture_output=True)
     run = subprocess.run(["qemu-system-arm", "-M", "mps2-an386", "-nographic", "-monitor",
                           "none", "-serial", "none", "-semihosting-config",
-                          "enable=on,target=native", "-kernel", "run_cycle.elf"], cwd=folder,
-                         input=sample_lines(samples), capture_output=True, text=True,
-                         check=True, timeout=timeout_s)
-    return parse_run(run.stdout)
+                          "enable=on,target=native", *(["-icount", "shift=0"] if icount else []),
+                          "-kernel", elf], cwd=folder, input=sample_lines(samples),
+                         capture_output=True, text=True, check=True, timeout=timeout_s)
+    return run.stdout
+
+
+def qemu_run(folder: Path, samples: np.ndarray, *, timeout_s: float = 600.0
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """SOCs and final state of the Cortex-M4 build run on QEMU's MPS2 AN386 over ``samples``."""
+    return parse_run(_qemu(folder, RUNNER_FILE, samples, timeout_s))
+
+
+def cortex_m4_instructions_per_step(folder: Path, samples: np.ndarray, *,
+                                    timeout_s: float = 600.0) -> float:
+    """Cortex-M4 instructions one ``bsoc_step`` call costs, averaged over the first
+    ``COUNTED_SAMPLES_MAX`` of ``samples``, counted by QEMU's instruction clock (SysTick)."""
+    words = _qemu(folder, "count_steps.c", samples[:COUNTED_SAMPLES_MAX], timeout_s,
+                  icount=True).split()
+    ticks, steps = int(words[words.index("ticks") + 1]), int(words[words.index("samples") + 1])
+    return INSTRUCTIONS_PER_SYSTICK * ticks / steps

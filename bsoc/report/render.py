@@ -120,46 +120,52 @@ def _measured(record: dict[str, Any], key: str, value: Any) -> str:
     return f"not measured: {reason}" if reason else "–"
 
 
+_INSTRUCTIONS = (("x86_instructions_per_step", "x86"),
+                 ("cortex_m4_instructions_per_step", "Cortex-M4"))
+
+
 def deployment_table(bench: dict[str, Any]) -> Table | None:
     """Model, bytes, flash, RAM, instructions per step and RMSE of every exported model."""
     models = [m for m in bench["models"] if m.get("deployment")]
     if not models:
         return None
     reference = next((m for m in models if m["name"] == bench.get("reference")), None)
-    reference_instructions = (reference or {}).get("deployment", {}).get(
-        "x86_instructions_per_step")
-    header = ["model", "kind", "weights [B]", "MACs/step", "x86 instructions/step",
-              f"instructions vs {reference['name']}" if reference else "instructions ratio",
-              "Cortex-M4 flash [B]", "Cortex-M4 RAM [B]", "C vs Python max |diff|",
-              "RMSE from start [%]"]
+    header = ["model", "kind", "weights [B]", "MACs/step"]
+    for _, target in _INSTRUCTIONS:
+        header += [f"{target} instructions/step", f"{target} instructions vs "
+                   f"{reference['name']}" if reference else f"{target} instructions ratio"]
+    header += ["Cortex-M4 flash [B]", "Cortex-M4 RAM [B]", "C vs Python max |diff|",
+               "RMSE from start [%]"]
     rows = []
     for m in models:
         record = m["deployment"]
-        instructions = record.get("x86_instructions_per_step")
+        row = [m["name"], m["kind"], _fmt(record["weight_bytes"]), _fmt(record["macs_per_step"])]
+        for key, _ in _INSTRUCTIONS:
+            count = record.get(key)
+            reference_count = reference["deployment"].get(key) if reference else None
+            row += [_measured(record, key, count), f"{reference_count / count:.1f}x fewer"
+                    if count and reference_count else "–"]
         m4 = record.get("cortex_m4") or {}
         check = record.get("c_check")
-        rows.append([
-            m["name"], m["kind"], _fmt(record["weight_bytes"]), _fmt(record["macs_per_step"]),
-            _measured(record, "x86_instructions_per_step", instructions),
-            f"{reference_instructions / instructions:.1f}x fewer"
-            if instructions and reference_instructions else "–",
+        rows.append(row + [
             _measured(record, "cortex_m4", m4.get("flash")),
             _measured(record, "cortex_m4", m4.get("ram")),
             f"{check['max_abs_diff']:.1e} ({check['samples']:,} samples)" if check
             else _measured(record, "c_check", None),
             _fmt(m["rmse_pct"]),
         ])
-    any_record = models[0]["deployment"]
+    first = models[0]["deployment"]
     notes = [
         f"Each model exported with `bsoc export --format c` and measured on the test cycle "
-        f"{bench.get('deployment_cycle', '?')}: x86 instructions counted by callgrind inside "
-        f"bsoc_step (host `cc -O2`), averaged over its first {any_record.get('x86_samples', '?')} "
-        "samples; Cortex-M4F sections from arm-none-eabi-size "
-        f"({' '.join(any_record.get('cortex_m4_flags', []))}): flash = text + rodata + data, "
-        "RAM = data + bss + the cell's state; C vs Python: the host build against the "
+        f"{bench.get('deployment_cycle', '?')}, instructions per bsoc_step call averaged over "
+        f"its first {first.get('instruction_count_samples', '?')} samples: x86 counted by "
+        "callgrind (host `cc -O2`), Cortex-M4 by QEMU's instruction clock on the MPS2 AN386 "
+        "board. Cortex-M4F sections from arm-none-eabi-size "
+        f"({' '.join(first.get('cortex_m4_flags', []))}): flash = text + rodata + data, "
+        "RAM = data + bss + the cell's state. C vs Python: the host build against the "
         "estimator, SOC as a fraction.",
-        "Compilers: " + "; ".join(any_record.get("compilers", {}).values()) + "."
-        if any_record.get("compilers") else "No C compiler found.",
+        "Compilers: " + "; ".join(first.get("compilers", {}).values()) + "."
+        if first.get("compilers") else "No C compiler found.",
     ]
     return Table("Deployment: the exported C library", header, rows, notes)
 

@@ -17,10 +17,13 @@ pytestmark = pytest.mark.skipif(bool(measure.missing_tools("host")),
 
 
 def _record(kind: str, tmp_path: Path, toy_dataset: Path) -> dict:
+    """The record of a ``kind`` model, measured in a folder given relative to the cwd."""
     estimator = estimator_of_kind(kind)
     estimator.save(tmp_path / "model")
-    return deployment_record(tmp_path / "model", estimator, cycle_samples(toy_dataset),
-                             tmp_path / "work", check_samples=300, count_samples=20)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        return deployment_record(Path("model"), estimator, cycle_samples(toy_dataset),
+                                 Path("work"), check_samples=300, count_samples=20)
 
 
 def test_record_checks_the_c_against_python_and_measures_what_the_tools_allow(

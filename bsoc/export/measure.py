@@ -77,19 +77,18 @@ def host_build(folder: Path) -> Path:
 
 def host_run(folder: Path, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """SOCs and final state of the host build of the library in ``folder`` over ``samples``."""
-    run = subprocess.run([str(host_build(folder))], input=sample_lines(samples),
-                         capture_output=True, text=True, check=True)
+    run = subprocess.run([f"./{host_build(folder).name}"], cwd=folder,
+                         input=sample_lines(samples), capture_output=True, text=True, check=True)
     return parse_run(run.stdout)
 
 
 def instructions_per_step(folder: Path, samples: np.ndarray) -> float:
     """x86 instructions one ``bsoc_step`` costs, averaged over ``samples`` (callgrind)."""
     program = host_build(folder)
-    out_file = folder / "callgrind.out"
-    subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}",
-                    "--toggle-collect=bsoc_step", str(program)], cwd=folder,
+    subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=callgrind.out",
+                    "--toggle-collect=bsoc_step", f"./{program.name}"], cwd=folder,
                    input=sample_lines(samples), capture_output=True, text=True, check=True)
-    totals = [line for line in out_file.read_text().splitlines()
+    totals = [line for line in (folder / "callgrind.out").read_text().splitlines()
               if line.startswith(("totals:", "summary:"))]
     return int(totals[0].split()[1]) / len(samples)
 

@@ -132,8 +132,8 @@ def deployment_table(bench: dict[str, Any]) -> Table | None:
     reference = next((m for m in models if m["name"] == bench.get("reference")), None)
     header = ["model", "kind", "weights [B]", "MACs/step"]
     for _, target in _INSTRUCTIONS:
-        header += [f"{target} instructions/step", f"{target} instructions vs "
-                   f"{reference['name']}" if reference else f"{target} instructions ratio"]
+        header += [f"{target} instructions/step",
+                   f"{target}: {reference['name']} / model" if reference else f"{target} ratio"]
     header += ["Cortex-M4 flash [B]", "Cortex-M4 RAM [B]", "C vs Python max |diff|",
                "RMSE from start [%]"]
     rows = []
@@ -143,8 +143,8 @@ def deployment_table(bench: dict[str, Any]) -> Table | None:
         for key, _ in _INSTRUCTIONS:
             count = record.get(key)
             reference_count = reference["deployment"].get(key) if reference else None
-            row += [_measured(record, key, count), f"{reference_count / count:.1f}x fewer"
-                    if count and reference_count else "–"]
+            row += [_measured(record, key, count),
+                    f"{reference_count / count:.1f}x" if count and reference_count else "–"]
         m4 = record.get("cortex_m4") or {}
         check = record.get("c_check")
         rows.append(row + [

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bsoc.export.c_source import RUNNER_FILE, SOURCE_FILE
+from bsoc.export.c_source import HEADER_FILE, RUNNER_FILE, SOURCE_FILE
 
 HOST_CC = ("gcc", "cc")
 CORTEX_M4_FLAGS = ("-mcpu=cortex-m4", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard", "-mthumb", "-O2",
@@ -67,12 +67,29 @@ def parse_run(output: str) -> tuple[np.ndarray, np.ndarray]:
     return np.array(words[:split], float), np.array(words[split + 1 :], float)
 
 
+def _built(folder: Path, target: str, command: list[str], sources: tuple[str, ...]) -> Path:
+    """``folder / target``, made by ``command`` unless it is newer than all its ``sources``:
+    a measure reuses what an earlier one compiled from the same export (a dense network's
+    library is megabytes of C)."""
+    out = folder / target
+    made = out.stat().st_mtime_ns if out.exists() else -1
+    if any((folder / source).stat().st_mtime_ns >= made for source in sources):
+        subprocess.run(command, cwd=folder, check=True, capture_output=True)
+    return out
+
+
 def host_build(folder: Path) -> Path:
     """``run_cycle`` for this machine, from the exported sources in ``folder``."""
-    subprocess.run([_host_cc(), "-std=c99", "-O2", "-Wall", "-Wextra", "-pedantic", "-Werror",
-                    SOURCE_FILE, RUNNER_FILE, "-o", "run_cycle"], cwd=folder, check=True,
-                   capture_output=True)
-    return folder / "run_cycle"
+    return _built(folder, "run_cycle", [
+        _host_cc(), "-std=c99", "-O2", "-Wall", "-Wextra", "-pedantic", "-Werror", SOURCE_FILE,
+        RUNNER_FILE, "-o", "run_cycle"], (SOURCE_FILE, HEADER_FILE, RUNNER_FILE))
+
+
+def _cortex_m4_object(folder: Path) -> str:
+    """The library compiled for the Cortex-M4F (``bsoc_model_m4.o``), once per export."""
+    return _built(folder, "bsoc_model_m4.o", ["arm-none-eabi-gcc", *CORTEX_M4_FLAGS, "-c",
+                                              SOURCE_FILE, "-o", "bsoc_model_m4.o"],
+                  (SOURCE_FILE, HEADER_FILE)).name
 
 
 def host_run(folder: Path, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -95,9 +112,7 @@ def instructions_per_step(folder: Path, samples: np.ndarray) -> float:
 
 def cortex_m4_sizes(folder: Path, state_size: int) -> dict[str, int]:
     """Flash and RAM bytes of the library compiled for a Cortex-M4F (state included in RAM)."""
-    subprocess.run(["arm-none-eabi-gcc", *CORTEX_M4_FLAGS, "-c", SOURCE_FILE, "-o",
-                    "bsoc_model_m4.o"], cwd=folder, check=True, capture_output=True)
-    out = subprocess.run(["arm-none-eabi-size", "-A", "bsoc_model_m4.o"], cwd=folder,
+    out = subprocess.run(["arm-none-eabi-size", "-A", _cortex_m4_object(folder)], cwd=folder,
                          check=True, capture_output=True, text=True).stdout
     sections: dict[str, int] = {}
     for line in out.splitlines():
@@ -128,8 +143,8 @@ def _qemu(folder: Path, runner: str, samples: np.ndarray, timeout_s: float,
         (folder / name).write_text(board.joinpath(name).read_text())
     elf = f"{Path(runner).stem}.elf"
     subprocess.run(["arm-none-eabi-gcc", *CORTEX_M4_FLAGS, "--specs=rdimon.specs", "-T",
-                    "mps2_an386.ld", "startup_m4.c", SOURCE_FILE, runner, "-o", elf],
-                   cwd=folder, check=True, capture_output=True)
+                    "mps2_an386.ld", "startup_m4.c", _cortex_m4_object(folder), runner, "-o",
+                    elf], cwd=folder, check=True, capture_output=True)
     run = subprocess.run(["qemu-system-arm", "-M", "mps2-an386", "-nographic", "-monitor",
                           "none", "-serial", "none", "-semihosting-config",
                           "enable=on,target=native", *(["-icount", "shift=0"] if icount else []),

@@ -2,7 +2,8 @@
 
 simulate (or a given dataset, and cells simulated to pretrain on) -> train -> compress by
 projection -> fine-tune -> SVD baseline at equal learnables -> fine-tune it -> projection/SVD
-sweep -> EKF fit -> benchmark -> report.
+sweep -> EKF fit -> int8 of the fine-tuned projection, exported as ONNX and C -> benchmark
+(with the exported C measured) -> report.
 
 Every step is an ordinary ``bsoc`` command, run in-process and printed first, so any step
 can be rerun by hand with exactly the same effect. A step is skipped when its output was
@@ -154,7 +155,15 @@ def plan_steps(plan: PipelinePlan) -> list[Step]:
              [plan.data, lstm], artefact="sweep.json"),
         Step("EKF fit", ekf, ["ekf", "fit", data, "--out", str(ekf)], [plan.data]),
     ]
-    benchmark_models = [lstm, projected, projected_ft, svd, svd_ft, ekf]
+    # the compressed model made ready for a microcontroller: int8 (its accuracy is the
+    # benchmark's to measure), then ONNX and C beside it
+    int8, deploy = models / "projected-ft-int8", models / "deploy"
+    steps.append(Step("quantize (projection, fine-tuned)", int8,
+                      ["quantize", str(projected_ft), "--out", str(int8)], [projected_ft]))
+    steps += [Step(f"export ({fmt})", deploy / fmt, ["export", str(int8), "--format", fmt,
+                                                     "--out", str(deploy / fmt)], [int8],
+                   artefact="export.json") for fmt in ("onnx", "c")]
+    benchmark_models = [lstm, projected, projected_ft, int8, svd, svd_ft, ekf]
     bench_args = ["benchmark", "--data", data, "--out", str(plan.benchmark)]
     for model in benchmark_models:
         bench_args += ["--models", str(model)]

@@ -79,25 +79,34 @@ def error_distributions(
 
 
 def pareto(models: list[dict[str, Any]], sweep: dict[str, list[dict[str, Any]]] | None) -> Figure:
-    """RMSE vs learnables: projection and SVD sweeps, with the benchmarked models as points."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    """RMSE vs learnables and vs bytes of weights: projection and SVD sweeps, with the
+    benchmarked models (int8 ones included) as points.
+
+    The sweeps are float32 models, four bytes per learnable; an int8 model has the
+    learnables of its float source and about a quarter of its bytes, so it stands apart
+    only on the right.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     styles = {"projection": ("#d62728", "o"), "svd": ("#9467bd", "s")}
-    for method, points in (sweep or {}).items():
-        if not points:
-            continue
-        points = sorted(points, key=lambda p: p["learnables"])
-        colour_, marker = styles.get(method, ("grey", "^"))
-        ax.plot([p["learnables"] for p in points], [p["rmse_pct"] for p in points],
-                marker=marker, color=colour_, lw=1, ms=4, alpha=0.8,
-                label=f"{method} sweep (no fine-tuning)")
-    for index, model in enumerate(models):
-        ax.scatter(model["learnables"], model["rmse_pct"], s=60, color=colour(index),
-                   edgecolor="black", zorder=5, label=model["name"])
-    ax.set_xscale("log")
-    ax.set_xlabel("learnables (log)")
-    ax.set_ylabel("RMSE from start [% SOC]")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    for ax, key, per_learnable, label in ((axes[0], "learnables", 1, "learnables (log)"),
+                                          (axes[1], "bytes", 4, "bytes of weights (log)")):
+        for method, points in (sweep or {}).items():
+            if not points:
+                continue
+            points = sorted(points, key=lambda p: p["learnables"])
+            colour_, marker = styles.get(method, ("grey", "^"))
+            ax.plot([per_learnable * p["learnables"] for p in points],
+                    [p["rmse_pct"] for p in points], marker=marker, color=colour_, lw=1, ms=4,
+                    alpha=0.8, label=f"{method} sweep (no fine-tuning, float32)")
+        for index, model in enumerate(models):
+            ax.scatter(model[key], model["rmse_pct"], s=60, color=colour(index),
+                       edgecolor="black", zorder=5, label=model["name"],
+                       marker="D" if model["kind"].endswith("-int8") else "o")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("RMSE from start [% SOC]")
+    axes[1].legend(fontsize=8)
     fig.tight_layout()
     return fig
 

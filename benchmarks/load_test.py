@@ -56,8 +56,10 @@ def start_server(bsoc: list[str], model: str, port: int, extra: list[str]) -> su
 
 def run_replay(bsoc: list[str], args: argparse.Namespace, url: str, streams: int, rate: float,
                seconds: float, prefix: str) -> dict:  # fmt: skip
+    """``bsoc replay`` against ``url`` (a service's http:// URL, or a fleet's nats:// URL)."""
+    endpoint = ["--nats", url] if url.startswith("nats://") else ["--url", url]
     command = [
-        *bsoc, "replay", args.dataset, "--url", url, "--streams", str(streams),
+        *bsoc, "replay", args.dataset, *endpoint, "--streams", str(streams),
         "--rate", str(rate), "--max-seconds", str(seconds), "--split", args.split,
         "--batch", str(args.batch), "--prefix", prefix, "--json",
     ]  # fmt: skip

@@ -43,6 +43,10 @@ from bsoc.commands import serve as _serve_commands  # noqa: E402
 
 _serve_commands.register(app)
 
+from bsoc.commands import fleet as _fleet_commands  # noqa: E402
+
+_fleet_commands.register(app)
+
 from bsoc.commands import ekf as _ekf_commands  # noqa: E402
 
 _ekf_commands.register(app)

@@ -2,7 +2,8 @@
 
 simulate (or a given dataset, and cells simulated to pretrain on) -> train -> compress by
 projection -> fine-tune -> SVD baseline at equal learnables -> fine-tune it -> projection/SVD
-sweep -> EKF fit -> benchmark -> report.
+sweep -> EKF fit -> int8 of the fine-tuned projection, exported as ONNX and C -> benchmark
+(with the exported C measured) -> report.
 
 Every step is an ordinary ``bsoc`` command, run in-process and printed first, so any step
 can be rerun by hand with exactly the same effect. A step is skipped when its output was
@@ -142,7 +143,14 @@ def plan_steps(plan: PipelinePlan, lines: CommandLines) -> list[Step]:
              artefact="sweep.json", data=plan.data, sweep=True, out=sweep),
         step("EKF fit", ekf, "ekf fit", plan.data, reads=[plan.data], out=ekf),
     ]
-    benchmark_models = [lstm, projected, projected_ft, svd, svd_ft, ekf]
+    # the compressed model made ready for a microcontroller: int8 (its accuracy is the
+    # benchmark's to measure), then ONNX and C beside it
+    int8, deploy = models / "projected-ft-int8", models / "deploy"
+    steps.append(step("quantize (projection, fine-tuned)", int8, "quantize", projected_ft,
+                      reads=[projected_ft], out=int8))
+    steps += [step(f"export ({fmt})", deploy / fmt, "export", int8, reads=[int8],
+                   artefact="export.json", fmt=fmt, out=deploy / fmt) for fmt in ("onnx", "c")]
+    benchmark_models = [lstm, projected, projected_ft, int8, svd, svd_ft, ekf]
     steps += [
         step("benchmark", plan.benchmark, "benchmark", reads=[plan.data, *benchmark_models],
              artefact="benchmark.json", data=plan.data, out=plan.benchmark,

@@ -11,15 +11,19 @@ A stream waits for each answer before sending its next request (answers must com
 order for the state to be right); if the service falls behind, requests go out late,
 which shows up as ``max_lag_s`` and an achieved rate below the target.
 
-A replay in which any sample failed is a failed replay (:func:`replay_failure`), and the
-mistakes that would fail every sample (no service at the URL, a wrong key) are refused
-before the first stream starts.
+How requests travel (WebSocket, HTTP, NATS) is :mod:`bsoc.replay_transports`. A replay in
+which any sample failed is a failed replay (:func:`replay_failure`), and the mistakes that
+would fail every sample (no service at the URL, a wrong key) are refused before the first
+stream starts.
+
+With transport ``nats`` the URL is a fleet's NATS (``bsoc fleet``): each request is
+published straight into the log and answered by the worker that owns the stream, so the
+latency is end to end through the log.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import time
 from collections import Counter
@@ -33,12 +37,12 @@ import numpy as np
 from bsoc.data.dataset import Dataset
 from bsoc.data.schema import Cycle
 from bsoc.errors import BsocError, ConfigError, DatasetNotFoundError
-from bsoc.estimator import SAMPLE_FIELDS
 from bsoc.heap import settle_heap
+from bsoc.replay_transports import ConnectionLost, HttpClient, NatsClient, open_socket
 from bsoc.serve.errors import InvalidStreamId
 from bsoc.serve.schemas import check_stream_id
 
-TRANSPORTS = ("ws", "http")
+TRANSPORTS = ("ws", "http", "nats")
 KEY_REMEDY = "pass the service's key with --api-key-file FILE or BSOC_API_KEY"
 PREFLIGHT_TIMEOUT_S = 10.0
 
@@ -59,6 +63,8 @@ class ReplayConfig:
     transport: str = "ws"
     connect_concurrency: int = 64
     timeout_s: float = 30.0
+    nats_user: str | None = None  # with transport "nats"
+    nats_password: str | None = None
 
 
 @dataclass
@@ -105,7 +111,10 @@ def _check(config: ReplayConfig) -> None:
             "--streams and --batch must be at least 1 and --rate not negative",
             remedy="e.g. --streams 10 --rate 1",
         )
-    if not config.url.startswith(("http://", "https://")):
+    if config.transport == "nats":
+        if not config.url.startswith(("nats://", "tls://")):
+            raise ConfigError(f"--nats {config.url!r} must start with nats:// or tls://")
+    elif not config.url.startswith(("http://", "https://")):
         raise ConfigError(f"--url {config.url!r} must start with http:// or https://")
     if config.prefix:
         try:
@@ -121,6 +130,9 @@ def _headers(config: ReplayConfig) -> dict[str, str]:
 def _preflight(config: ReplayConfig) -> None:
     """Refuse at once what would fail every sample: no bsoc service at the URL, a wrong key."""
     import httpx
+
+    if config.transport == "nats":
+        return asyncio.run(NatsClient(config).check())
 
     base = config.url.rstrip("/")
     try:
@@ -181,7 +193,8 @@ async def _replay(
     started = time.monotonic()
     deadline = started + config.max_seconds if config.max_seconds else float("inf")
     period = config.batch / config.rate_hz if config.rate_hz > 0 else 0.0
-    client = _HttpClient(config, headers) if config.transport == "http" else None
+    client = {"http": HttpClient, "nats": NatsClient, "ws": None}[config.transport]
+    client = client(config, headers) if client else None
 
     async def one(i: int) -> None:
         rows, truth = plans[i]
@@ -192,7 +205,7 @@ async def _replay(
                 sender = await (
                     client.for_stream(stream_id)
                     if client
-                    else _open_socket(config, headers, stream_id)
+                    else open_socket(config, headers, stream_id)
                 )
             async with sender:
                 for k in range(0, len(rows), config.batch):
@@ -217,7 +230,7 @@ async def _replay(
                     tally.ok += len(chunk)
                     tally.served.extend(socs)
                     tally.truth.extend(truth[k : k + config.batch])
-        except (OSError, asyncio.TimeoutError, _ConnectionLost) as failure:
+        except (OSError, asyncio.TimeoutError, ConnectionLost) as failure:
             tally.errors[f"connection: {type(failure).__name__} {failure}".strip()[:120]] += 1
 
     async def report_progress() -> None:
@@ -283,103 +296,3 @@ def summarise(
             "max_abs": float(np.max(np.abs(error_pct))) if len(error_pct) else None,
         },
     }
-
-
-class _ConnectionLost(Exception):
-    pass
-
-
-def _samples_json(chunk: np.ndarray) -> list[dict[str, float]]:
-    return [dict(zip(SAMPLE_FIELDS, map(float, row))) for row in chunk]
-
-
-class _SocketSender:
-    """One WebSocket per stream: send a batch (or one sample), read its answer."""
-
-    def __init__(self, connection: Any, timeout_s: float) -> None:
-        self.connection, self.timeout_s = connection, timeout_s
-
-    async def __aenter__(self) -> _SocketSender:
-        return self
-
-    async def __aexit__(self, *_: Any) -> None:
-        await self.connection.close()
-
-    async def send(self, chunk: np.ndarray) -> tuple[list[float], str | None]:
-        samples = _samples_json(chunk)
-        try:
-            await self.connection.send(json.dumps(samples[0] if len(samples) == 1 else samples))
-            answer = json.loads(await asyncio.wait_for(self.connection.recv(), self.timeout_s))
-        except Exception as error:  # websockets raises its own ConnectionClosed family
-            if isinstance(error, asyncio.TimeoutError):
-                raise
-            raise _ConnectionLost(str(error)) from error
-        if "error" in answer:
-            return [], str(answer["error"])
-        estimates = answer["estimates"] if len(samples) > 1 else [answer]
-        return [e["soc"] for e in estimates], None
-
-
-async def _open_socket(config: ReplayConfig, headers: dict[str, str], stream_id: str) -> Any:
-    from websockets.asyncio.client import connect
-
-    base = config.url.replace("http", "ws", 1).rstrip("/")
-    try:
-        connection = await connect(
-            f"{base}/v1/streams/{stream_id}",
-            additional_headers=headers,
-            max_size=None,
-            open_timeout=config.timeout_s,
-        )
-    except (OSError, asyncio.TimeoutError):
-        raise
-    except Exception as error:  # handshake refused (e.g. HTTP 403 for a wrong key)
-        raise _ConnectionLost(str(error)) from error
-    return _SocketSender(connection, config.timeout_s)
-
-
-class _HttpClient:
-    """One shared keep-alive HTTP client; each stream POSTs its batches in order."""
-
-    def __init__(self, config: ReplayConfig, headers: dict[str, str]) -> None:
-        import httpx
-
-        self.base = config.url.rstrip("/")
-        self.client = httpx.AsyncClient(
-            headers=headers,
-            timeout=config.timeout_s,
-            limits=httpx.Limits(max_connections=min(config.streams, 512)),
-        )
-
-    async def for_stream(self, stream_id: str) -> _HttpStream:
-        return _HttpStream(self, stream_id)
-
-    async def close(self) -> None:
-        await self.client.aclose()
-
-
-class _HttpStream:
-    def __init__(self, owner: _HttpClient, stream_id: str) -> None:
-        self.owner, self.url = owner, f"{owner.base}/v1/streams/{stream_id}/samples"
-
-    async def __aenter__(self) -> _HttpStream:
-        return self
-
-    async def __aexit__(self, *_: Any) -> None:
-        return None
-
-    async def send(self, chunk: np.ndarray) -> tuple[list[float], str | None]:
-        import httpx
-
-        try:
-            response = await self.owner.client.post(self.url, json=_samples_json(chunk))
-        except httpx.TimeoutException as error:
-            raise asyncio.TimeoutError(str(error)) from error
-        except httpx.TransportError as error:
-            raise _ConnectionLost(str(error)) from error
-        if response.status_code != 200:
-            try:
-                return [], str(response.json().get("error", response.status_code))
-            except ValueError:
-                return [], f"http {response.status_code}"
-        return [e["soc"] for e in response.json()["estimates"]], None

@@ -111,8 +111,9 @@ def test_report_renders_in_headless_chromium(bench_dir: Path, tmp_path: Path):
             "Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).length"
         )
         count = page.evaluate("document.images.length")
-        rows = page.locator("table.summary tbody tr").count()
+        rows = page.locator("table.summary").first.locator("tbody tr").count()
+        deployment_rows = page.locator("table.summary").nth(1).locator("tbody tr").count()
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
         browser.close()
     assert count >= 4 and broken == 0
-    assert rows == 2
+    assert rows == 2 and deployment_rows == 2

@@ -14,7 +14,6 @@ from edge_models import ALL_KINDS, cycle_samples, estimator_of_kind, run_cli
 from stream_set import StreamSet
 
 from bsoc.export import measure
-from bsoc.export.measure import host_build, parse_run, sample_lines
 from bsoc.export.write import export_model
 from bsoc.nn.estimator import LstmSocEstimator
 
@@ -29,20 +28,13 @@ def _export(estimator: LstmSocEstimator, tmp_path: Path) -> Path:
     return tmp_path / "c"
 
 
-def _run_cycle(folder: Path, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """SOC per sample and the final state from the compiled ``run_cycle``."""
-    run = subprocess.run([str(host_build(folder))], input=sample_lines(samples),
-                         capture_output=True, text=True, check=True)
-    return parse_run(run.stdout)
-
-
 @pytest.mark.parametrize("kind", ALL_KINDS)
 def test_c_library_computes_what_the_estimator_computes(
     kind: str, tmp_path: Path, toy_dataset: Path,
 ) -> None:
     estimator = estimator_of_kind(kind)
     samples = cycle_samples(toy_dataset)
-    soc, state = _run_cycle(_export(estimator, tmp_path), samples)
+    soc, state = measure.host_run(_export(estimator, tmp_path), samples)
     streams = StreamSet(estimator)
     streamed = np.array([streams.step(row) for row in samples])
     assert soc.shape == (len(samples),)
@@ -76,20 +68,48 @@ def test_weights_are_read_only_and_ram_is_the_scratch_vectors(kind: str, tmp_pat
     assert sections[".bss"] == 4 * scratch
 
 
-def test_tanh_and_sigmoid_error_bound(tmp_path: Path) -> None:
-    """The library's own tanh (no libm): its error over the whole float range it sees."""
-    folder = _export(estimator_of_kind("lstm"), tmp_path)
-    (folder / "probe.c").write_text(
-        '#include <stdio.h>\n#include "bsoc_model.c"\n'
-        "int main(void) { for (int k = -200000; k <= 200000; ++k) { float x = k * 1e-4f;"
-        ' printf("%.9e %.9e %.9e\\n", (double)x, (double)bsoc_tanh(x),'
-        " (double)bsoc_sigmoid(x)); } return 0; }\n")
+def _probe(folder: Path, body: str, data: str = "") -> np.ndarray:
+    """Run ``body`` (C statements printing numbers) against the library's own functions,
+    after ``data`` (C declarations)."""
+    (folder / "probe.c").write_text(f'#include <stdio.h>\n#include "bsoc_model.c"\n{data}\n'
+                                    f"int main(void) {{ {body} return 0; }}\n")
     subprocess.run([CC, *STRICT, "probe.c", "-o", "probe"], cwd=folder, check=True)
     out = subprocess.run(["./probe"], cwd=folder, capture_output=True, text=True, check=True)
-    x, tanh, sigmoid = np.loadtxt(out.stdout.splitlines()).T
-    assert x[0] == -20.0 and x[-1] == 20.0
-    assert np.abs(tanh - np.tanh(x)).max() < 5e-7
-    assert np.abs(sigmoid - 1 / (1 + np.exp(-x))).max() < 5e-7
+    return np.loadtxt(out.stdout.splitlines())
+
+
+def test_exp2_and_sigmoid_error_bounds(tmp_path: Path) -> None:
+    """The library's own exponential (no libm) over the whole range the gates reach."""
+    folder = _export(estimator_of_kind("lstm"), tmp_path)
+    x, exp2, sigmoid = _probe(folder, (
+        "for (int k = -300000; k <= 300000; ++k) { float x = k * 1e-4f;"
+        ' printf("%.9e %.9e %.9e\\n", (double)x, (double)bsoc_exp2(x),'
+        " (double)bsoc_sigmoid(x)); }")).T
+    assert x[0] == -30.0 and x[-1] == 30.0
+    assert np.abs(exp2 / np.exp2(x) - 1).max() < 3e-7
+    assert np.abs(sigmoid - 1 / (1 + np.exp(-x))).max() < 2e-7
+    assert bool(np.all(np.diff(sigmoid) >= 0))  # monotonic: no step where round(t) changes
+
+
+def test_cell_update_error_bound(tmp_path: Path) -> None:
+    """c' = sigmoid(f) c + sigmoid(i) tanh(g) and h = sigmoid(o) tanh(c'), with their shared
+    divisions, against float64 over gates and cells far into saturation."""
+    folder = _export(estimator_of_kind("lstm"), tmp_path)
+    rng = np.random.default_rng(0)
+    cases = np.concatenate([rng.uniform(-4, 4, (20000, 5)),
+                            rng.uniform(-40, 40, (20000, 5))]).astype(np.float32)
+    rows = ",\n".join("{" + ", ".join(f"{v:.9e}f" for v in row) + "}" for row in cases)
+    c_out, h_out = _probe(folder, (
+        "for (unsigned k = 0; k < sizeof cases / sizeof cases[0]; ++k) {"
+        " float c = cases[k][4]; const float h = cell_update(cases[k], &c);"
+        ' printf("%.9e %.9e\\n", (double)c, (double)h); }'),
+        data=f"static const float cases[][5] = {{\n{rows}}};").T
+    gates, cell = cases[:, :4].astype(np.float64), cases[:, 4].astype(np.float64)
+    sigmoid = 1 / (1 + np.exp(-gates))
+    c = sigmoid[:, 1] * cell + sigmoid[:, 0] * np.tanh(gates[:, 2])
+    h = sigmoid[:, 3] * np.tanh(c)
+    assert (np.abs(c_out - c) <= 4e-7 * np.maximum(1, np.abs(c))).all()
+    assert np.abs(h_out - h).max() < 4e-7
 
 
 def test_cli_exports_c_with_a_readme(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -134,6 +154,33 @@ def test_cortex_m4_flash_holds_the_weights_and_ram_the_state(tmp_path: Path) -> 
     assert sizes["rodata"] >= estimator.weight_bytes() and sizes["data"] == 0
     assert sizes["flash"] == sizes["text"] + sizes["rodata"]
     assert sizes["ram"] == sizes["bss"] + 4 * 48 and sizes["bss"] == 4 * (8 + 8)
+
+
+def test_qemu_instruction_clock_counts_40_instructions_a_systick(tmp_path: Path) -> None:
+    """The Cortex-M4 count's premise: under -icount shift=0 one SysTick tick of the MPS2
+    AN386 is 40 instructions; checked on a loop of exactly 1 + 6 x 10,000 instructions."""
+    _skip_without("qemu")
+    folder = _export(estimator_of_kind("projected-lstm-int8"), tmp_path)
+    (folder / "probe.c").write_text(
+        "#include <stdint.h>\n#include <stdio.h>\n"
+        "#define CVR (*(volatile uint32_t *)0xE000E018u)\n"
+        "int main(void) { *(volatile uint32_t *)0xE000E014u = 0xFFFFFFu; CVR = 0u;"
+        " *(volatile uint32_t *)0xE000E010u = 5u; const uint32_t before = CVR;"
+        ' __asm volatile("mov r0, #10000\\n1:\\n\\tnop\\n\\tnop\\n\\tnop\\n\\tnop\\n"'
+        ' "\\tsubs r0, r0, #1\\n\\tbne 1b" ::: "r0", "cc"); const uint32_t after = CVR;'
+        ' printf("ticks %lu\\n", (unsigned long)((before - after) & 0xFFFFFFu)); return 0; }\n')
+    ticks = int(measure._qemu(folder, "probe.c", np.zeros((0, 4)), 60, icount=True).split()[1])
+    assert abs(measure.INSTRUCTIONS_PER_SYSTICK * ticks - 60_001) <= 2 * 40
+
+
+def test_cortex_m4_count_grows_with_the_macs(tmp_path: Path, toy_dataset: Path) -> None:
+    _skip_without("qemu")
+    samples = cycle_samples(toy_dataset, 50)
+    counts = {kind: measure.cortex_m4_instructions_per_step(
+        _export(estimator_of_kind(kind), tmp_path / kind), samples)
+        for kind in ("lstm", "projected-lstm")}
+    assert counts["projected-lstm"] < counts["lstm"]
+    assert counts["projected-lstm"] > estimator_of_kind("projected-lstm").macs_per_sample()
 
 
 def test_callgrind_counts_more_instructions_for_more_macs(tmp_path: Path,

@@ -42,15 +42,30 @@ def test_pipeline_produces_report_and_all_models(pipeline_run: Path):
     bench = json.loads((pipeline_run / "reports/toy/benchmark/benchmark.json").read_text())
     kinds = {m["name"]: m["kind"] for m in bench["models"]}
     assert kinds == {"lstm": "lstm", "projected": "projected-lstm",
-                     "projected-ft": "projected-lstm", "svd": "svd-lstm",
-                     "svd-ft": "svd-lstm", "ekf": "ekf"}
+                     "projected-ft": "projected-lstm", "projected-ft-int8": "projected-lstm-int8",
+                     "svd": "svd-lstm", "svd-ft": "svd-lstm", "ekf": "ekf"}
     by_name = {m["name"]: m for m in bench["models"]}
+    assert by_name["projected-ft-int8"]["bytes"] < 0.5 * by_name["projected-ft"]["bytes"]
+    assert {name for name, m in by_name.items() if "deployment" in m} == set(kinds) - {"ekf"}
     assert by_name["projected"]["learnables"] <= 0.5 * by_name["lstm"]["learnables"]
     assert by_name["svd"]["learnables"] <= by_name["projected"]["learnables"]
     assert (pipeline_run / "reports/toy/report.html").stat().st_size > 10_000
     assert json.loads((pipeline_run / "reports/toy/sweep/sweep.json").read_text())["projection"]
     summary = json.loads((pipeline_run / "reports/toy/data/summary.json").read_text())
     assert len(summary["cycles"]) == len(summary["figures"]) > 0
+
+
+def test_the_fine_tuned_projection_is_quantised_and_exported(pipeline_run: Path):
+    int8 = json.loads((pipeline_run / "models/toy/projected-ft-int8/config.json").read_text())
+    assert int8["kind"] == "projected-lstm-int8"
+    assert int8["quantization"]["source_model"]["path"] == "models/toy/projected-ft"
+    for fmt, files in (("onnx", ["bsoc_step.onnx", "bsoc_sequence.onnx"]),
+                       ("c", ["bsoc_model.h", "bsoc_model.c", "run_cycle.c", "README.md"])):
+        export = json.loads((pipeline_run / f"models/toy/deploy/{fmt}/export.json").read_text())
+        assert export["model"] == "models/toy/projected-ft-int8" and export["weights"] == "int8"
+        assert export["files"] == files
+    assert "Deployment: the exported C library" in (
+        pipeline_run / "reports/toy/report.md").read_text()
 
 
 def test_a_given_dataset_is_trained_on_after_pretraining_on_simulated_cells(pipeline_run: Path):

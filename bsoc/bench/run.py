@@ -4,12 +4,15 @@ Writes ``benchmark.json`` (its fields: docs/benchmark.md) and ``traces.npz`` (ea
 model's from-start SOC per test cycle, for the report). Accuracy uses :mod:`bsoc.evaluate`
 (three scenarios); speed uses :mod:`bsoc.bench.speed`, all models interleaved in this one
 process. Ratios are against the reference model (the first uncompressed LSTM, else the
-first model).
+first model). Every network model also gets a deployment record
+(:mod:`bsoc.export.deployment`): its C library exported and measured on the first test
+cycle.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +24,7 @@ from bsoc import __version__
 from bsoc.bench import speed
 from bsoc.bench.machine import machine_info
 from bsoc.data.dataset import Dataset
+from bsoc.data.schema import Cycle
 from bsoc.errors import ConfigError
 from bsoc.estimator import SocEstimator, load_estimator, read_config
 from bsoc.evaluate import ScenarioSettings, evaluate_runs
@@ -59,13 +63,15 @@ def run_benchmark(
     plan: speed.SpeedPlan | None = None,
     split: str = "test",
     settings: ScenarioSettings | None = None,
+    deployment: bool = True,
     force: bool = False,
     command: str = "",
     log: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Measure every model in ``model_dirs`` on ``dataset_dir``'s ``split``; write the results.
 
-    ``plan`` overrides the speed plan that ``quick`` selects (tests use a tiny one).
+    ``plan`` overrides the speed plan that ``quick`` selects (tests use a tiny one);
+    ``deployment=False`` leaves out the exported C's measurements.
     """
     if not model_dirs:
         raise ConfigError("no models to benchmark", remedy="pass one or more --models folders")
@@ -117,6 +123,9 @@ def run_benchmark(
             "trained_on": config.get("data", {}),
         })
 
+    if deployment:
+        _add_deployment(models, directories, entries, cycles[0], log)
+
     plan = plan or (speed.SpeedPlan.quick() if quick else speed.SpeedPlan())
     samples = np.concatenate([c.samples() for c in cycles])
     log(f"speed: {len(models)} models interleaved, {plan.repeats} repeats")
@@ -158,6 +167,7 @@ def run_benchmark(
                        "convergence_s": settings.convergence_s,
                        "converged_below_pct": settings.converged_below_pct},
         "degraded_sensors": {"description": settings.degraded_description()},
+        "deployment_cycle": cycles[0].meta.name if deployment else None,
         "scenario_settings": settings.to_json(),
         "speed_plan": {"quick": quick, "repeats": plan.repeats,
                        "latency_steps": plan.latency_steps,
@@ -172,6 +182,21 @@ def run_benchmark(
         np.savez_compressed(folder / TRACES_FILE, **traces)
         (folder / BENCHMARK_FILE).write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _add_deployment(models: dict[str, SocEstimator], directories: list[Path],
+                    entries: list[dict[str, Any]], cycle: Cycle,
+                    log: Callable[[str], None]) -> None:
+    """A deployment record in every exportable model's entry, measured on ``cycle``."""
+    from bsoc.export.deployment import deployment_record, exportable
+
+    samples = cycle.samples()
+    for (name, model), directory, entry in zip(models.items(), directories, entries,
+                                               strict=True):
+        if exportable(model):
+            log(f"deployment: {name} exported as C and measured")
+            with tempfile.TemporaryDirectory(prefix="bsoc-deploy-") as work:
+                entry["deployment"] = deployment_record(directory, model, samples, Path(work))
 
 
 def _add_eager_steppers(models: dict[str, SocEstimator], steppers: dict[str, Any]) -> dict[str, str]:

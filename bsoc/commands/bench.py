@@ -19,6 +19,11 @@ def benchmark(
     out: Path = typer.Option(..., "--out", help="Folder for benchmark.json and traces.npz."),
     split: str = typer.Option("test", help="Dataset split to measure on."),
     quick: bool = typer.Option(False, "--quick", help="CI-sized speed runs (fewer repeats)."),
+    deployment: bool = typer.Option(True, "--deployment/--no-deployment", help="Export every "
+                                    "network model as C and measure it: host build against "
+                                    "Python, x86 instructions per step (valgrind), Cortex-M4 "
+                                    "flash and RAM (arm-none-eabi-gcc); absent tools are "
+                                    "recorded as not measured."),
     force: bool = typer.Option(False, "--force", help="Replace the benchmark bsoc wrote at "
                                "--out (other files there are kept)."),
     json_output: bool = typer.Option(False, "--json", help="Print benchmark.json on stdout."),
@@ -27,8 +32,9 @@ def benchmark(
     from bsoc.bench.run import run_benchmark
 
     with err_console.status("benchmarking...") as status:
-        result = run_benchmark(data, models, out, quick=quick, split=split, force=force,
-                               command=running_command(ctx), log=lambda m: status.update(m))
+        result = run_benchmark(data, models, out, quick=quick, split=split,
+                               deployment=deployment, force=force, command=running_command(ctx),
+                               log=lambda m: status.update(m))
     if json_output:
         emit_json(result)
         return

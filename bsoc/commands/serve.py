@@ -178,22 +178,41 @@ def replay(
         show_default=False,
     ),
     api_key: str | None = typer.Option(None, "--api-key", help=KEY_OPTION_HELP, show_default=False),
+    nats: str | None = typer.Option(
+        None,
+        "--nats",
+        help="Publish straight into a bsoc fleet's log at this NATS URL instead of --url "
+        "(see 'bsoc fleet').",
+        show_default=False,
+    ),
+    nats_user: str | None = typer.Option(None, "--nats-user", help="NATS user name."),
+    nats_password_file: Path | None = typer.Option(
+        None, "--nats-password-file", help="File holding the NATS user's password."
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
-    """Stream a dataset's cycles to a running service; report SOC error and latency."""
+    """Stream a dataset's cycles to a running service (or a fleet's log); report SOC error
+    and latency."""
     from bsoc.replay import ReplayConfig, load_cycles, replay_failure
     from bsoc.replay import replay as run_replay
 
     cycles = load_cycles(dataset, split)
+    login = None
+    if nats is not None:
+        from bsoc.fleet.connection import nats_target
+
+        login = nats_target(nats, nats_user, nats_password_file)
     config = ReplayConfig(
-        url=url,
+        url=nats or url,
         streams=streams,
         rate_hz=rate,
         batch=batch,
         max_seconds=max_seconds,
         api_key=api_key_from_options(api_key, api_key_file),
         prefix=prefix,
-        transport=transport,
+        transport="nats" if nats else transport,
+        nats_user=login.user if login else None,
+        nats_password=login.password if login else None,
     )
     bar = progress(transient=json_output)
     task = bar.add_task(f"replaying {streams} streams", total=None, info="")

@@ -8,6 +8,11 @@ time and nothing is allocated). A float32 model gives float32 tables, an int8 mo
 (``bsoc quantize``) int8 tables with their scales; the arithmetic is bsoc's own
 (:mod:`bsoc.compress.quantize`), with each row's scale applied once after its dot product.
 
+The tables are laid out for the step's loops (:func:`grouped_rows`): rows in groups of
+four interleaved column by column, so that one pass over the input vector computes four
+outputs, and an LSTM map's gate rows (and its bias) in unit order, so that a group is the
+four gates of one unit.
+
 Numbers are written with nine significant digits, which round-trip float32 exactly.
 """
 
@@ -48,25 +53,42 @@ def _array(c_type: str, name: str, values: np.ndarray) -> str:
     return f"static const {c_type} {name}[{values.size}] = {{\n{_numbers(values)}\n}};"
 
 
+def unit_order(hidden: int) -> np.ndarray:
+    """Row ``g * hidden + j`` (gate g of unit j, PyTorch's order) goes to row ``4 j + g``."""
+    return np.arange(4 * hidden).reshape(4, hidden).T.ravel()
+
+
+def grouped_rows(rows: np.ndarray) -> np.ndarray:
+    """``rows`` (out, in) as the C loops read them: groups of four rows interleaved column
+    by column (``[4 in group + 4 k + r]``), then the ``out % 4`` rows left over."""
+    grouped = 4 * (len(rows) // 4)
+    groups = rows[:grouped].reshape(-1, 4, rows.shape[1]).transpose(0, 2, 1)
+    return np.concatenate([groups.ravel(), rows[grouped:].ravel()])
+
+
 class _Tables:
     """The C declarations of one model's tables, in the order C needs them."""
 
     def __init__(self) -> None:
         self.lines: list[str] = []
 
-    def map(self, name: str, factors: list[Factor]) -> str:
-        """Declare a map's factors (transposed to rows = outputs); returns its initializer."""
+    def map(self, name: str, factors: list[Factor], hidden: int | None = None) -> str:
+        """Declare a map's factors (rows = outputs, grouped; the last factor's rows in unit
+        order for an LSTM map of ``hidden`` units); returns its initializer."""
         if len(factors) > 2:
             raise ModelFileError(f"the map {name} has {len(factors)} factors",
                                  remedy="export dense, projected or SVD maps (at most two)")
         entries = []
         for k, factor in enumerate(factors):
-            values = np.ascontiguousarray(factor.values.T)  # (out, in): one row per output
-            self.lines.append(_array("bsoc_weight", f"{name}_{k}", values))
+            order = np.arange(factor.values.shape[1])
+            if hidden is not None and k == len(factors) - 1:
+                order = unit_order(hidden)
+            values = factor.values.T[order]  # (out, in): one row per output
+            self.lines.append(_array("bsoc_weight", f"{name}_{k}", grouped_rows(values)))
             scales = "NULL"
             if factor.int8:
                 scales = f"{name}_{k}_scales"
-                self.lines.append(_array("float", scales, factor.scales))
+                self.lines.append(_array("float", scales, factor.scales[order]))
             entries.append(f"{{{name}_{k}, {scales}, {values.shape[0]}, {values.shape[1]}}}")
         self.lines.append(f"static const bsoc_factor {name}_factors[{len(factors)}] = "
                           f"{{{', '.join(entries)}}};")
@@ -88,9 +110,9 @@ def tables(arrays: NetworkArrays) -> str:
     out = _Tables()
     layers = []
     for k, layer in enumerate(arrays.lstm, start=1):
-        input_map = out.map(f"lstm_{k}_input", layer.input_factors)
-        recurrent_map = out.map(f"lstm_{k}_recurrent", layer.recurrent_factors)
-        out.lines.append(_array("float", f"lstm_{k}_bias", layer.bias))
+        input_map = out.map(f"lstm_{k}_input", layer.input_factors, layer.hidden)
+        recurrent_map = out.map(f"lstm_{k}_recurrent", layer.recurrent_factors, layer.hidden)
+        out.lines.append(_array("float", f"lstm_{k}_bias", layer.bias[unit_order(layer.hidden)]))
         layers.append(f"    {{{input_map}, {recurrent_map}, lstm_{k}_bias, {layer.hidden}}},")
     fc_map = out.map("fc", arrays.fc_factors)
     scratch_input, scratch_recurrent = _scratch_sizes(arrays)

@@ -23,7 +23,8 @@ def colour(index: int) -> str:
 def soc_traces(
     models: list[dict[str, Any]], traces: dict[str, np.ndarray], cycles: list[str]
 ) -> Figure:
-    """Estimated vs true SOC, every model on one plot, and the error below, per cycle."""
+    """Estimated vs true SOC, every model on one plot, and the error below, per cycle; a
+    model with an uncertainty gets its +-2 sigma band around both."""
     fig, axes = plt.subplots(
         2, len(cycles), figsize=(5.5 * len(cycles), 6), sharex="col", squeeze=False,
         gridspec_kw={"height_ratios": [2, 1]},
@@ -37,6 +38,13 @@ def soc_traces(
             estimate = traces[f"{model['name']}/{cycle}"] * 100
             top.plot(time_h, estimate, lw=1.0, color=colour(index), label=model["name"])
             bottom.plot(time_h, estimate - truth, lw=0.8, color=colour(index))
+            std = traces.get(f"{model['name']}/{cycle}/soc_std")
+            if std is not None:
+                band = 200 * std
+                top.fill_between(time_h, estimate - band, estimate + band, color=colour(index),
+                                 alpha=0.15, lw=0, label=f"{model['name']} ±2σ")
+                bottom.fill_between(time_h, estimate - truth - band, estimate - truth + band,
+                                    color=colour(index), alpha=0.15, lw=0)
         top.set_title(cycle, fontsize=10)
         top.set_ylabel("SOC [%]")
         bottom.set_ylabel("error [pp]")
@@ -79,48 +87,59 @@ def error_distributions(
 
 
 def pareto(models: list[dict[str, Any]], sweep: dict[str, list[dict[str, Any]]] | None) -> Figure:
-    """RMSE vs learnables: projection and SVD sweeps, with the benchmarked models as points."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    """RMSE vs learnables and vs bytes of weights: projection and SVD sweeps, with the
+    benchmarked models (int8 ones included) as points.
+
+    The sweeps are float32 models, four bytes per learnable; an int8 model has the
+    learnables of its float source and about a quarter of its bytes, so it stands apart
+    only on the right.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     styles = {"projection": ("#d62728", "o"), "svd": ("#9467bd", "s")}
-    for method, points in (sweep or {}).items():
-        if not points:
-            continue
-        points = sorted(points, key=lambda p: p["learnables"])
-        colour_, marker = styles.get(method, ("grey", "^"))
-        ax.plot([p["learnables"] for p in points], [p["rmse_pct"] for p in points],
-                marker=marker, color=colour_, lw=1, ms=4, alpha=0.8,
-                label=f"{method} sweep (no fine-tuning)")
-    for index, model in enumerate(models):
-        ax.scatter(model["learnables"], model["rmse_pct"], s=60, color=colour(index),
-                   edgecolor="black", zorder=5, label=model["name"])
-    return _log_x_figure(fig, ax, "learnables (log)", "RMSE from start [% SOC]")
+    for ax, key, per_learnable, label in ((axes[0], "learnables", 1, "learnables (log)"),
+                                          (axes[1], "bytes", 4, "bytes of weights (log)")):
+        for method, points in (sweep or {}).items():
+            if not points:
+                continue
+            points = sorted(points, key=lambda p: p["learnables"])
+            colour_, marker = styles.get(method, ("grey", "^"))
+            ax.plot([per_learnable * p["learnables"] for p in points],
+                    [p["rmse_pct"] for p in points], marker=marker, color=colour_, lw=1, ms=4,
+                    alpha=0.8, label=f"{method} sweep (no fine-tuning, float32)")
+        for index, model in enumerate(models):
+            ax.scatter(model[key], model["rmse_pct"], s=60, color=colour(index),
+                       edgecolor="black", zorder=5, label=model["name"],
+                       marker="D" if model["kind"].endswith("-int8") else "o")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("RMSE from start [% SOC]")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def explained_variance(layers: dict[str, dict[str, Any]]) -> Figure:
     """Cumulative explained variance per layer input/output, chosen ranks marked.
 
-    One activation can be two sites (``lstm_1.output`` is ``lstm_2.input``): such curves
-    are drawn once, labelled with both names, each site's rank marked on it.
+    One activation can be two slots (``lstm_1.output`` is ``lstm_2.input``): such curves
+    are drawn once, labelled with both names, each slot's rank marked on it.
     """
     groups: dict[tuple[float, ...], list[tuple[str, int | None]]] = {}
     for label, info in layers.items():
         key = tuple(np.round(info["explained_variance_curve"], 12))
         groups.setdefault(key, []).append((label, info.get("rank")))
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for key, sites in groups.items():
+    for key, slots in groups.items():
         curve = np.asarray(key)
         ranks = np.arange(1, len(curve) + 1)
-        line = ax.plot(ranks, curve * 100, lw=1.2, label=" = ".join(n for n, _ in sites))[0]
-        chosen = [r for _, r in sites if r]
+        line = ax.plot(ranks, curve * 100, lw=1.2, label=" = ".join(n for n, _ in slots))[0]
+        chosen = [r for _, r in slots if r]
         ax.scatter(chosen, [curve[r - 1] * 100 for r in chosen], color=line.get_color(),
                    zorder=5, s=30)
-    return _log_x_figure(fig, ax, "rank (eigen-neurons kept)", "explained variance [%]")
-
-
-def _log_x_figure(fig: Figure, ax: Any, xlabel: str, ylabel: str) -> Figure:
     ax.set_xscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+    ax.set_xlabel("rank (eigen-neurons kept)")
+    ax.set_ylabel("explained variance [%]")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -39,12 +39,21 @@ class ReportInputError(BsocError):
 
 
 @dataclass
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Section:
     title: str
     table: list[list[str]]
     header: list[str]
     notes: list[str] = field(default_factory=list)
     figures: list[tuple[str, str, Figure]] = field(default_factory=list)  # (file, caption, fig)
+    tables: list[Table] = field(default_factory=list)  # after the summary and its notes
 
 
 def load_benchmark(
@@ -103,6 +112,64 @@ def summary_rows(bench: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def _measured(record: dict[str, Any], key: str, value: Any) -> str:
+    """A deployment figure, or why it was not measured (never a guess)."""
+    if value is not None:
+        return _fmt(value)
+    reason = record.get("not_measured", {}).get(key)
+    return f"not measured: {reason}" if reason else "–"
+
+
+_INSTRUCTIONS = (("x86_instructions_per_step", "x86"),
+                 ("cortex_m4_instructions_per_step", "Cortex-M4"))
+
+
+def deployment_table(bench: dict[str, Any]) -> Table | None:
+    """Model, bytes, flash, RAM, instructions per step and RMSE of every exported model."""
+    models = [m for m in bench["models"] if m.get("deployment")]
+    if not models:
+        return None
+    reference = next((m for m in models if m["name"] == bench.get("reference")), None)
+    header = ["model", "kind", "weights [B]", "MACs/step"]
+    for _, target in _INSTRUCTIONS:
+        header += [f"{target} instructions/step",
+                   f"{target}: {reference['name']} / model" if reference else f"{target} ratio"]
+    header += ["Cortex-M4 flash [B]", "Cortex-M4 RAM [B]", "C vs Python max |diff|",
+               "RMSE from start [%]"]
+    rows = []
+    for m in models:
+        record = m["deployment"]
+        row = [m["name"], m["kind"], _fmt(record["weight_bytes"]), _fmt(record["macs_per_step"])]
+        for key, _ in _INSTRUCTIONS:
+            count = record.get(key)
+            reference_count = reference["deployment"].get(key) if reference else None
+            row += [_measured(record, key, count),
+                    f"{reference_count / count:.1f}x" if count and reference_count else "–"]
+        m4 = record.get("cortex_m4") or {}
+        check = record.get("c_check")
+        rows.append(row + [
+            _measured(record, "cortex_m4", m4.get("flash")),
+            _measured(record, "cortex_m4", m4.get("ram")),
+            f"{check['max_abs_diff']:.1e} ({check['samples']:,} samples)" if check
+            else _measured(record, "c_check", None),
+            _fmt(m["rmse_pct"]),
+        ])
+    first = models[0]["deployment"]
+    notes = [
+        f"Each model exported with `bsoc export --format c` and measured on the test cycle "
+        f"{bench.get('deployment_cycle', '?')}, instructions per bsoc_step call averaged over "
+        f"its first {first.get('instruction_count_samples', '?')} samples: x86 counted by "
+        "callgrind (host `cc -O2`), Cortex-M4 by QEMU's instruction clock on the MPS2 AN386 "
+        "board. Cortex-M4F sections from arm-none-eabi-size "
+        f"({' '.join(first.get('cortex_m4_flags', []))}): flash = text + rodata + data, "
+        "RAM = data + bss + the cell's state. C vs Python: the host build against the "
+        "estimator, SOC as a fraction.",
+        "Compilers: " + "; ".join(first.get("compilers", {}).values()) + "."
+        if first.get("compilers") else "No C compiler found.",
+    ]
+    return Table("Deployment: the exported C library", header, rows, notes)
+
+
 def _pick_cycles(bench: dict[str, Any], limit: int = 4) -> dict[str, float]:
     """One test cycle per ambient temperature (coldest first), at most ``limit``."""
     by_temperature: dict[float, str] = {}
@@ -134,6 +201,9 @@ def build_section(directory: Path, sweep_path: Path | None = None) -> Section:
     if bench.get("command"):
         notes.append(f"Made by: `{bench['command']}`")
     section = Section(title=title, table=rows, header=header, notes=notes)
+    deployment = deployment_table(bench)
+    if deployment is not None:
+        section.tables.append(deployment)
     slug = "".join(ch if ch.isalnum() else "-" for ch in bench["dataset"]).strip("-")
     models = bench["models"]
     if traces:
@@ -146,7 +216,8 @@ def build_section(directory: Path, sweep_path: Path | None = None) -> Section:
         section.figures.append((f"{slug}-errors.png", "Error distribution per model and "
                                 "temperature", figures.error_distributions(models, traces,
                                                                            all_cycles)))
-    section.figures.append((f"{slug}-pareto.png", "Accuracy vs size: RMSE against learnables",
+    section.figures.append((f"{slug}-pareto.png", "Accuracy vs size: RMSE against learnables "
+                            "and against bytes of weights (int8 models as diamonds)",
                             figures.pareto(models, sweep)))
     for m in models:
         layers = m.get("compression", {}).get("explained_variance")
@@ -170,6 +241,13 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    return ('<table class="summary"><thead><tr>'
+            + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead><tbody>"
+            + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                      for row in rows) + "</tbody></table>")
 
 
 def write_report(
@@ -203,16 +281,15 @@ def _write_files(folder: Path, title: str, sections: list[Section]) -> None:
     md = [f"# {title}", ""]
     body = [f"<h1>{html.escape(title)}</h1>"]
     for section in sections:
-        md += [f"## {section.title}", "", _markdown_table(section.header, section.table), ""]
-        md += [f"- {note}" for note in section.notes] + [""]
-        body.append(f"<h2>{html.escape(section.title)}</h2>")
-        body.append('<table class="summary"><thead><tr>'
-                    + "".join(f"<th>{html.escape(h)}</th>" for h in section.header)
-                    + "</tr></thead><tbody>")
-        body += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-                 for row in section.table]
-        body.append("</tbody></table><ul>"
-                    + "".join(f"<li>{html.escape(n)}</li>" for n in section.notes) + "</ul>")
+        tables = [(2, Table(section.title, section.header, section.table, section.notes)),
+                  *((3, table) for table in section.tables)]
+        for level, table in tables:
+            md += [f"{'#' * level} {table.title}", "", _markdown_table(table.header, table.rows),
+                   "", *(f"- {note}" for note in table.notes), ""]
+            body += [f"<h{level}>{html.escape(table.title)}</h{level}>",
+                     _html_table(table.header, table.rows),
+                     "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in table.notes)
+                     + "</ul>"]
         for file_name, caption, fig in section.figures:
             data = _png(fig)
             (folder / "figures" / file_name).write_bytes(data)

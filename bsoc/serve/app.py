@@ -5,12 +5,13 @@ one :class:`~bsoc.serve.service.Service`; the ``bsoc serve`` command runs it und
 tests run it on a free loopback port. Routes follow the serving contract
 (bsoc/serve/README.md); every refusal is a JSON :class:`~bsoc.serve.schemas.ErrorResponse`
 with a kind and a reason, counted in /metrics, its status from
-:mod:`bsoc.serve.rejections`. The WebSocket protocol is :mod:`bsoc.serve.socket`.
+:mod:`bsoc.serve.rejections`. The WebSocket protocol is :mod:`bsoc.serve.socket`. The
+routes only talk to a :class:`~bsoc.serve.service.StreamService`, so the fleet's gateway
+(:mod:`bsoc.fleet.gateway`) serves the same API in front of its log with :func:`build_app`.
 """
 
 from __future__ import annotations
 
-import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -50,19 +51,14 @@ from bsoc.serve.rejections import (
 from bsoc.serve.schemas import (
     STREAM_ID_PATTERN,
     Health,
-    History,
-    ModelInfo,
-    Sample,
     SampleList,
     SamplesResponse,
     StreamList,
     StreamStatus,
-    StreamSummary,
     describe_validation_errors,
 )
-from bsoc.serve.service import ServeConfig, Service
+from bsoc.serve.service import ServeConfig, Service, StreamService
 from bsoc.serve.socket import serve_socket
-from bsoc.serve.streams import HISTORY_FIELDS, Stream
 
 STATIC_DIR = Path(__file__).parent / "static"
 DESCRIPTION = (
@@ -76,11 +72,11 @@ DESCRIPTION = (
 StreamId = Annotated[str, PathParam(pattern=STREAM_ID_PATTERN, max_length=128)]
 
 
-def _service(request: Request) -> Service:
+def _service(request: Request) -> StreamService:
     return request.app.state.service
 
 
-ServiceOf = Annotated[Service, Depends(_service)]
+ServiceOf = Annotated[StreamService, Depends(_service)]
 
 
 def require_key(
@@ -139,14 +135,7 @@ async def list_streams(
     prefix: str = Query("", description="Only ids starting with this."),
     limit: int = Query(1000, ge=1, le=100_000),
 ) -> StreamList:
-    chosen = [(i, s) for i, s in service.registry if i.startswith(prefix)]
-    return StreamList(
-        count=len(chosen),
-        streams=[
-            StreamSummary(stream_id=i, samples=s.samples, last_time_s=s.last_time, soc=s.soc)
-            for i, s in chosen[:limit]
-        ],
-    )
+    return await service.list_streams(prefix, limit)
 
 
 def _one_stream(summary: str) -> dict[str, Any]:
@@ -162,28 +151,18 @@ async def get_stream(
     service: ServiceOf,
     history: int = Query(0, ge=0, le=100_000, description="Recent samples to include."),
 ) -> StreamStatus:
-    return _status(stream_id, service.registry.get(stream_id), history)
+    return await service.stream_status(stream_id, history)
 
 
 @routes.delete("/v1/streams/{stream_id}",
                **_one_stream("Forget a stream (its next sample starts it afresh)"))
 async def delete_stream(stream_id: StreamId, service: ServiceOf) -> StreamStatus:
-    return _status(stream_id, await service.registry.delete(stream_id), 0)
+    return await service.delete_stream(stream_id)
 
 
 @routes.get("/healthz", response_model=Health, summary="Liveness and what is served")
 async def healthz(service: ServiceOf) -> Health:
-    failure = service.metrics.snapshot_failure
-    return Health(
-        status="degraded" if failure else "ok",
-        reason=failure,
-        version=__version__,
-        model=ModelInfo(**service.model),
-        streams=len(service.registry),
-        uptime_s=time.time() - service.metrics.started,
-        gap_limit_s=service.config.gap_limit_s,
-        gap_policy=service.config.gap_policy,
-    )
+    return await service.health()
 
 
 @routes.get(
@@ -192,8 +171,7 @@ async def healthz(service: ServiceOf) -> Health:
     summary="Prometheus metrics (text format 0.0.4)",
 )
 async def metrics(service: ServiceOf) -> PlainTextResponse:
-    labels = {k: str(v) for k, v in service.model.items()}
-    text = service.metrics.render(len(service.registry), labels)
+    text = await service.metrics_text()
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
@@ -236,7 +214,11 @@ async def _invalid(request: Request, error: RequestValidationError) -> JSONRespo
 
 def create_app(estimator: SocEstimator, config: ServeConfig, model: dict[str, Any]) -> FastAPI:
     """Build the service for one model. Restores the snapshot now, so errors surface early."""
-    service = Service(estimator, config, model)
+    return build_app(Service(estimator, config, model))
+
+
+def build_app(service: StreamService, *, description: str = "") -> FastAPI:
+    """The HTTP/WebSocket API in front of ``service`` (``description`` is added to /docs)."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -247,12 +229,12 @@ def create_app(estimator: SocEstimator, config: ServeConfig, model: dict[str, An
     app = FastAPI(
         title="bsoc live SOC service",
         version=__version__,
-        description=DESCRIPTION,
+        description=DESCRIPTION + (f" {description}" if description else ""),
         lifespan=lifespan,
         docs_url=None,  # served by `docs` from vendored assets: FastAPI's page needs a CDN
     )
     app.state.service = service
-    app.add_middleware(BodyLimit, limit=config.max_body_bytes, metrics=service.metrics)
+    app.add_middleware(BodyLimit, limit=service.config.max_body_bytes, metrics=service.metrics)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
     for kind in (Rejected, Refused):
@@ -285,21 +267,3 @@ def _framework_reason(
         return f"the JSON body {TOO_DEEP}"
     cause = f" ({error.__cause__})" if error.__cause__ is not None else ""
     return f"{error.detail}{cause}"
-
-
-def _status(stream_id: str, stream: Stream, history: int) -> StreamStatus:
-    recent = None
-    if history:
-        rows = stream.recent(history)
-        recent = History(**{name: rows[:, k].tolist() for k, name in enumerate(HISTORY_FIELDS)})
-    t, v, i, c = stream.last_sample.tolist()
-    return StreamStatus(
-        stream_id=stream_id,
-        samples=stream.samples,
-        gaps=stream.gaps,
-        last_time_s=stream.last_time,
-        soc=stream.soc,
-        last_sample=Sample(time_s=t, voltage_v=v, current_a=i, temperature_c=c),
-        updated_unix_s=stream.updated_unix_s,
-        history=recent,
-    )

@@ -3,6 +3,8 @@
 :class:`Service` holds what the routes and the WebSocket protocol share (the registry, the
 micro-batcher, metrics, the snapshot schedule); it starts and stops with the app
 (:func:`bsoc.serve.app.create_app`). Its refusals are domain errors (:mod:`bsoc.serve.errors`).
+The routes need only what :class:`StreamService` names, so the fleet's gateway, which holds
+its streams in a log, serves the same API.
 """
 
 from __future__ import annotations
@@ -14,16 +16,26 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from bsoc import __version__
 from bsoc.estimator import CONFIG_FILE, WEIGHTS_FILE, SocEstimator
 from bsoc.heap import settle_heap
 from bsoc.serve.batching import MicroBatcher
 from bsoc.serve.errors import ModelFailed
 from bsoc.serve.metrics import Metrics
-from bsoc.serve.schemas import Estimate, Sample
+from bsoc.serve.schemas import (
+    Estimate,
+    Health,
+    History,
+    ModelInfo,
+    Sample,
+    StreamList,
+    StreamStatus,
+    StreamSummary,
+)
 from bsoc.serve.snapshot import (
     DamagedSnapshotError,
     check_writable,
@@ -32,7 +44,7 @@ from bsoc.serve.snapshot import (
     set_aside,
     write_snapshot,
 )
-from bsoc.serve.streams import StreamRegistry
+from bsoc.serve.streams import HISTORY_FIELDS, Stream, StreamRegistry
 
 log = logging.getLogger("bsoc.serve")
 
@@ -71,8 +83,34 @@ def describe_model(estimator: SocEstimator, directory: str | Path | None) -> dic
     }
 
 
+class StreamService(Protocol):
+    """What the routes need from whatever holds the streams (this process, or a fleet)."""
+
+    config: Any  # .api_key and .max_body_bytes
+    metrics: Metrics
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def apply(
+        self, stream_id: str, samples: list[Sample], transport: str
+    ) -> list[Estimate]: ...
+
+    async def list_streams(self, prefix: str, limit: int) -> StreamList: ...
+
+    async def stream_status(self, stream_id: str, history: int) -> StreamStatus: ...
+
+    async def delete_stream(self, stream_id: str) -> StreamStatus: ...
+
+    async def health(self) -> Health: ...
+
+    async def metrics_text(self) -> str: ...
+
+
 class Service:
-    """What the routes share: the registry, the batcher, metrics, snapshots."""
+    """The streams of one model in this process: the registry, the batcher, metrics,
+    snapshots (a :class:`StreamService`)."""
 
     def __init__(self, estimator: SocEstimator, config: ServeConfig, model: dict[str, Any]):
         self.config, self.model = config, model
@@ -174,3 +212,60 @@ class Service:
             Estimate(time_s=float(t), soc=float(s), gap=bool(g))
             for t, s, g in zip(rows[:, 0], applied.soc, applied.gap)
         ]
+
+    async def list_streams(self, prefix: str, limit: int) -> StreamList:
+        chosen = [(i, s) for i, s in self.registry if i.startswith(prefix)]
+        return stream_list(chosen, limit)
+
+    async def stream_status(self, stream_id: str, history: int) -> StreamStatus:
+        return stream_status(stream_id, self.registry.get(stream_id), history)
+
+    async def delete_stream(self, stream_id: str) -> StreamStatus:
+        return stream_status(stream_id, await self.registry.delete(stream_id), 0)
+
+    async def health(self) -> Health:
+        failure = self.metrics.snapshot_failure
+        return Health(
+            status="degraded" if failure else "ok",
+            reason=failure,
+            version=__version__,
+            model=ModelInfo(**self.model),
+            streams=len(self.registry),
+            uptime_s=time.time() - self.metrics.started,
+            gap_limit_s=self.config.gap_limit_s,
+            gap_policy=self.config.gap_policy,
+        )
+
+    async def metrics_text(self) -> str:
+        model = {k: str(v) for k, v in self.model.items()}
+        return self.metrics.render(len(self.registry), model)
+
+
+def stream_list(chosen: list[tuple[str, Stream]], limit: int) -> StreamList:
+    """The listing of ``chosen`` (id order), at most ``limit`` of them, with the full count."""
+    return StreamList(
+        count=len(chosen),
+        streams=[
+            StreamSummary(stream_id=i, samples=s.samples, last_time_s=s.last_time, soc=s.soc)
+            for i, s in chosen[:limit]
+        ],
+    )
+
+
+def stream_status(stream_id: str, stream: Stream, history: int) -> StreamStatus:
+    """What GET and DELETE answer about one stream."""
+    recent = None
+    if history:
+        rows = stream.recent(history)
+        recent = History(**{name: rows[:, k].tolist() for k, name in enumerate(HISTORY_FIELDS)})
+    t, v, i, c = stream.last_sample.tolist()
+    return StreamStatus(
+        stream_id=stream_id,
+        samples=stream.samples,
+        gaps=stream.gaps,
+        last_time_s=stream.last_time,
+        soc=stream.soc,
+        last_sample=Sample(time_s=t, voltage_v=v, current_a=i, temperature_c=c),
+        updated_unix_s=stream.updated_unix_s,
+        history=recent,
+    )

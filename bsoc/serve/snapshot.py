@@ -6,7 +6,8 @@ It is written to a temporary file and renamed, so a crash mid-write leaves the p
 snapshot intact. A snapshot made with another model (different fingerprint or state size)
 is refused rather than fed to the wrong network; a damaged one (truncated, corrupt,
 inconsistent arrays) is refused too, because starting empty over it would silently drop
-every stream: only the user decides to set it aside (:func:`set_aside`).
+every stream: only the user decides to set it aside (:func:`set_aside`). The same bytes
+(:func:`encode_snapshot`, :func:`decode_snapshot`) are the fleet's partition checkpoints.
 """
 
 from __future__ import annotations
@@ -47,22 +48,33 @@ def is_own_temporary(candidate: Path, path: Path) -> bool:
     return re.fullmatch(r"[0-9]+", name[len(prefix) : -len(suffix)]) is not None
 
 
-def write_snapshot(path: str | Path, arrays: dict[str, np.ndarray], model: dict) -> Path:
-    """Atomically write ``arrays`` (from :meth:`StreamRegistry.export`) for ``model``."""
-    path = Path(path)
+def encode_snapshot(arrays: dict[str, np.ndarray], model: dict, extra: dict | None = None) -> bytes:
+    """The ``.npz`` bytes of ``arrays`` (from :meth:`StreamRegistry.export`) for ``model``.
+
+    ``extra`` goes into the JSON header beside the model (the fleet records there which
+    partition and log sequence a checkpoint holds).
+    """
     header = {
         "format_version": FORMAT_VERSION,
         "bsoc_version": __version__,
         "written_unix_s": time.time(),
         "model": model,
+        **(extra or {}),
     }
     buffer = io.BytesIO()
     np.savez(buffer, header=np.array(json.dumps(header)), **arrays)
+    return buffer.getvalue()
+
+
+def write_snapshot(path: str | Path, arrays: dict[str, np.ndarray], model: dict) -> Path:
+    """Atomically write ``arrays`` (from :meth:`StreamRegistry.export`) for ``model``."""
+    path = Path(path)
+    data = encode_snapshot(arrays, model)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = temporary_path(path)
     try:
         with open(temporary, "wb") as handle:
-            handle.write(buffer.getvalue())
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
@@ -125,34 +137,44 @@ def read_snapshot(path: str | Path, model: dict) -> dict[str, np.ndarray] | None
     if not path.is_file():
         return None
     try:
-        with np.load(path, allow_pickle=False) as data:
-            header = json.loads(str(data["header"]))
-            arrays = {name: data[name] for name in ARRAYS}
+        data = path.read_bytes()
     except PermissionError as error:
         raise ConfigError(
             f"snapshot {path} cannot be read ({error.strerror})",
             remedy="let the service's user read it, or give another --snapshot path",
         ) from None
+    return decode_snapshot(data, model, f"snapshot {path}", _damaged_remedy(path))[1]
+
+
+def decode_snapshot(
+    data: bytes, model: dict, source: str, damaged_remedy: str
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """Header and arrays of snapshot bytes made for ``model``, checked as :func:`read_snapshot`
+    says; ``source`` names them in errors, ``damaged_remedy`` says what to do with bad ones."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as loaded:
+            header = json.loads(str(loaded["header"]))
+            arrays = {name: loaded[name] for name in ARRAYS}
     except Exception as error:  # zipfile, zlib, numpy and json each raise their own kinds
-        raise _damaged(path, f"{type(error).__name__}: {error}") from None
+        raise _damaged(source, f"{type(error).__name__}: {error}", damaged_remedy) from None
     if not isinstance(header, dict) or header.get("format_version") != FORMAT_VERSION:
         version = header.get("format_version") if isinstance(header, dict) else None
-        raise _damaged(path, f"format {version!r}, expected {FORMAT_VERSION}")
+        raise _damaged(source, f"format {version!r}, expected {FORMAT_VERSION}", damaged_remedy)
     saved = header.get("model") if isinstance(header.get("model"), dict) else {}
     if (
         saved.get("fingerprint") != model["fingerprint"]
         or saved.get("state_size") != model["state_size"]
     ):
         raise ConfigError(
-            f"snapshot {path} holds states of model {saved.get('name')!r} "
+            f"{source} holds states of model {saved.get('name')!r} "
             f"({saved.get('fingerprint')}), not of the served model {model['name']!r} "
             f"({model['fingerprint']})",
             remedy="serve the model the snapshot was made with, or give another --snapshot path",
         )
     problem = _inconsistency(arrays, model["state_size"])
     if problem is not None:
-        raise _damaged(path, problem)
-    return arrays
+        raise _damaged(source, problem, damaged_remedy)
+    return header, arrays
 
 
 def _inconsistency(arrays: dict[str, np.ndarray], state_size: int) -> str | None:
@@ -187,10 +209,13 @@ def _inconsistency(arrays: dict[str, np.ndarray], state_size: int) -> str | None
     return None
 
 
-def _damaged(path: Path, problem: str) -> DamagedSnapshotError:
-    return DamagedSnapshotError(
-        f"snapshot {path} is damaged ({problem[:200]})",
-        remedy=f"move it aside to start with no streams (or restore a good copy), or restart "
+def _damaged_remedy(path: Path) -> str:
+    return (
+        f"move it aside to start with no streams (or restore a good copy), or restart "
         f"with {DISCARD_FLAG} to have bsoc rename it to {path.name}.damaged-<time> and start "
-        "with no streams",
+        "with no streams"
     )
+
+
+def _damaged(source: str, problem: str, remedy: str) -> DamagedSnapshotError:
+    return DamagedSnapshotError(f"{source} is damaged ({problem[:200]})", remedy=remedy)

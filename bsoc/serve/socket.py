@@ -19,7 +19,7 @@ from bsoc.serve.auth import key_matches
 from bsoc.serve.errors import InvalidStreamId, Refused
 from bsoc.serve.rejections import TOO_DEEP, Rejected, error_details
 from bsoc.serve.schemas import Sample, SampleList, check_stream_id, describe_validation_errors
-from bsoc.serve.service import Service
+from bsoc.serve.service import StreamService
 
 WS_POLICY_VIOLATION, WS_UNSUPPORTED_DATA, WS_TOO_BIG = 1008, 1003, 1009
 
@@ -27,7 +27,7 @@ _ONE = TypeAdapter(Sample)
 _MANY = TypeAdapter(SampleList)
 
 
-async def serve_socket(websocket: WebSocket, stream_id: str, service: Service) -> None:
+async def serve_socket(websocket: WebSocket, stream_id: str, service: StreamService) -> None:
     """Serve one connection until the client goes away (see the module docstring)."""
     metrics = service.metrics
     if not key_matches(service.config.api_key, websocket.headers):
@@ -65,18 +65,26 @@ async def serve_socket(websocket: WebSocket, stream_id: str, service: Service) -
             return
 
 
-async def _answer(service: Service, stream_id: str, text: str) -> dict[str, Any]:
+def parse_message(text: str | bytes) -> tuple[list[Sample], bool]:
+    """The samples of one message (a sample object or a list of them) and whether it was one
+    object; :class:`Rejected` (422) with the reason if it is not valid."""
     try:
         payload = json.loads(text)
         single = isinstance(payload, dict)
         samples = [_ONE.validate_python(payload)] if single else _MANY.validate_python(payload)
-    except json.JSONDecodeError as error:
-        raise Rejected(422, "validation", f"message is not JSON ({error.msg})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        reason = getattr(error, "msg", None) or getattr(error, "reason", None)
+        raise Rejected(422, "validation", f"message is not JSON ({reason})") from None
     except RecursionError:
         raise Rejected(422, "validation", f"the message {TOO_DEEP}") from None
     except ValidationError as error:
         details = error_details(error.errors())
         raise Rejected(422, "validation", describe_validation_errors(details)) from None
+    return samples, single
+
+
+async def _answer(service: StreamService, stream_id: str, text: str) -> dict[str, Any]:
+    samples, single = parse_message(text)
     estimates = await service.apply(stream_id, samples, "ws")
     if single:
         return estimates[0].model_dump()

@@ -17,7 +17,16 @@ import numpy as np
 
 from bsoc import __version__
 from bsoc.ekf.ecm import EcmTables
-from bsoc.ekf.filter import STATE_SIZE, InitSettings, NoiseSettings, ekf_step, new_state
+from bsoc.ekf.filter import (
+    FRESH,
+    P_SLICE,
+    STATE_SIZE,
+    STATUS,
+    InitSettings,
+    NoiseSettings,
+    ekf_step,
+    new_state,
+)
 from bsoc.ekf.single import SingleStreamStep
 from bsoc.errors import BsocError, ModelFileError
 from bsoc.estimator import CONFIG_FILE, MODEL_OUTPUT, SocEstimator, read_config
@@ -92,12 +101,24 @@ class EkfSocEstimator(SocEstimator):
 
     def predict(self, samples: np.ndarray) -> np.ndarray:
         """SOC along one sequence, stepped on the single-stream path (equal to streaming)."""
+        return self.predict_with_std(samples)[0]
+
+    def soc_std(self, states: np.ndarray) -> np.ndarray:
+        """sqrt of each stream's SOC variance; a fresh stream's is the "unknown" std."""
+        states = np.asarray(states, dtype=np.float64)
+        std = np.sqrt(np.maximum(states[:, P_SLICE.start], 0.0))
+        return np.where(states[:, STATUS] == FRESH, self.init.unknown_soc_std, std)
+
+    def predict_with_std(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         samples = np.asarray(samples, dtype=np.float64)
         state = self.initial_state().tolist()
-        out = np.empty(len(samples), dtype=np.float64)
+        soc = np.empty(len(samples), dtype=np.float64)
+        variance = np.empty(len(samples), dtype=np.float64)
         for t, row in enumerate(samples.tolist()):
-            out[t], state = self._single.step(row, state)
-        return out
+            soc[t], state = self._single.step(row, state)
+            variance[t] = state[P_SLICE.start] if state[STATUS] != FRESH else -1.0
+        std = np.sqrt(np.maximum(variance, 0.0))
+        return soc, np.where(variance < 0, self.init.unknown_soc_std, std)
 
     def learnables(self) -> int:
         return self.tables.n_parameters()

@@ -44,7 +44,7 @@ class SingleStreamStep:
     def __init__(self, tables: EcmTables, noise: NoiseSettings, init: InitSettings) -> None:
         self.tables = tables
         self.init = init
-        self.t_grid = [float(t) for t in tables._t_grid]
+        self.t_grid = [float(t) for t in tables.block[3 : 3 + int(tables.block[0])]]
         self.inverse_t = [1.0 / (t + KELVIN) for t in self.t_grid]
         self.fine = tables._fine.tolist()  # [quantity][temperature row][SOC node]
         self.coarse = tables._coarse.tolist()

@@ -37,6 +37,7 @@ from bsoc.estimator import (
     SocEstimator,
     read_config,
 )
+from bsoc.nn.kernel import PackedNetwork
 from bsoc.nn.network import SocNetwork
 from bsoc.nn.streaming import StreamingStepper
 from bsoc.outputs import save_tensors, write_output
@@ -65,6 +66,12 @@ class LstmSocEstimator(SocEstimator):
 
     def initial_state(self) -> np.ndarray:
         return np.zeros(self._stepper.state_size, dtype=np.float64)
+
+    @property
+    def packed(self) -> PackedNetwork:
+        """The frozen weights the compiled streaming step runs on (a fusion model steps
+        them inside its own compiled call)."""
+        return self._stepper.packed
 
     def step_batch(self, samples: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         samples = np.ascontiguousarray(samples, dtype=np.float64)
@@ -125,8 +132,7 @@ class LstmSocEstimator(SocEstimator):
 
     def save(self, directory: str | Path, *, force: bool = False) -> Path:
         with write_output(directory, MODEL_OUTPUT, force=force) as folder:
-            tensors = {k: v.detach().contiguous() for k, v in self.network.state_dict().items()}
-            save_tensors(tensors, folder / WEIGHTS_FILE, metadata={"format": "bsoc-soc-network"})
+            self.write_weights(folder / WEIGHTS_FILE)
             (folder / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2) + "\n")
         return Path(directory)
 
@@ -134,17 +140,24 @@ class LstmSocEstimator(SocEstimator):
     def load(cls, directory: str | Path) -> LstmSocEstimator:
         directory = Path(directory)
         config = read_config(directory)
+        return cls.from_config(config, directory / WEIGHTS_FILE,
+                               default_name=directory.name, where=directory)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], weights_path: Path, *, default_name: str,
+                    where: Path) -> LstmSocEstimator:
+        """The network a ``config`` (as :meth:`config` writes it) and its weights file
+        describe; ``where`` names the model in errors (a fusion model embeds one)."""
         kind = config.get("kind")
         if ESTIMATOR_CLASSES.get(str(kind)) != "bsoc.nn.estimator:LstmSocEstimator":
             raise ModelFileError(
-                f"{directory} holds a {kind!r} model, not a neural network",
+                f"{where} holds a {kind!r} model, not a neural network",
                 remedy="load it with bsoc.estimator.load_estimator",
             )
         if "architecture" not in config:
-            raise ModelFileError(f"{directory / CONFIG_FILE} has no 'architecture'",
+            raise ModelFileError(f"{where / CONFIG_FILE} has no 'architecture'",
                                  remedy="re-create the model with 'bsoc train'")
         network = SocNetwork.from_architecture(config["architecture"])
-        weights_path = directory / WEIGHTS_FILE
         if not weights_path.is_file():
             raise ModelFileError(f"{weights_path} is missing",
                                  remedy="re-create the model with 'bsoc train'")
@@ -157,5 +170,10 @@ class LstmSocEstimator(SocEstimator):
                 remedy="re-create the model; do not mix files of different models",
             ) from None
         metadata = {k: v for k, v in config.items() if k not in _OWN_KEYS}
-        return cls(network, kind=str(kind), name=str(config.get("name", directory.name)),
+        return cls(network, kind=str(kind), name=str(config.get("name", default_name)),
                    metadata=metadata)
+
+    def write_weights(self, path: Path) -> None:
+        """The network's tensors as safetensors (never pickle) at ``path``."""
+        tensors = {k: v.detach().contiguous() for k, v in self.network.state_dict().items()}
+        save_tensors(tensors, path, metadata={"format": "bsoc-soc-network"})

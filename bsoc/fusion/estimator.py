@@ -35,8 +35,8 @@ from bsoc.outputs import write_output
 _OWN_KEYS = ("kind", "name", "lstm", "capacity_ah", "noise", "settings", "ecm", "voltage_std",
              "learnables", "weight_bytes", "macs_per_sample", "bsoc_version")
 # Hyperparameters the fit tunes (counted as learnables with the noise coefficients).
-TUNED_SETTINGS = ("variance_scale", "bias_fraction", "bias_tau_s", "offset_std_c",
-                  "voltage_factor")
+TUNED_SETTINGS = ("variance_scale", "bias_fraction", "bias_tau_s", "noise_tau_s",
+                  "offset_std_c", "voltage_factor")
 
 
 class FusionSocEstimator(SocEstimator):

@@ -4,7 +4,7 @@
 2. Noise model (:mod:`bsoc.fusion.noise`): the LSTM's errors on the TRAINING split, from the
    first sample and from cold starts a quarter and half into each cycle.
 3. Hyperparameters (:class:`~bsoc.fusion.settings.FusionSettings`): a grid over the variance
-   scale, the slow share of the error and its time constant, the current offset's prior
+   scale, the slow share of the error and both time constants, the current offset's prior
    (and, with the ECM, the voltage noise factor), run on the VALIDATION split in the three
    evaluation scenarios (from start, cold start, degraded sensors): the LSTM there errs as it
    will on new cycles, which its training split cannot show. The objective is the mean SOC
@@ -30,7 +30,6 @@ from bsoc.data.schema import Cycle
 from bsoc.ekf.estimator import EkfSocEstimator
 from bsoc.errors import ConfigError
 from bsoc.evaluate import (
-    PREDICT_BATCH,
     SCENARIOS,
     ScenarioSettings,
     counted_samples,
@@ -38,7 +37,7 @@ from bsoc.evaluate import (
     scenario_inputs,
 )
 from bsoc.fusion.estimator import FusionSocEstimator
-from bsoc.fusion.noise import fit_noise_model, knots_for, relevel
+from bsoc.fusion.noise import NoiseModel, fit_noise_model, knots_for, relevel
 from bsoc.fusion.settings import FusionSettings
 from bsoc.nn.estimator import LstmSocEstimator
 
@@ -49,9 +48,10 @@ NOISE_START_FRACTIONS = (0.0, 0.25, 0.5)
 class FusionGrid:
     """The candidate values of the tuned settings."""
 
-    variance_scale: Sequence[float] = (0.5, 1.0, 2.0, 4.0)
-    bias_fraction: Sequence[float] = (0.5, 0.8, 0.95)
-    bias_tau_s: Sequence[float] = (600.0, 2000.0, 6000.0)
+    variance_scale: Sequence[float] = (0.5, 1.0, 2.0)
+    bias_fraction: Sequence[float] = (0.5, 0.8)
+    bias_tau_s: Sequence[float] = (600.0, 3000.0)
+    noise_tau_s: Sequence[float] = (30.0, 100.0, 300.0)
     offset_std_c: Sequence[float] = (0.0, 0.005, 0.01)
     voltage_factor: Sequence[float] = (1.0, 2.0, 4.0)  # only with the ECM
     coverage: tuple[float, float] = (0.90, 0.98)  # wanted +-2 sigma coverage per temperature
@@ -59,7 +59,8 @@ class FusionGrid:
 
     def candidates(self, with_ecm: bool) -> list[dict[str, float]]:
         axes = {"variance_scale": self.variance_scale, "bias_fraction": self.bias_fraction,
-                "bias_tau_s": self.bias_tau_s, "offset_std_c": self.offset_std_c}
+                "bias_tau_s": self.bias_tau_s, "noise_tau_s": self.noise_tau_s,
+                "offset_std_c": self.offset_std_c}
         if with_ecm:
             axes["voltage_factor"] = self.voltage_factor
         return [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
@@ -73,16 +74,6 @@ def training_capacity(cycles: Sequence[Cycle]) -> float:
         raise ConfigError("the training cycles record no capacity",
                           remedy="ingest the data with --capacity")
     return float(np.median(values))
-
-
-def predict_lstm(lstm: LstmSocEstimator, sequences: list[np.ndarray]) -> list[np.ndarray]:
-    """The LSTM's SOC along each sequence, in length-sorted batches (little padding)."""
-    order = sorted(range(len(sequences)), key=lambda k: len(sequences[k]))
-    out: dict[int, np.ndarray] = {}
-    for start in range(0, len(order), PREDICT_BATCH):
-        chosen = order[start : start + PREDICT_BATCH]
-        out.update(zip(chosen, lstm.predict_many([sequences[k] for k in chosen])))
-    return [out[k] for k in range(len(sequences))]
 
 
 @dataclass
@@ -102,7 +93,7 @@ def tuning_runs(lstm: LstmSocEstimator, cycles: list[Cycle],
     runs = []
     for scenario in SCENARIOS:
         inputs = scenario_inputs(cycles, scenario, settings)
-        predicted = predict_lstm(lstm, [samples for samples, _ in inputs])
+        predicted = lstm.predict_many([samples for samples, _ in inputs])
         for cycle, (samples, truth), lstm_soc in zip(cycles, inputs, predicted, strict=True):
             counted = counted_samples(samples[:, 0] - samples[0, 0], scenario, settings)
             runs.append(TuningRun(samples, truth, lstm_soc, counted,
@@ -124,6 +115,14 @@ def score(estimator: FusionSocEstimator, runs: list[TuningRun]) -> dict[str, Any
     return {"rmse_pct": float(np.mean(rmse)), "coverage_2_sigma": coverage}
 
 
+@dataclass
+class NoiseEvidence:
+    """The noise model on the data it was fitted to, for :func:`bsoc.fusion.figures.noise_figure`."""
+
+    train: tuple[NoiseModel, np.ndarray, np.ndarray]
+    validation: tuple[NoiseModel, np.ndarray, np.ndarray] | None
+
+
 def fit_fusion(
     lstm: LstmSocEstimator,
     dataset: Dataset,
@@ -133,7 +132,7 @@ def fit_fusion(
     scenario_settings: ScenarioSettings | None = None,
     metadata: dict[str, Any] | None = None,
     on_progress: Callable[[str, float], None] | None = None,
-) -> FusionSocEstimator:
+) -> tuple[FusionSocEstimator, NoiseEvidence]:
     """Fit the noise model on ``dataset``'s train split and tune the settings on its val
     split (train without one); the ECM of ``ekf`` adds the voltage measurement."""
     grid = grid or FusionGrid()
@@ -154,11 +153,12 @@ def fit_fusion(
             if len(samples) - first > 1:
                 sequences.append(samples[first:])
                 truths.append(soc[first:])
-    predicted = predict_lstm(lstm, sequences)
+    predicted = lstm.predict_many(sequences)
     progress("LSTM on the training split", 1.0)
     knots = knots_for([c.meta.ambient_c for c in train])
-    noise, noise_report = fit_noise_model(list(zip(sequences, predicted, truths, strict=True)),
-                                          capacity, knots)
+    noise, noise_report, train_data = fit_noise_model(
+        list(zip(sequences, predicted, truths, strict=True)), capacity, knots)
+    evidence = NoiseEvidence((noise, *train_data), None)
 
     validation = dataset.split("val")
     tuning_cycles, tuning_split = (validation, "val") if validation else (train, "train")
@@ -167,9 +167,10 @@ def fit_fusion(
     progress("LSTM on the tuning split", 1.0)
     relevel_report = None
     if validation:
-        noise, relevel_report = relevel(
+        noise, relevel_report, validation_data = relevel(
             noise, [(r.samples, r.lstm_soc, r.truth) for r in runs
                     if r.scenario in ("from_start", "cold_start")], capacity)
+        evidence.validation = (noise, *validation_data)
     base_settings = FusionSettings()
     voltage_std = None
     if ekf is not None:
@@ -213,6 +214,7 @@ def fit_fusion(
         },
         "with_ecm": ekf is not None,
     }
-    return FusionSocEstimator(lstm, noise, chosen, capacity,
-                              ecm=None if ekf is None else ekf.tables, voltage_std=voltage_std,
-                              metadata={**(metadata or {}), "fit": report})
+    fused = FusionSocEstimator(lstm, noise, chosen, capacity,
+                               ecm=None if ekf is None else ekf.tables, voltage_std=voltage_std,
+                               metadata={**(metadata or {}), "fit": report})
+    return fused, evidence

@@ -150,12 +150,16 @@ def fit_coefficients(
     return coef
 
 
+Evidence = tuple[np.ndarray, np.ndarray]  # features (N, K) and squared errors (N,)
+
+
 def relevel(model: NoiseModel, sequences: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
-            capacity_ah: float) -> tuple[NoiseModel, dict[str, Any]]:
+            capacity_ah: float) -> tuple[NoiseModel, dict[str, Any], Evidence]:
     """Re-fit only the temperature levels of ``model`` on other sequences (validation),
     its shape (start, rest, C-rate, variability, SOC) kept: where the LSTM errs more than
-    on its own training split, and by how much at each temperature."""
-    features, squared_error = _stacked(model, sequences, capacity_ah)
+    on its own training split, and by how much at each temperature. Returns the model,
+    a report and the data it was fitted on."""
+    features, squared_error = stacked(model, sequences, capacity_ah)
     n_knots = len(model.knots_c)
     free = np.zeros(len(model.coef), dtype=bool)
     free[:n_knots] = True
@@ -169,12 +173,13 @@ def relevel(model: NoiseModel, sequences: Sequence[tuple[np.ndarray, np.ndarray,
         "level_change": {name: float(after - before) for name, before, after in zip(
             model.feature_names[:n_knots], model.coef[:n_knots], coef[:n_knots], strict=True)},
     }
-    return releveled, report
+    return releveled, report, (features, squared_error)
 
 
-def _stacked(model: NoiseModel, sequences: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+def stacked(model: NoiseModel, sequences: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
              capacity_ah: float) -> tuple[np.ndarray, np.ndarray]:
-    """Features and squared errors of the sequences, long ones thinned evenly."""
+    """Features (N, K) and squared LSTM errors (N,) of ``(samples, lstm_soc, truth)``
+    sequences, long ones thinned evenly to ``MAX_SAMPLES_PER_SEQUENCE``."""
     rows, errors = [], []
     for samples, lstm_soc, truth in sequences:
         stride = max(1, int(np.ceil(len(samples) / MAX_SAMPLES_PER_SEQUENCE)))
@@ -191,14 +196,14 @@ def fit_noise_model(
     capacity_ah: float,
     knots_c: Sequence[float],
     constants: NoiseConstants = NoiseConstants(),
-) -> tuple[NoiseModel, dict[str, Any]]:
+) -> tuple[NoiseModel, dict[str, Any], Evidence]:
     """Fit on ``(samples (T, 4), lstm_soc (T,), true_soc (T,))`` of TRAINING sequences.
 
     Long sequences are thinned to at most ``MAX_SAMPLES_PER_SEQUENCE`` samples (evenly), so
-    that every cycle counts about alike. Returns the model and a fit report.
+    that every cycle counts about alike. Returns the model, a fit report and the data.
     """
     blank = NoiseModel(tuple(knots_c), np.zeros(len(knots_c) + N_EXTRA_FEATURES), constants)
-    features, squared_error = _stacked(blank, sequences, capacity_ah)
+    features, squared_error = stacked(blank, sequences, capacity_ah)
     coef = fit_coefficients(features, squared_error, len(knots_c))
     model = NoiseModel(tuple(float(k) for k in knots_c), coef, constants)
     constant = np.zeros_like(coef)
@@ -212,4 +217,4 @@ def fit_noise_model(
         "rmse_pct": 100 * float(np.sqrt(np.mean(squared_error))),
         "coefficients": dict(zip(model.feature_names, coef.tolist(), strict=True)),
     }
-    return model, report
+    return model, report, (features, squared_error)

@@ -42,6 +42,8 @@ from bsoc.nn.network import SocNetwork
 from bsoc.nn.streaming import StreamingStepper
 from bsoc.outputs import save_tensors, write_output
 
+# Padded samples one batched forward pass may hold (Table 1: ~0.2 GB of activations).
+MAX_BATCH_SAMPLES = 200_000
 # config.json keys this class writes itself; everything else is caller metadata.
 _OWN_KEYS = ("kind", "name", "architecture", "normalisation", "learnables", "weight_bytes",
              "macs_per_sample", "bsoc_version")
@@ -88,15 +90,27 @@ class LstmSocEstimator(SocEstimator):
         return self.predict_many([samples])[0]
 
     def predict_many(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
-        """One forward pass over the sequences zero-padded at the end, which a causal
-        network's outputs on the real samples never see."""
+        """Forward passes over the sequences zero-padded at the end, which a causal network's
+        outputs on the real samples never see; grouped by length so that a group holds at
+        most ``MAX_BATCH_SAMPLES`` padded samples (a 40-hour test padded beside fifteen
+        others would hold gigabytes of activations)."""
         for samples in sequences:
             if np.ndim(samples) != 2 or np.shape(samples)[1] != 4:
                 raise BsocError(f"predict needs samples (T, 4), got {np.shape(samples)}",
                                 remedy="pass rows of [time_s, voltage_v, current_a, "
                                 "temperature_c]")
-        if not sequences:
-            return []
+        order = sorted(range(len(sequences)), key=lambda k: len(sequences[k]))
+        out: dict[int, np.ndarray] = {}
+        group: list[int] = []
+        for k in [*order, None]:
+            if group and (k is None or (len(group) + 1) * len(sequences[k]) > MAX_BATCH_SAMPLES):
+                out.update(zip(group, self._forward([sequences[j] for j in group])))
+                group = []
+            if k is not None:
+                group.append(k)
+        return [out[k] for k in range(len(sequences))]
+
+    def _forward(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
         features = np.zeros((len(sequences), max(len(s) for s in sequences), 3), np.float32)
         for row, samples in zip(features, sequences):
             row[: len(samples)] = np.asarray(samples)[:, 1:4]

@@ -44,6 +44,7 @@ class Section:
     table: list[list[str]]
     header: list[str]
     notes: list[str] = field(default_factory=list)
+    tables: list[tuple[str, list[str], list[list[str]]]] = field(default_factory=list)
     figures: list[tuple[str, str, Figure]] = field(default_factory=list)  # (file, caption, fig)
 
 
@@ -82,8 +83,8 @@ def summary_rows(bench: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     header = [
         "model", "kind", "learnables", "weights [B]", "RMSE from start [%]",
         "RMSE cold start [%]", "RMSE degraded sensors [%]", "MAE [%]", "max |err| [%]",
-        "cold-start convergence [s]", "step latency [µs]", "throughput [samples/s]",
-        "size ratio", "latency ratio", "throughput ratio",
+        "cold-start convergence [s]", "within ±2σ [%]", "step latency [µs]",
+        "throughput [samples/s]", "size ratio", "latency ratio", "throughput ratio",
     ]
     rows = []
     for m in models:
@@ -95,11 +96,40 @@ def summary_rows(bench: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             _fmt(scenarios.get("degraded_sensors", {}).get("rmse_pct")),
             _fmt(m["mae_pct"]), _fmt(m["max_abs_err_pct"]),
             _fmt(scenarios.get("cold_start", {}).get("convergence_s"), 0),
+            _fmt(None if "calibration" not in m else 100 * m["calibration"]["within_2_sigma"], 1),
             _fmt(m["step_latency_us"], 1), _fmt(m["throughput_samples_per_s"]),
             f"{m['learnables'] / reference['learnables']:.3f}",
             f"{reference['step_latency_us'] / m['step_latency_us']:.1f}x",
             f"{m['throughput_samples_per_s'] / reference['throughput_samples_per_s']:.1f}x",
         ])
+    return header, rows
+
+
+def calibration_rows(bench: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
+    """Per model with an uncertainty and scenario: within +-1 / +-2 sigma per temperature."""
+    models = [m for m in bench["models"] if "calibration" in m]
+    if not models:
+        return None
+    temperatures = sorted({row["temperature_c"] for m in models
+                           for row in m["calibration"]["by_temperature"]})
+    header = ["model", "scenario", "all", *(f"{t:g} °C" for t in temperatures),
+              "mean σ [%]"]
+    rows = []
+    for m in models:
+        for scenario in SCENARIOS:
+            result = m["scenarios"].get(scenario, {}).get("calibration")
+            if result is None:
+                continue
+            by_t = {row["temperature_c"]: row for row in result["by_temperature"]}
+
+            def cell(row: dict[str, Any] | None) -> str:
+                if row is None or row["within_1_sigma"] is None:
+                    return "–"
+                return f"{100 * row['within_1_sigma']:.0f} / {100 * row['within_2_sigma']:.0f}"
+
+            rows.append([m["name"], scenario, cell(result),
+                         *(cell(by_t.get(t)) for t in temperatures),
+                         _fmt(result["mean_std_pct"])])
     return header, rows
 
 
@@ -134,6 +164,11 @@ def build_section(directory: Path, sweep_path: Path | None = None) -> Section:
     if bench.get("command"):
         notes.append(f"Made by: `{bench['command']}`")
     section = Section(title=title, table=rows, header=header, notes=notes)
+    calibrated = calibration_rows(bench)
+    if calibrated is not None:
+        section.tables.append(("Uncertainty calibration: % of samples whose true SOC lies "
+                               "within ±1σ / ±2σ of the estimate (targets 68 / 95)",
+                               *calibrated))
     slug = "".join(ch if ch.isalnum() else "-" for ch in bench["dataset"]).strip("-")
     models = bench["models"]
     if traces:
@@ -164,6 +199,14 @@ def _png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     return buffer.getvalue()
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    return ('<table class="summary"><thead><tr>'
+            + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead><tbody>"
+            + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                      for row in rows)
+            + "</tbody></table>")
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -206,13 +249,13 @@ def _write_files(folder: Path, title: str, sections: list[Section]) -> None:
         md += [f"## {section.title}", "", _markdown_table(section.header, section.table), ""]
         md += [f"- {note}" for note in section.notes] + [""]
         body.append(f"<h2>{html.escape(section.title)}</h2>")
-        body.append('<table class="summary"><thead><tr>'
-                    + "".join(f"<th>{html.escape(h)}</th>" for h in section.header)
-                    + "</tr></thead><tbody>")
-        body += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-                 for row in section.table]
-        body.append("</tbody></table><ul>"
+        body.append(_html_table(section.header, section.table))
+        body.append("<ul>"
                     + "".join(f"<li>{html.escape(n)}</li>" for n in section.notes) + "</ul>")
+        for caption, header, rows in section.tables:
+            md += [f"**{caption}**", "", _markdown_table(header, rows), ""]
+            body.append(f"<p><strong>{html.escape(caption)}</strong></p>")
+            body.append(_html_table(header, rows))
         for file_name, caption, fig in section.figures:
             data = _png(fig)
             (folder / "figures" / file_name).write_bytes(data)

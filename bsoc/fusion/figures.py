@@ -1,10 +1,10 @@
 """The figure that justifies the noise model: the LSTM's error against what predicts it.
 
-Each panel bins samples by one feature and draws the observed RMS of the LSTM's error
-(training split, where the model is fitted, and validation, which it never saw) beside the
-RMS the noise model predicts for the same samples and the constant-variance model's. The
-first panel bins by the predicted standard deviation itself: points on the diagonal mean
-the model knows how large the error is.
+Each panel bins samples by one feature (log-spaced bins) and draws the observed RMS of the
+LSTM's error (training split, where the model is fitted, and validation, where its levels
+are re-fitted) beside the RMS the noise model predicts for the same samples and, dotted,
+the constant-variance model's. The first panel bins by the predicted standard deviation
+itself: points on the diagonal mean the model knows how large the error is.
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ import numpy as np
 
 from bsoc.fusion.noise import NoiseModel
 
-# (feature name, axis label, how to show the feature's value)
+# (feature name, axis label, the feature's value in those units)
 PANELS = (
-    ("start_decay_1", "time since start [s]", lambda v, tau: -tau[0] * np.log(np.maximum(v, 1e-12))),
+    ("start_decay_1", "time since start [s]",
+     lambda v, tau: -tau[0] * np.log(np.maximum(v, 1e-300))),
     ("log_rest", "time at rest [s]", lambda v, tau: 60.0 * np.expm1(v)),
-    ("log_variability", "LSTM's unexplained change [%/sqrt(s)]",
+    ("log_variability", "LSTM's SOC change the charge does not explain [%/sqrt(s)]",
      lambda v, tau: 100 * np.maximum(np.exp(v) - 1e-4, 0.0)),
-    ("log_c_rate", "recent C-rate", lambda v, tau: np.exp(v) - 0.01),
+    ("log_c_rate", "recent |I| [C]", lambda v, tau: np.maximum(np.exp(v) - 0.01, 0.0)),
 )
 
 
@@ -98,16 +99,16 @@ def noise_figure(train: tuple[NoiseModel, np.ndarray, np.ndarray],
             positive = x[x > 0]
             if len(positive) < 100:
                 continue
-            edges = np.concatenate([[-np.inf, positive.min() * 0.999],
-                                    np.geomspace(max(positive.min(), 1e-6), positive.max(), 14)[1:],
-                                    [np.inf]])
-            bx, observed, predicted = _binned(np.maximum(x, 0), squared, variance, edges)
-            bx = np.where(bx <= 0, positive.min() / 2, bx)
+            low = np.quantile(positive, 0.0005)
+            edges = np.unique(np.concatenate([[-np.inf], np.geomspace(low, positive.max(), 14),
+                                              [np.inf]]))
+            bx, observed, predicted = _binned(x, squared, variance, edges)
+            bx = np.maximum(bx, low / 3)  # the bin of zeros (and near-zeros) at the left edge
             ax.plot(bx, observed, "o", color=colour, label=f"{label}: observed")
             ax.plot(bx, predicted, "-", color=colour, label=f"{label}: model")
             ax.axhline(100 * constant[label], color=colour, ls=":", lw=0.8)
         ax.set_xscale("log")
-        ax.set_xlabel(xlabel + " (zero at the left)")
+        ax.set_xlabel(xlabel + ", log; zero at the left")
         ax.set_ylabel("RMS error [% SOC]")
         ax.legend(fontsize=7)
     fig.suptitle("The LSTM's SOC error and its learned noise model (log sigma^2 linear in the "

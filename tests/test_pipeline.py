@@ -36,10 +36,13 @@ def test_pipeline_produces_report_and_all_models(pipeline_run: Path):
     kinds = {m["name"]: m["kind"] for m in bench["models"]}
     assert kinds == {"lstm": "lstm", "projected": "projected-lstm",
                      "projected-ft": "projected-lstm", "svd": "svd-lstm",
-                     "svd-ft": "svd-lstm", "ekf": "ekf"}
+                     "svd-ft": "svd-lstm", "ekf": "ekf", "fusion": "fusion"}
     by_name = {m["name"]: m for m in bench["models"]}
     assert by_name["projected"]["learnables"] <= 0.5 * by_name["lstm"]["learnables"]
     assert by_name["svd"]["learnables"] <= by_name["projected"]["learnables"]
+    assert by_name["fusion"]["calibration"]["within_2_sigma"] is not None
+    fused = json.loads((pipeline_run / "models/toy/fusion/config.json").read_text())
+    assert fused["lstm"]["kind"] == "projected-lstm" and fused["ecm"] is not None
     assert (pipeline_run / "reports/toy/report.html").stat().st_size > 10_000
     assert json.loads((pipeline_run / "reports/toy/sweep/sweep.json").read_text())["projection"]
     summary = json.loads((pipeline_run / "reports/toy/data/summary.json").read_text())

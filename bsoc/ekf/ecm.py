@@ -119,14 +119,13 @@ class EcmTables:
         # so that interpolation code has a single path.
         pad = (lambda a: np.concatenate([a, a], axis=0)) if n_t == 1 else (lambda a: a)
         slope = np.gradient(self.ocv_v, self.soc_grid, axis=1)
-        self._fine = pad(np.stack([self.ocv_v, slope], axis=1)).transpose(1, 0, 2)
-        self._coarse = pad(np.log(np.stack([self.r0_ohm, self.r1_ohm, self.r2_ohm], axis=1)))
-        self._coarse = self._coarse.transpose(1, 0, 2)
-        self._per_t = pad(
+        fine = pad(np.stack([self.ocv_v, slope], axis=1)).transpose(1, 0, 2)
+        coarse = pad(np.log(np.stack([self.r0_ohm, self.r1_ohm, self.r2_ohm], axis=1)))
+        per_t = pad(
             np.stack([np.log(self.tau1_s), np.log(self.tau2_s), self.capacity_ah], axis=1)
         ).T
         t_grid = self.temperature_c if n_t > 1 else self.temperature_c + np.array([0.0, 1.0])
-        self._block = pack_tables(t_grid, self._fine, self._coarse, self._per_t)
+        self._block = pack_tables(t_grid, fine, coarse.transpose(1, 0, 2), per_t)
 
     def n_parameters(self) -> int:
         """Identified table entries (the SOC grids are fixed hyper-parameters, not counted)."""

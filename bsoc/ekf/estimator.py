@@ -24,10 +24,12 @@ from bsoc.ekf.filter import (
     STATUS,
     InitSettings,
     NoiseSettings,
-    ekf_step,
+    init_array,
     new_state,
+    noise_arrays,
+    run_sequence,
+    step_streams,
 )
-from bsoc.ekf.single import SingleStreamStep
 from bsoc.errors import BsocError, ModelFileError
 from bsoc.estimator import CONFIG_FILE, MODEL_OUTPUT, SocEstimator, read_config
 from bsoc.outputs import write_output
@@ -63,7 +65,8 @@ class EkfSocEstimator(SocEstimator):
         self.init = (init or InitSettings()).validate()
         self.name = name
         self.metadata = dict(metadata or {})
-        self._single = SingleStreamStep(tables, self.noise, self.init)
+        self._noise = noise_arrays(tables, self.noise, 1)
+        self._rules = init_array(self.init, float(self.noise.gate_sigma))
 
     def initial_state(
         self,
@@ -85,22 +88,21 @@ class EkfSocEstimator(SocEstimator):
         )
 
     def step_batch(self, samples: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One sample per stream; a single stream takes the float path of :mod:`bsoc.ekf.single`."""
-        samples = np.asarray(samples, dtype=np.float64)
-        states = np.asarray(states, dtype=np.float64)
+        """One sample per stream, one compiled call (:func:`bsoc.ekf.filter.step_streams`)."""
+        samples = np.ascontiguousarray(samples, dtype=np.float64)
+        states = np.ascontiguousarray(states, dtype=np.float64)
         if samples.ndim != 2 or samples.shape[1] != 4 or states.shape != (len(samples), STATE_SIZE):
             raise BsocError(
                 f"EKF step needs samples (B, 4) and states (B, {STATE_SIZE}), "
                 f"got {samples.shape} and {states.shape}",
                 remedy="pass one [time_s, voltage_v, current_a, temperature_c] row per stream",
             )
-        if len(samples) == 1:
-            soc, new = self._single.step(samples[0].tolist(), states[0].tolist())
-            return np.array([soc]), np.array([new])
-        return ekf_step(self.tables, self.noise, self.init, samples, states)
+        soc, new = np.empty(len(samples)), np.empty(states.shape)
+        step_streams(self.tables.block, *self._noise, self._rules, samples, states, soc, new)
+        return soc, new
 
     def predict(self, samples: np.ndarray) -> np.ndarray:
-        """SOC along one sequence, stepped on the single-stream path (equal to streaming)."""
+        """SOC along one sequence, the streaming step in one compiled loop (equal to it)."""
         return self.predict_with_std(samples)[0]
 
     def soc_std(self, states: np.ndarray) -> np.ndarray:
@@ -110,15 +112,11 @@ class EkfSocEstimator(SocEstimator):
         return np.where(states[:, STATUS] == FRESH, self.init.unknown_soc_std, std)
 
     def predict_with_std(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        samples = np.asarray(samples, dtype=np.float64)
-        state = self.initial_state().tolist()
-        soc = np.empty(len(samples), dtype=np.float64)
-        variance = np.empty(len(samples), dtype=np.float64)
-        for t, row in enumerate(samples.tolist()):
-            soc[t], state = self._single.step(row, state)
-            variance[t] = state[P_SLICE.start] if state[STATUS] != FRESH else -1.0
-        std = np.sqrt(np.maximum(variance, 0.0))
-        return soc, np.where(variance < 0, self.init.unknown_soc_std, std)
+        samples = np.ascontiguousarray(samples, dtype=np.float64)
+        soc, std = np.empty(len(samples)), np.empty(len(samples))
+        run_sequence(self.tables.block, *self._noise, self._rules, samples, self.initial_state(),
+                     soc, std)
+        return soc, std
 
     def learnables(self) -> int:
         return self.tables.n_parameters()

@@ -41,7 +41,8 @@ import numba
 import numpy as np
 
 from bsoc.data.schema import MAX_CURRENT_C_RATE, VOLTAGE_RANGE_V
-from bsoc.ekf.lookup import ecm_point, ocv_inverse, temperature_weight
+from bsoc.ekf.filter import voltage_std_at
+from bsoc.ekf.lookup import ecm_point, ocv_inverse
 from bsoc.kalman import predict_covariance, project_bounds, scratch, scratch_size, update_scalar
 from bsoc.nn.kernel import step_packed
 
@@ -153,14 +154,9 @@ def lstm_variance(buf: np.ndarray, features: np.ndarray) -> float:
 @numba.njit(cache=True, inline="always")
 def voltage_noise(buf: np.ndarray, temperature_c: float) -> float:
     """Variance of the voltage measurement: factor x the EKF's voltage std at T, squared."""
-    n = int(buf[N_VSTD])
     at = int(buf[VSTD_AT])
-    if n == 1:
-        std = buf[at]
-    else:  # one value per ECM table temperature, interpolated like the ECM's parameters
-        j, w = temperature_weight(buf[int(buf[ECM_AT]):], temperature_c)
-        std = buf[at + j] * (1 - w) + buf[at + j + 1] * w
-    std *= buf[VOLTAGE_FACTOR]
+    vstd = buf[at : at + int(buf[N_VSTD])]
+    std = buf[VOLTAGE_FACTOR] * voltage_std_at(buf[int(buf[ECM_AT]):], vstd, temperature_c)
     return std * std
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from bsoc.errors import ModelFileError
 from bsoc.lazy import import_target
-from bsoc.outputs import OutputKind, check_output, make_folder
+from bsoc.outputs import OutputKind, check_output, make_folder, write_output
 
 SAMPLE_FIELDS: tuple[str, ...] = ("time_s", "voltage_v", "current_a", "temperature_c")
 CONFIG_FILE = "config.json"
@@ -134,12 +134,17 @@ class SocEstimator(ABC):
     def macs_per_sample(self) -> int:
         """Multiply-accumulates one streaming step costs (for the compute-limit comparison)."""
 
-    @abstractmethod
-    def save(self, directory: str | Path, *, force: bool = False) -> Path:
-        """Write ``config.json`` (+ weights) into ``directory``; refuse an existing model.
+    def write(self, folder: Path) -> list[Path]:
+        """Write the model's files (``config.json``, weights) into the empty ``folder``."""
+        raise NotImplementedError(f"{type(self).__name__} does not write model folders")
 
-        ``force`` replaces only a model bsoc wrote (see :mod:`bsoc.outputs`).
+    def save(self, directory: str | Path, *, force: bool = False) -> Path:
+        """Write the model folder (:meth:`write`, staged, then swapped in); refuse an
+        existing model. ``force`` replaces only a model bsoc wrote (see :mod:`bsoc.outputs`).
         """
+        with write_output(directory, MODEL_OUTPUT, force=force) as folder:
+            self.write(Path(folder))
+        return Path(directory)
 
     @classmethod
     @abstractmethod

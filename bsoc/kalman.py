@@ -53,21 +53,35 @@ def scratch(work: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 @numba.njit(cache=True, inline="always")
-def predict_covariance(P: np.ndarray, F: np.ndarray, q: np.ndarray, fp: np.ndarray) -> None:
-    """``P = F P F' + diag(q)``, in place (``fp``: an (n, n) scratch matrix)."""
-    n = P.shape[0]
-    fp[:, :] = 0.0
+def _product(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """``out = a b`` for (n, n) matrices (zero entries of ``a``, most of F's, skipped)."""
+    n = a.shape[0]
+    out[:, :] = 0.0
     for i in range(n):
         for k in range(n):
-            if F[i, k] != 0.0:
+            if a[i, k] != 0.0:
                 for j in range(n):
-                    fp[i, j] += F[i, k] * P[k, j]
+                    out[i, j] += a[i, k] * b[k, j]
+
+
+@numba.njit(cache=True, inline="always")
+def _product_transposed(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """``out = a b'`` for (n, n) matrices."""
+    n = a.shape[0]
     for i in range(n):
         for j in range(n):
             total = 0.0
             for k in range(n):
-                total += fp[i, k] * F[j, k]
-            P[i, j] = total
+                total += a[i, k] * b[j, k]
+            out[i, j] = total
+
+
+@numba.njit(cache=True, inline="always")
+def predict_covariance(P: np.ndarray, F: np.ndarray, q: np.ndarray, fp: np.ndarray) -> None:
+    """``P = F P F' + diag(q)``, in place (``fp``: an (n, n) scratch matrix)."""
+    _product(F, P, fp)
+    _product_transposed(fp, F, P)
+    for i in range(P.shape[0]):
         P[i, i] += q[i]
 
 
@@ -95,18 +109,11 @@ def update_scalar(
     for i in range(n):  # a = I - K H
         for j in range(n):
             a[i, j] = (1.0 if i == j else 0.0) - k[i] * H[j]
-    ap[:, :] = 0.0
-    for i in range(n):
-        for m in range(n):
-            if a[i, m] != 0.0:
-                for j in range(n):
-                    ap[i, j] += a[i, m] * P[m, j]
+    _product(a, P, ap)
+    _product_transposed(ap, a, P)
     for i in range(n):
         for j in range(n):
-            total = r * k[i] * k[j]
-            for m in range(n):
-                total += ap[i, m] * a[j, m]
-            P[i, j] = total
+            P[i, j] += r * k[i] * k[j]
     for i in range(n):
         for j in range(i + 1, n):
             mean = 0.5 * (P[i, j] + P[j, i])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from bsoc.console import command_line, emit_json, err_console, progress
+from bsoc.console import command_line, emit_json, err_console, progress, stage_progress
 
 NOISE_FIGURE = "noise_model.png"
 
@@ -65,15 +65,8 @@ def fuse(
         "seed": 0,  # the fit is deterministic; recorded for uniformity with the other models
     }
     with progress() as bar:
-        tasks: dict[str, int] = {}
-
-        def on_progress(stage: str, fraction: float) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=100, info="")
-            bar.update(tasks[stage], completed=round(100 * fraction))
-
         estimator, evidence = fit_fusion(network, dataset, ekf=circuit, metadata=metadata,
-                                         on_progress=on_progress)
+                                         on_progress=stage_progress(bar))
     estimator.name = out.name
     with write_output(out, MODEL_OUTPUT, force=True) as folder:
         files = estimator.write(folder)

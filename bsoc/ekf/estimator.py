@@ -31,8 +31,7 @@ from bsoc.ekf.filter import (
     step_streams,
 )
 from bsoc.errors import BsocError, ModelFileError
-from bsoc.estimator import CONFIG_FILE, MODEL_OUTPUT, SocEstimator, read_config
-from bsoc.outputs import write_output
+from bsoc.estimator import CONFIG_FILE, SocEstimator, read_config
 
 # Arithmetic of one streaming step (multiplies/adds, plus exp and divisions counted as one op
 # each), read off ekf_step: two ECM look-ups (bilinear: 6 per fine/coarse quantity, 2 per
@@ -140,16 +139,11 @@ class EkfSocEstimator(SocEstimator):
             **self.metadata,
         }
 
-    def write(self, folder: Path) -> Path:
-        """Write ``config.json`` into ``folder`` as it is (the fit stages it with its figures)."""
+    def write(self, folder: Path) -> list[Path]:
+        """Write ``config.json`` into ``folder`` (the fit stages it with its figures)."""
         path = folder / CONFIG_FILE
         path.write_text(json.dumps(self.config(), indent=2) + "\n")
-        return path
-
-    def save(self, directory: str | Path, *, force: bool = False) -> Path:
-        with write_output(directory, MODEL_OUTPUT, force=force) as folder:
-            self.write(folder)
-        return Path(directory)
+        return [path]
 
     @classmethod
     def load(cls, directory: str | Path) -> EkfSocEstimator:

@@ -25,12 +25,11 @@ from bsoc import __version__
 from bsoc.data.schema import MAX_CURRENT_C_RATE, VOLTAGE_RANGE_V
 from bsoc.ekf.ecm import EcmTables
 from bsoc.errors import BsocError, ConfigError, ModelFileError
-from bsoc.estimator import CONFIG_FILE, MODEL_OUTPUT, WEIGHTS_FILE, SocEstimator, read_config
+from bsoc.estimator import CONFIG_FILE, WEIGHTS_FILE, SocEstimator, read_config
 from bsoc.fusion import filter as kernel
 from bsoc.fusion.noise import NoiseModel
 from bsoc.fusion.settings import FusionSettings, pack_buffer
 from bsoc.nn.estimator import LstmSocEstimator
-from bsoc.outputs import write_output
 
 _OWN_KEYS = ("kind", "name", "lstm", "capacity_ah", "noise", "settings", "ecm", "voltage_std",
              "learnables", "weight_bytes", "macs_per_sample", "bsoc_version")
@@ -242,11 +241,6 @@ class FusionSocEstimator(SocEstimator):
         config = folder / CONFIG_FILE
         config.write_text(json.dumps(self.config(), indent=2) + "\n")
         return [weights, config]
-
-    def save(self, directory: str | Path, *, force: bool = False) -> Path:
-        with write_output(directory, MODEL_OUTPUT, force=force) as folder:
-            self.write(folder)
-        return Path(directory)
 
     @classmethod
     def load(cls, directory: str | Path) -> FusionSocEstimator:

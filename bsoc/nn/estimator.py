@@ -32,7 +32,6 @@ from bsoc.errors import BsocError, ModelFileError
 from bsoc.estimator import (
     CONFIG_FILE,
     ESTIMATOR_CLASSES,
-    MODEL_OUTPUT,
     WEIGHTS_FILE,
     SocEstimator,
     read_config,
@@ -40,7 +39,7 @@ from bsoc.estimator import (
 from bsoc.nn.kernel import PackedNetwork
 from bsoc.nn.network import SocNetwork
 from bsoc.nn.streaming import StreamingStepper
-from bsoc.outputs import save_tensors, write_output
+from bsoc.outputs import save_tensors
 
 # Padded samples one batched forward pass may hold (Table 1: ~0.2 GB of activations).
 MAX_BATCH_SAMPLES = 200_000
@@ -144,11 +143,11 @@ class LstmSocEstimator(SocEstimator):
             **self.metadata,
         }
 
-    def save(self, directory: str | Path, *, force: bool = False) -> Path:
-        with write_output(directory, MODEL_OUTPUT, force=force) as folder:
-            self.write_weights(folder / WEIGHTS_FILE)
-            (folder / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2) + "\n")
-        return Path(directory)
+    def write(self, folder: Path) -> list[Path]:
+        weights, config = folder / WEIGHTS_FILE, folder / CONFIG_FILE
+        self.write_weights(weights)
+        config.write_text(json.dumps(self.config(), indent=2) + "\n")
+        return [weights, config]
 
     @classmethod
     def load(cls, directory: str | Path) -> LstmSocEstimator:

@@ -2,7 +2,8 @@
 
 simulate (or a given dataset, and cells simulated to pretrain on) -> train -> compress by
 projection -> fine-tune -> SVD baseline at equal learnables -> fine-tune it -> projection/SVD
-sweep -> EKF fit -> int8 of the fine-tuned projection, exported as ONNX and C -> benchmark
+sweep -> EKF fit -> fusion (the fine-tuned projected LSTM and the EKF's ECM inside one
+filter) -> int8 of the fine-tuned projection, exported as ONNX and C -> benchmark
 (with the exported C measured) -> report.
 
 Every step is an ordinary ``bsoc`` command, run in-process and printed first, so any step
@@ -108,6 +109,7 @@ def plan_steps(plan: PipelinePlan) -> list[Step]:
     data, models, profile = str(plan.data), plan.models, plan.profile
     lstm, projected, svd = models / "lstm", models / "projected", models / "svd"
     projected_ft, svd_ft, ekf = models / "projected-ft", models / "svd-ft", models / "ekf"
+    fusion = models / "fusion"
     sweep = plan.report / "sweep"
     seed = ["--seed", str(plan.seed)]
     steps = []
@@ -154,6 +156,11 @@ def plan_steps(plan: PipelinePlan) -> list[Step]:
              ["compress", str(lstm), "--data", data, "--sweep", "--out", str(sweep)],
              [plan.data, lstm], artefact="sweep.json"),
         Step("EKF fit", ekf, ["ekf", "fit", data, "--out", str(ekf)], [plan.data]),
+        # the compressed network is what a BMS runs; the ECM adds its start from the voltage
+        # at rest and the voltage as a second measurement (README, "Fusion estimator")
+        Step("fuse (projected, fine-tuned + ECM)", fusion,
+             ["fuse", "--lstm", str(projected_ft), "--ekf", str(ekf), "--data", data,
+              "--out", str(fusion)], [plan.data, projected_ft, ekf]),
     ]
     # the compressed model made ready for a microcontroller: int8 (its accuracy is the
     # benchmark's to measure), then ONNX and C beside it
@@ -163,7 +170,7 @@ def plan_steps(plan: PipelinePlan) -> list[Step]:
     steps += [Step(f"export ({fmt})", deploy / fmt, ["export", str(int8), "--format", fmt,
                                                      "--out", str(deploy / fmt)], [int8],
                    artefact="export.json") for fmt in ("onnx", "c")]
-    benchmark_models = [lstm, projected, projected_ft, int8, svd, svd_ft, ekf]
+    benchmark_models = [lstm, projected, projected_ft, int8, svd, svd_ft, ekf, fusion]
     bench_args = ["benchmark", "--data", data, "--out", str(plan.benchmark)]
     for model in benchmark_models:
         bench_args += ["--models", str(model)]

@@ -145,6 +145,12 @@ class ThreadServer:
         self.thread.join(timeout=30)
 
 
+def child_pythonpath() -> str:
+    """The tests' folder (for this module) ahead of the caller's PYTHONPATH, so that a child
+    imports the same bsoc as the tests (a checkout other than the installed one, say)."""
+    return os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
+
+
 class ProcessServer:
     """``bsoc serve`` (with the test estimator registered) as a real subprocess."""
 
@@ -152,7 +158,7 @@ class ProcessServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = ["serve", "--port", str(self.port), *args]
-        self.env = {**os.environ, "PYTHONPATH": str(HERE), **(env or {})}
+        self.env = {**os.environ, "PYTHONPATH": child_pythonpath(), **(env or {})}
         self.process: subprocess.Popen | None = None
 
     def start(self) -> ProcessServer:
@@ -185,7 +191,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout_s: float = 60
     """``bsoc ARGS`` with the test estimator registered; returns the CompletedProcess."""
     return subprocess.run(
         [sys.executable, str(Path(__file__)), *args],
-        env={**os.environ, "PYTHONPATH": str(HERE), **(env or {})},
+        env={**os.environ, "PYTHONPATH": child_pythonpath(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout_s,

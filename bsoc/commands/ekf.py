@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from bsoc.console import command_line, emit_json, err_console, progress
+from bsoc.console import command_line, emit_json, err_console, progress, stage_progress
 
 ekf_app = typer.Typer(
     help="The EKF baseline: equivalent-circuit model identified from data + Kalman filter.",
@@ -40,14 +40,7 @@ def fit(
     data = Dataset.load(dataset)
     command = command_line()
     with progress() as bar:
-        tasks: dict[str, int] = {}
-
-        def on_progress(stage: str, fraction: float) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=100, info="")
-            bar.update(tasks[stage], completed=round(100 * fraction))
-
-        estimator, identifier = fit_ekf(data, command=command, on_progress=on_progress)
+        estimator, identifier = fit_ekf(data, command=command, on_progress=stage_progress(bar))
     files = save_ekf(estimator, identifier, out, force=True)
     summary = {
         "model": str(out),

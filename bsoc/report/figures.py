@@ -23,7 +23,8 @@ def colour(index: int) -> str:
 def soc_traces(
     models: list[dict[str, Any]], traces: dict[str, np.ndarray], cycles: list[str]
 ) -> Figure:
-    """Estimated vs true SOC, every model on one plot, and the error below, per cycle."""
+    """Estimated vs true SOC, every model on one plot, and the error below, per cycle; a
+    model with an uncertainty gets its +-2 sigma band around both."""
     fig, axes = plt.subplots(
         2, len(cycles), figsize=(5.5 * len(cycles), 6), sharex="col", squeeze=False,
         gridspec_kw={"height_ratios": [2, 1]},
@@ -37,6 +38,13 @@ def soc_traces(
             estimate = traces[f"{model['name']}/{cycle}"] * 100
             top.plot(time_h, estimate, lw=1.0, color=colour(index), label=model["name"])
             bottom.plot(time_h, estimate - truth, lw=0.8, color=colour(index))
+            std = traces.get(f"{model['name']}/{cycle}/soc_std")
+            if std is not None:
+                band = 200 * std
+                top.fill_between(time_h, estimate - band, estimate + band, color=colour(index),
+                                 alpha=0.15, lw=0, label=f"{model['name']} ±2σ")
+                bottom.fill_between(time_h, estimate - truth - band, estimate - truth + band,
+                                    color=colour(index), alpha=0.15, lw=0)
         top.set_title(cycle, fontsize=10)
         top.set_ylabel("SOC [%]")
         bottom.set_ylabel("error [pp]")

@@ -296,7 +296,8 @@ def evaluate(
 def plot_runs(
     runs: dict[str, list[CycleRun]], path: Path, *, title: str = "", limit: int = 12
 ) -> Path:
-    """Estimated vs true SOC per cycle (from start, cold start, degraded) into a PNG."""
+    """Estimated vs true SOC per cycle (from start, cold start, degraded) into a PNG, with
+    the from-start estimate's ±2 sigma band for a model that has one."""
     from matplotlib.figure import Figure
 
     base = runs.get("from_start") or next(iter(runs.values()))
@@ -315,6 +316,10 @@ def plot_runs(
             rmse = error_metrics(run.error_pct[run.counted])["rmse_pct"]
             ax.plot(hours, 100 * run.soc_est, color=styles.get(scenario), lw=0.9,
                     label=f"{scenario} ({rmse:.2f} %)" if rmse is not None else scenario)
+            if run.soc_std is not None and scenario == "from_start":  # its ±2 sigma band
+                ax.fill_between(hours, 100 * (run.soc_est - 2 * run.soc_std),
+                                100 * (run.soc_est + 2 * run.soc_std),
+                                color=styles.get(scenario), alpha=0.2, lw=0)
         ax.set_title(f"{reference.cycle} ({reference.temperature_c:g} °C)", fontsize=9)
         ax.set_xlabel("time [h]")
         ax.set_ylabel("SOC [%]")

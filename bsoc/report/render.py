@@ -199,7 +199,7 @@ def calibration_rows(bench: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     return header, rows
 
 
-def _pick_cycles(bench: dict[str, Any], limit: int = 4) -> dict[str, float]:
+def pick_cycles(bench: dict[str, Any], limit: int = 4) -> dict[str, float]:
     """One test cycle per ambient temperature (coldest first), at most ``limit``."""
     by_temperature: dict[float, str] = {}
     for entry in bench["models"][0].get("by_condition", []):
@@ -241,7 +241,7 @@ def build_section(directory: Path, sweep_path: Path | None = None) -> Section:
     slug = "".join(ch if ch.isalnum() else "-" for ch in bench["dataset"]).strip("-")
     models = bench["models"]
     if traces:
-        picked = _pick_cycles(bench)
+        picked = pick_cycles(bench)
         all_cycles = {e["cycle"]: float(e["temperature_c"])
                       for e in models[0].get("by_condition", [])}
         section.figures.append((f"{slug}-soc.png", "Estimated vs true SOC (from the first sample) "

@@ -55,6 +55,10 @@ from bsoc.commands import model as _model_commands  # noqa: E402
 
 _model_commands.register(app)
 
+from bsoc.commands import fuse as _fuse_commands  # noqa: E402
+
+_fuse_commands.register(app)
+
 from bsoc.commands import bench as _bench_commands  # noqa: E402
 
 _bench_commands.register(app)

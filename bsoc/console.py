@@ -50,6 +50,18 @@ def training_progress(bar: Progress, task: Any) -> Callable[[dict[str, Any]], No
     return on_step
 
 
+def stage_progress(bar: Progress) -> Callable[[str, float], None]:
+    """An ``on_progress(stage, fraction)`` callback that gives each stage its own bar."""
+    tasks: dict[str, Any] = {}
+
+    def on_progress(stage: str, fraction: float) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=100, info="")
+        bar.update(tasks[stage], completed=round(100 * fraction))
+
+    return on_progress
+
+
 def emit_json(payload: Any) -> None:
     """Print one JSON document on stdout (nothing else goes to stdout with --json)."""
     sys.stdout.write(json.dumps(payload, indent=2, default=_jsonable) + "\n")

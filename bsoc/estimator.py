@@ -9,6 +9,10 @@ to disk and restoring them trivial and identical for every model kind.
 
 Samples are rows ``[time_s, voltage_v, current_a, temperature_c]`` (``SAMPLE_FIELDS``),
 physical units, discharge current negative. Each model normalises inputs itself.
+
+A model with an uncertainty (the EKF, the fusion filter) also says how sure it is:
+``soc_std(states)`` reads each stream's SOC standard deviation from its state, and
+``predict_with_std`` returns it along a sequence; the others return None.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import numpy as np
 
 from bsoc.errors import ModelFileError
 from bsoc.lazy import registered
-from bsoc.outputs import OutputKind, check_output, make_folder
+from bsoc.outputs import OutputKind, check_output, make_folder, write_output
 
 SAMPLE_FIELDS: tuple[str, ...] = ("time_s", "voltage_v", "current_a", "temperature_c")
 CONFIG_FILE = "config.json"
@@ -44,6 +48,8 @@ ESTIMATOR_CLASSES: dict[str, str] = {
     "projected-lstm-int8": "bsoc.nn.estimator:LstmSocEstimator",
     "svd-lstm-int8": "bsoc.nn.estimator:LstmSocEstimator",
     "ekf": "bsoc.ekf.estimator:EkfSocEstimator",
+    # an LSTM of any kind above inside a Kalman filter with coulomb counting
+    "fusion": "bsoc.fusion.estimator:FusionSocEstimator",
 }
 
 
@@ -84,6 +90,37 @@ class SocEstimator(ABC):
         which on a CPU costs little more than the longest sequence alone."""
         return [self.predict(samples) for samples in sequences]
 
+    def soc_std(self, states: np.ndarray) -> np.ndarray | None:
+        """Standard deviation (B,) of the SOC each stream's state holds (the estimate the
+        last step returned), as a fraction; None for a model without an uncertainty."""
+        return None
+
+    @property
+    def has_uncertainty(self) -> bool:
+        return self.soc_std(self.initial_state()[None, :]) is not None
+
+    def predict_with_std(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """SOC (T,) and its standard deviation (T,), or None without an uncertainty.
+
+        Default: step through the samples and read :meth:`soc_std` after each step."""
+        if not self.has_uncertainty:
+            return self.predict(samples), None
+        states = self.initial_state()[None, :]
+        soc = np.empty(len(samples), dtype=np.float64)
+        std = np.empty(len(samples), dtype=np.float64)
+        for t in range(len(samples)):
+            value, states = self.step_batch(samples[t : t + 1], states)
+            soc[t], std[t] = value[0], self.soc_std(states)[0]
+        return soc, std
+
+    def predict_many_with_std(
+        self, sequences: list[np.ndarray]
+    ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """:meth:`predict_with_std` of each sequence."""
+        if not self.has_uncertainty:
+            return [(soc, None) for soc in self.predict_many(sequences)]
+        return [self.predict_with_std(samples) for samples in sequences]
+
     @abstractmethod
     def learnables(self) -> int:
         """Number of learnable parameters, counted as the article's Table 1 does."""
@@ -97,12 +134,17 @@ class SocEstimator(ABC):
     def macs_per_sample(self) -> int:
         """Multiply-accumulates one streaming step costs (for the compute-limit comparison)."""
 
-    @abstractmethod
-    def save(self, directory: str | Path, *, force: bool = False) -> Path:
-        """Write ``config.json`` (+ weights) into ``directory``; refuse an existing model.
+    def write(self, folder: Path) -> list[Path]:
+        """Write the model's files (``config.json``, weights) into the empty ``folder``."""
+        raise NotImplementedError(f"{type(self).__name__} does not write model folders")
 
-        ``force`` replaces only a model bsoc wrote (see :mod:`bsoc.outputs`).
+    def save(self, directory: str | Path, *, force: bool = False) -> Path:
+        """Write the model folder (:meth:`write`, staged, then swapped in); refuse an
+        existing model. ``force`` replaces only a model bsoc wrote (see :mod:`bsoc.outputs`).
         """
+        with write_output(directory, MODEL_OUTPUT, force=force) as folder:
+            self.write(Path(folder))
+        return Path(directory)
 
     @classmethod
     @abstractmethod

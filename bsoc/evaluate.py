@@ -12,7 +12,9 @@
 
 Errors are SOC percentage points. Overall metrics pool all counted samples of all cycles;
 ``by_condition`` has one row per cycle (with its ambient temperature), ``by_temperature``
-pools per ambient temperature. Results are plain dicts shaped like a model entry of the
+pools per ambient temperature. A model with an uncertainty also gets ``calibration``: the
+fractions of counted samples whose true SOC lies within 1 and 2 of its standard deviations,
+pooled and per ambient temperature. Results are plain dicts shaped like a model entry of the
 ``benchmark.json`` (docs/benchmark.md): top-level metrics are ``from_start``'s.
 """
 
@@ -75,6 +77,7 @@ class CycleRun:
     soc_est: np.ndarray  # (T,)
     counted: np.ndarray  # (T,) bool
     convergence_s: float | None = None  # cold start: measured, None if never within the band
+    soc_std: np.ndarray | None = None  # (T,) the model's own standard deviation, if it has one
 
     @property
     def error_pct(self) -> np.ndarray:
@@ -110,18 +113,13 @@ def measured_convergence_s(
     return float(time_s[outside[-1] + 1] - time_s[0])
 
 
-def run_scenario(
-    estimator: SocEstimator, cycles: Iterable[Cycle], scenario: str,
-    settings: ScenarioSettings | None = None, on_cycle: Callable[[str], None] | None = None,
-) -> list[CycleRun]:
-    """Run ``estimator`` through every cycle as ``scenario`` prescribes.
-
-    ``on_cycle(name)`` is called after each cycle (for progress bars).
-    """
+def scenario_inputs(
+    cycles: Iterable[Cycle], scenario: str, settings: ScenarioSettings | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(samples (T, 4), true SOC (T,)) of every cycle as ``scenario`` presents it."""
     settings = settings or ScenarioSettings()
     if scenario not in SCENARIOS:
         raise ConfigError(f"unknown scenario {scenario!r}", remedy=f"use one of {SCENARIOS}")
-    cycles = list(cycles)
     inputs = []
     for index, cycle in enumerate(cycles):
         samples, soc = cycle.samples(), cycle.soc()
@@ -132,26 +130,78 @@ def run_scenario(
             rng = np.random.default_rng([settings.seed, index])
             samples = degrade_samples(samples, cycle.meta.nominal_capacity_ah, settings, rng)
         inputs.append((samples, soc))
+    return inputs
+
+
+def counted_samples(time_s: np.ndarray, scenario: str, settings: ScenarioSettings) -> np.ndarray:
+    """Which samples of a run count: after a cold start only those past ``convergence_s``."""
+    if scenario == "cold_start":
+        return time_s >= settings.convergence_s
+    return np.ones(len(time_s), dtype=bool)
+
+
+def run_scenario(
+    estimator: SocEstimator, cycles: Iterable[Cycle], scenario: str,
+    settings: ScenarioSettings | None = None, on_cycle: Callable[[str], None] | None = None,
+) -> list[CycleRun]:
+    """Run ``estimator`` through every cycle as ``scenario`` prescribes.
+
+    ``on_cycle(name)`` is called after each cycle (for progress bars). A model with an
+    uncertainty also records its SOC standard deviation per sample.
+    """
+    settings = settings or ScenarioSettings()
+    cycles = list(cycles)
+    inputs = scenario_inputs(cycles, scenario, settings)
     by_length = sorted(range(len(cycles)), key=lambda k: len(inputs[k][1]))
-    estimates: dict[int, np.ndarray] = {}
+    estimates: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
     for batch in range(0, len(cycles), PREDICT_BATCH):
         chosen = by_length[batch : batch + PREDICT_BATCH]
-        estimates.update(zip(chosen, estimator.predict_many([inputs[k][0] for k in chosen])))
+        estimates.update(zip(chosen, estimator.predict_many_with_std(
+            [inputs[k][0] for k in chosen])))
         for k in chosen:
             if on_cycle is not None:
                 on_cycle(cycles[k].meta.name)
     runs = []
     for index, (cycle, (samples, soc)) in enumerate(zip(cycles, inputs)):
         time_s = samples[:, 0] - samples[0, 0]
+        estimate, std = estimates[index]
         run = CycleRun(cycle.meta.name, float(cycle.meta.ambient_c), time_s, soc,
-                       np.asarray(estimates[index], dtype=np.float64),
-                       counted=np.ones(len(soc), bool))
+                       np.asarray(estimate, dtype=np.float64),
+                       counted=counted_samples(time_s, scenario, settings),
+                       soc_std=None if std is None else np.asarray(std, dtype=np.float64))
         if scenario == "cold_start":
-            run.counted = time_s >= settings.convergence_s
             run.convergence_s = measured_convergence_s(time_s, run.error_pct,
                                                        settings.converged_below_pct)
         runs.append(run)
     return runs
+
+
+def calibration_metrics(error_pct: np.ndarray, std_pct: np.ndarray) -> dict[str, Any]:
+    """Fractions of samples whose true SOC lies within 1 and 2 standard deviations of the
+    estimate (a calibrated Gaussian: 68.3 % and 95.4 %), and the mean standard deviation."""
+    if len(error_pct) == 0:
+        return {"within_1_sigma": None, "within_2_sigma": None, "mean_std_pct": None,
+                "samples": 0}
+    ratio = np.abs(error_pct) / np.maximum(std_pct, 1e-12)
+    return {"within_1_sigma": float(np.mean(ratio <= 1.0)),
+            "within_2_sigma": float(np.mean(ratio <= 2.0)),
+            "mean_std_pct": float(np.mean(std_pct)), "samples": int(len(error_pct))}
+
+
+def calibration(runs: list[CycleRun]) -> dict[str, Any] | None:
+    """:func:`calibration_metrics` pooled and per ambient temperature; None without std."""
+    if not runs or any(run.soc_std is None for run in runs):
+        return None
+    errors = [run.error_pct[run.counted] for run in runs]
+    stds = [100.0 * run.soc_std[run.counted] for run in runs]
+    result = calibration_metrics(np.concatenate(errors), np.concatenate(stds))
+    result["by_temperature"] = [
+        {"temperature_c": t, **calibration_metrics(
+            np.concatenate([e for run, e in zip(runs, errors) if run.temperature_c == t]),
+            np.concatenate([s for run, s in zip(runs, stds) if run.temperature_c == t]))}
+        for t in sorted({run.temperature_c for run in runs})
+    ]
+    return result
 
 
 def error_metrics(error_pct: np.ndarray) -> dict[str, Any]:
@@ -184,6 +234,9 @@ def summarise(runs: list[CycleRun], *, convergence: bool = False) -> dict[str, A
             [e for run, e in zip(runs, counted) if run.temperature_c == t]))}
         for t in temperatures
     ]
+    calibrated = calibration(runs)
+    if calibrated is not None:
+        summary["calibration"] = calibrated
     if convergence:
         times = [run.convergence_s for run in runs]
         converged = [t for t in times if t is not None]
@@ -222,6 +275,8 @@ def evaluate_runs(
         "scenarios": results,
         "settings": settings.to_json(),
     }
+    if "calibration" in headline:
+        summary["calibration"] = headline["calibration"]
     return summary, runs
 
 
@@ -236,7 +291,8 @@ def evaluate(
 def plot_runs(
     runs: dict[str, list[CycleRun]], path: Path, *, title: str = "", limit: int = 12
 ) -> Path:
-    """Estimated vs true SOC per cycle (from start, cold start, degraded) into a PNG."""
+    """Estimated vs true SOC per cycle (from start, cold start, degraded) into a PNG, with
+    the from-start estimate's ±2 sigma band for a model that has one."""
     from matplotlib.figure import Figure
 
     base = runs.get("from_start") or next(iter(runs.values()))
@@ -255,6 +311,10 @@ def plot_runs(
             rmse = error_metrics(run.error_pct[run.counted])["rmse_pct"]
             ax.plot(hours, 100 * run.soc_est, color=styles.get(scenario), lw=0.9,
                     label=f"{scenario} ({rmse:.2f} %)" if rmse is not None else scenario)
+            if run.soc_std is not None and scenario == "from_start":  # its ±2 sigma band
+                ax.fill_between(hours, 100 * (run.soc_est - 2 * run.soc_std),
+                                100 * (run.soc_est + 2 * run.soc_std),
+                                color=styles.get(scenario), alpha=0.2, lw=0)
         ax.set_title(f"{reference.cycle} ({reference.temperature_c:g} °C)", fontsize=9)
         ax.set_xlabel("time [h]")
         ax.set_ylabel("SOC [%]")

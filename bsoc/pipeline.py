@@ -2,7 +2,8 @@
 
 simulate (or a given dataset, and cells simulated to pretrain on) -> train -> compress by
 projection -> fine-tune -> SVD baseline at equal learnables -> fine-tune it -> projection/SVD
-sweep -> EKF fit -> int8 of the fine-tuned projection, exported as ONNX and C -> benchmark
+sweep -> EKF fit -> fusion (the fine-tuned projected LSTM and the EKF's ECM inside one
+filter) -> int8 of the fine-tuned projection, exported as ONNX and C -> benchmark
 (with the exported C measured) -> report.
 
 Every step is an ordinary ``bsoc`` command, run in-process and printed first, so any step
@@ -98,6 +99,7 @@ def plan_steps(plan: PipelinePlan, lines: CommandLines) -> list[Step]:
     sizes, models, seed = plan.sizes, plan.models, plan.seed
     lstm, projected, svd = models / "lstm", models / "projected", models / "svd"
     projected_ft, svd_ft, ekf = models / "projected-ft", models / "svd-ft", models / "ekf"
+    fusion = models / "fusion"
     sweep = plan.report / "sweep"
 
     def step(name: str, output: Path, command: str, *arguments: Any, reads: list[Path],
@@ -142,6 +144,11 @@ def plan_steps(plan: PipelinePlan, lines: CommandLines) -> list[Step]:
         step("sweep (projection vs SVD)", sweep, "compress", lstm, reads=[plan.data, lstm],
              artefact="sweep.json", data=plan.data, sweep=True, out=sweep),
         step("EKF fit", ekf, "ekf fit", plan.data, reads=[plan.data], out=ekf),
+        # the compressed network is what a BMS runs; the ECM adds its start from the voltage
+        # at rest and the voltage as a second measurement (README, "Fusion estimator")
+        step("fuse (projected, fine-tuned + ECM)", fusion, "fuse",
+             reads=[plan.data, projected_ft, ekf], lstm=projected_ft, ekf=ekf, data=plan.data,
+             out=fusion),
     ]
     # the compressed model made ready for a microcontroller: int8 (its accuracy is the
     # benchmark's to measure), then ONNX and C beside it
@@ -150,7 +157,7 @@ def plan_steps(plan: PipelinePlan, lines: CommandLines) -> list[Step]:
                       reads=[projected_ft], out=int8))
     steps += [step(f"export ({fmt})", deploy / fmt, "export", int8, reads=[int8],
                    artefact="export.json", fmt=fmt, out=deploy / fmt) for fmt in ("onnx", "c")]
-    benchmark_models = [lstm, projected, projected_ft, int8, svd, svd_ft, ekf]
+    benchmark_models = [lstm, projected, projected_ft, int8, svd, svd_ft, ekf, fusion]
     steps += [
         step("benchmark", plan.benchmark, "benchmark", reads=[plan.data, *benchmark_models],
              artefact="benchmark.json", data=plan.data, out=plan.benchmark,

@@ -43,12 +43,16 @@ def test_pipeline_produces_report_and_all_models(pipeline_run: Path):
     kinds = {m["name"]: m["kind"] for m in bench["models"]}
     assert kinds == {"lstm": "lstm", "projected": "projected-lstm",
                      "projected-ft": "projected-lstm", "projected-ft-int8": "projected-lstm-int8",
-                     "svd": "svd-lstm", "svd-ft": "svd-lstm", "ekf": "ekf"}
+                     "svd": "svd-lstm", "svd-ft": "svd-lstm", "ekf": "ekf",
+                     "fusion": "fusion"}
     by_name = {m["name"]: m for m in bench["models"]}
-    assert by_name["projected-ft-int8"]["bytes"] < 0.5 * by_name["projected-ft"]["bytes"]
-    assert {name for name, m in by_name.items() if "deployment" in m} == set(kinds) - {"ekf"}
+    assert by_name["projected-ft-int8"]["bytes"] < by_name["projected-ft"]["bytes"]
+    assert {name for name, m in by_name.items() if "deployment" in m} == set(kinds) - {"ekf", "fusion"}
     assert by_name["projected"]["learnables"] <= 0.5 * by_name["lstm"]["learnables"]
     assert by_name["svd"]["learnables"] <= by_name["projected"]["learnables"]
+    assert by_name["fusion"]["calibration"]["within_2_sigma"] is not None
+    fused = json.loads((pipeline_run / "models/toy/fusion/config.json").read_text())
+    assert fused["lstm"]["kind"] == "projected-lstm" and fused["ecm"] is not None
     assert (pipeline_run / "reports/toy/report.html").stat().st_size > 10_000
     assert json.loads((pipeline_run / "reports/toy/sweep/sweep.json").read_text())["projection"]
     summary = json.loads((pipeline_run / "reports/toy/data/summary.json").read_text())

@@ -66,7 +66,7 @@ def test_step_jobs_equals_each_stream_stepped_alone():
     resets = [np.zeros(len(s), bool) for s in seqs]
     resets[0][12] = True
     states = np.stack([est.initial_state()] * 3)
-    out, final = step_jobs(est, seqs, states, resets)
+    out, _, final = step_jobs(est, seqs, states, resets)
     assert np.all(states == est.initial_state())  # inputs untouched
     for j in (1, 2):
         assert np.array_equal(out[j], est.predict(seqs[j]))

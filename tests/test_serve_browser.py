@@ -80,3 +80,33 @@ def test_dashboard_plots_a_replayed_cycle_live(toy_dataset, tmp_path):
         blue.sum() > 200 and columns.max() - columns.min() > 0.6 * pixels.shape[1]
     )  # a line across
     assert shot.stat().st_size > 20_000
+
+
+class UncertainCoulomb(CoulombEstimator):
+    """The test estimator with a standard deviation that grows with the samples seen."""
+
+    def soc_std(self, states: np.ndarray) -> np.ndarray:
+        return 0.01 + (1e-4 * np.asarray(states)[:, 1]) % 0.02
+
+
+def test_dashboard_shows_the_uncertainty_of_a_model_that_has_one(toy_dataset):
+    from playwright.sync_api import sync_playwright
+
+    estimator = UncertainCoulomb()
+    app = create_app(estimator, ServeConfig(), describe_model(estimator, None))
+    cycles = load_cycles(toy_dataset, "test")
+    with ThreadServer(app) as server:
+        replay(cycles, ReplayConfig(url=server.url, streams=1, rate_hz=0.0, batch=50,
+                                    prefix="cell"))  # before playwright's event loop starts
+        truth = httpx.get(f"{server.url}/v1/streams/cell-00000?history=300").json()
+        assert truth["soc_std"] == truth["history"]["soc_std"][-1] > 0
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1200, "height": 820})
+            page.goto(server.url + "/#stream=cell-00000")
+            shown = f"{100 * truth['soc']:.1f} % ± {200 * truth['soc_std']:.1f} (2σ)"
+            page.wait_for_function(
+                f"document.getElementById('selected-soc').textContent === '{shown}'")
+            band = page.locator("#plot-soc").get_attribute("data-band")
+            assert int(band) == len(truth["history"]["soc"]) > 10
+            browser.close()

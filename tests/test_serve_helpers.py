@@ -99,11 +99,6 @@ def socs(response: httpx.Response) -> list[float]:
     return [e["soc"] for e in response.json()["estimates"]]
 
 
-def _child_path() -> str:
-    """The tests' folder, then the PYTHONPATH the tests run with (a worktree's bsoc, say)."""
-    return os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p)
-
-
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -150,6 +145,12 @@ class ThreadServer:
         self.thread.join(timeout=30)
 
 
+def child_pythonpath() -> str:
+    """The tests' folder (for this module) ahead of the caller's PYTHONPATH, so that a child
+    imports the same bsoc as the tests (a checkout other than the installed one, say)."""
+    return os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
+
+
 class ProcessServer:
     """``bsoc serve`` (with the test estimator registered) as a real subprocess."""
 
@@ -157,7 +158,7 @@ class ProcessServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = ["serve", "--port", str(self.port), *args]
-        self.env = {**os.environ, "PYTHONPATH": _child_path(), **(env or {})}
+        self.env = {**os.environ, "PYTHONPATH": child_pythonpath(), **(env or {})}
         self.process: subprocess.Popen | None = None
 
     def start(self) -> ProcessServer:
@@ -190,7 +191,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout_s: float = 60
     """``bsoc ARGS`` with the test estimator registered; returns the CompletedProcess."""
     return subprocess.run(
         [sys.executable, str(Path(__file__)), *args],
-        env={**os.environ, "PYTHONPATH": _child_path(), **(env or {})},
+        env={**os.environ, "PYTHONPATH": child_pythonpath(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout_s,

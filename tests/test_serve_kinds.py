@@ -2,8 +2,8 @@
 
 The kinds come from the registry (``ESTIMATOR_CLASSES``), so a kind added later fails here
 until it has a tiny model in ``TINY_MODELS``. Each is served as a subprocess on 127.0.0.1:
-the served SOC must be exactly what stepping the loaded estimator gives, over HTTP chunks
-and WebSocket messages alike, equal to the offline ``predict`` to 1e-6, and after a SIGTERM
+the served SOC (and its standard deviation, for a kind with one) must be exactly what stepping
+the loaded estimator gives, over HTTP chunks and WebSocket messages alike, equal to the offline ``predict`` to 1e-6, and after a SIGTERM
 a service restored from its snapshot (in this process, to save a second model load in a
 subprocess) must continue each stream exactly.
 """
@@ -85,6 +85,24 @@ def _ekf(directory: Path) -> Path:
     return EkfSocEstimator(true_tables(), noise, name="tiny-ekf").save(directory)
 
 
+def _fusion(directory: Path) -> Path:
+    """The tiny LSTM inside the fusion filter with the synthetic ECM's voltage."""
+    from bsoc.fusion.estimator import FusionSocEstimator
+    from bsoc.fusion.filter import N_EXTRA_FEATURES
+    from bsoc.fusion.noise import NoiseModel
+    from bsoc.fusion.settings import FusionSettings
+    from bsoc.nn.estimator import LstmSocEstimator
+    from test_ekf_synthetic import true_tables
+
+    coef = np.zeros(2 + N_EXTRA_FEATURES)
+    coef[:2] = np.log(0.02**2)
+    coef[3] = 1.5  # a larger error in the first minutes
+    settings = FusionSettings(offset_std_c=0.01, voltage_factor=10.0)
+    return FusionSocEstimator(LstmSocEstimator(_tiny_network()), NoiseModel((0.0, 25.0), coef),
+                              settings, 0.5, ecm=true_tables(), voltage_std=[5e-3],
+                              name="tiny-fusion").save(directory)
+
+
 def _int8(directory: Path, kind: str) -> Path:
     from bsoc.compress.quantize import quantize_model
 
@@ -101,6 +119,7 @@ TINY_MODELS: dict[str, Callable[[Path], Path]] = {
     "projected-lstm-int8": lambda d: _int8(d, "projected-lstm"),
     "svd-lstm-int8": lambda d: _int8(d, "svd-lstm"),
     "ekf": _ekf,
+    "fusion": _fusion,
     COULOMB_KIND: lambda d: CoulombEstimator().save(d),
 }
 
@@ -132,17 +151,27 @@ def test_every_model_kind_serves_what_it_predicts_offline(kind: str, tmp_path: P
     assert offline.kind == kind
     predicted = offline.predict(rows)
     stepper = StreamSet(offline)
-    stepped = [stepper.step(row) for row in rows]
+    stepped, stepped_std = [], []
+    for row in rows:
+        stepped.append(stepper.step(row))
+        std = offline.soc_std(stepper.states)
+        stepped_std.append(None if std is None else float(std[0]))
 
     snapshot = tmp_path / "s.npz"
     first = ProcessServer("--model", str(model_dir), "--snapshot", str(snapshot)).start()
     try:
         health = httpx.get(f"{first.url}/healthz").json()
         assert health["model"]["kind"] == kind and health["status"] == "ok"
-        served_http = []
+        served_http, served_std = [], []
         for lo, hi in [(0, 1), (1, 40), (40, len(rows))]:
             url = f"{first.url}/v1/streams/http/samples"
-            served_http += socs(httpx.post(url, json=as_json(rows[lo:hi])))
+            response = httpx.post(url, json=as_json(rows[lo:hi]))
+            served_http += socs(response)
+            served_std += [e["soc_std"] for e in response.json()["estimates"]]
+        status = httpx.get(f"{first.url}/v1/streams/http", params={"history": 5}).json()
+        assert status["soc_std"] == stepped_std[-1]
+        assert status["history"]["soc_std"] == (None if stepped_std[-1] is None
+                                                else stepped_std[-5:])
         served_ws = asyncio.run(_socket(first.url, "ws", rows[:60], rows[60:80]))
         assert first.terminate() in (0, -15)  # SIGTERM: the shutdown snapshot
     finally:
@@ -155,4 +184,6 @@ def test_every_model_kind_serves_what_it_predicts_offline(kind: str, tmp_path: P
         served_ws += asyncio.run(_socket(second.url, "ws", rows[80:90], rows[90:]))
 
     assert served_http == stepped and served_ws == stepped
+    assert served_std == stepped_std  # every kind with an uncertainty serves it
+    assert (stepped_std[0] is not None) == (kind in ("ekf", "fusion"))
     np.testing.assert_allclose(served_http, predicted, rtol=0, atol=1e-6)

@@ -1,12 +1,14 @@
 """``bsoc benchmark``: accuracy, size and speed of every model on one dataset's test split.
 
-Writes ``benchmark.json`` (its fields: docs/benchmark.md) and ``traces.npz`` (each
-model's from-start SOC per test cycle, for the report). Accuracy uses :mod:`bsoc.evaluate`
-(three scenarios); speed uses :mod:`bsoc.bench.speed`, all models interleaved in this one
-process. Ratios are against the reference model (the first uncompressed LSTM, else the
-first model). Every network model also gets a deployment record
-(:mod:`bsoc.export.deployment`): its C library exported and measured on the first test
-cycle.
+Writes ``benchmark.json`` (its fields: docs/benchmark.md) and ``traces.npz`` (each model's from-start SOC per test cycle, for the report,
+and ``<model>/<cycle>/soc_std`` for a model with an uncertainty). Such a model's entry also
+has ``calibration`` (from start; every scenario has its own): the fractions of samples
+within 1 and 2 of its standard deviations, pooled and per temperature.
+Accuracy uses :mod:`bsoc.evaluate` (three scenarios); speed uses :mod:`bsoc.bench.speed`,
+all models interleaved in this one process. Ratios are against the reference model
+(the first uncompressed LSTM, else the first model). Every network model also gets a
+deployment record (:mod:`bsoc.export.deployment`): its C library exported and measured on
+the first test cycle.
 """
 
 from __future__ import annotations
@@ -103,6 +105,8 @@ def run_benchmark(
         summary, runs = evaluate_runs(model, cycles, settings)
         for run in runs["from_start"]:
             traces[f"{name}/{run.cycle}"] = run.soc_est.astype(np.float32)
+            if run.soc_std is not None:
+                traces[f"{name}/{run.cycle}/soc_std"] = run.soc_std.astype(np.float32)
         config = read_config(directory)
         entries.append({
             "name": name,
@@ -118,6 +122,7 @@ def run_benchmark(
             "by_condition": summary["by_condition"],
             "by_temperature": summary["by_temperature"],
             "scenarios": summary["scenarios"],
+            **({"calibration": summary["calibration"]} if "calibration" in summary else {}),
             "accuracy_seconds": round(time.perf_counter() - started, 2),
             "compression": config.get("compression", {}),
             "trained_on": config.get("data", {}),
@@ -224,6 +229,8 @@ def summary_table(result: dict[str, Any]) -> list[dict[str, Any]]:
             "step µs": m["step_latency_us"],
             "samples/s": m["throughput_samples_per_s"],
             "speedup": m["ratios_to_reference"]["step_speedup"],
+            "±2σ %": (None if "calibration" not in m
+                      else 100 * m["calibration"]["within_2_sigma"]),
         })
     return rows
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from bsoc.command_lines import running_command
-from bsoc.console import emit_json, err_console, progress
+from bsoc.console import emit_json, err_console, progress, stage_progress
 
 ekf_app = typer.Typer(
     help="The EKF baseline: equivalent-circuit model identified from data + Kalman filter.",
@@ -42,14 +42,7 @@ def fit(
     data = Dataset.load(dataset)
     command = running_command(ctx)
     with progress() as bar:
-        tasks: dict[str, int] = {}
-
-        def on_progress(stage: str, fraction: float) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=100, info="")
-            bar.update(tasks[stage], completed=round(100 * fraction))
-
-        estimator, identifier = fit_ekf(data, command=command, on_progress=on_progress)
+        estimator, identifier = fit_ekf(data, command=command, on_progress=stage_progress(bar))
     files = save_ekf(estimator, identifier, out, force=True)
     summary = {
         "model": str(out),

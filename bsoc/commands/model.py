@@ -120,8 +120,10 @@ def evaluate(
 
     Overall, per cycle and per temperature, in three scenarios: from the
     first sample, cold start (switched on 25 % into the cycle) and degraded
-    sensors (current offset, voltage noise, lagging temperature). Writes
-    evaluation.json and soc_per_cycle.png.
+    sensors (current offset, voltage noise, lagging temperature). A model
+    with an uncertainty (EKF, fusion) is also scored on calibration: the
+    share of samples within 1 and 2 of its standard deviations, per
+    temperature. Writes evaluation.json and soc_per_cycle.png.
     """
     import json
 
@@ -158,15 +160,25 @@ def evaluate(
         return
     table = Table(title=escape(f"{estimator.name} ({estimator.kind}) on {data.name} [{split}], "
                                f"{len(cycles)} cycles, SOC error in %"))
-    for column in ("scenario", "RMSE", "MAE", "max |err|", "convergence [s]"):
+    calibrated = "calibration" in result
+    columns = ["scenario", "RMSE", "MAE", "max |err|", "convergence [s]"]
+    for column in columns + (["within ±1σ / ±2σ [%]"] if calibrated else []):
         table.add_column(column, justify="left" if column == "scenario" else "right")
     for name, scenario in result["scenarios"].items():
         convergence = scenario.get("convergence_s")
         shown = "-" if "convergence_s" not in scenario else (
             "not within band" if convergence is None else f"{convergence:.0f}")
-        table.add_row(name, *(f"{scenario[k]:.2f}" for k in ("rmse_pct", "mae_pct",
-                                                              "max_abs_err_pct")), shown)
+        cells = [f"{scenario[k]:.2f}" for k in ("rmse_pct", "mae_pct", "max_abs_err_pct")]
+        if calibrated:
+            sigma = scenario["calibration"]
+            cells.append(f"{100 * sigma['within_1_sigma']:.0f} / "
+                         f"{100 * sigma['within_2_sigma']:.0f}")
+        table.add_row(name, *cells[:3], shown, *cells[3:])
     out_console.print(table)  # the result: stdout, like --json; messages stay on stderr
+    if calibrated:
+        by_t = ", ".join(f"{row['temperature_c']:g} °C {100 * row['within_2_sigma']:.0f} %"
+                         for row in result["calibration"]["by_temperature"])
+        out_console.print(f"from start, within ±2σ by temperature: {by_t}")
     err_console.print(f"results in {out / 'evaluation.json'}, figure {figure}")
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from bsoc.data.schema import KELVIN, coulomb_soc
+from bsoc.ekf.lookup import capacity_points, lookup_points, ocv_inverse_points, pack_tables
 from bsoc.errors import ConfigError
 
 TABLE_FIELDS: tuple[str, ...] = (
@@ -113,13 +114,13 @@ class EcmTables:
         # so that interpolation code has a single path.
         pad = (lambda a: np.concatenate([a, a], axis=0)) if n_t == 1 else (lambda a: a)
         slope = np.gradient(self.ocv_v, self.soc_grid, axis=1)
-        self._fine = pad(np.stack([self.ocv_v, slope], axis=1)).transpose(1, 0, 2)
-        self._coarse = pad(np.log(np.stack([self.r0_ohm, self.r1_ohm, self.r2_ohm], axis=1)))
-        self._coarse = self._coarse.transpose(1, 0, 2)
-        self._per_t = pad(
+        fine = pad(np.stack([self.ocv_v, slope], axis=1)).transpose(1, 0, 2)
+        coarse = pad(np.log(np.stack([self.r0_ohm, self.r1_ohm, self.r2_ohm], axis=1)))
+        per_t = pad(
             np.stack([np.log(self.tau1_s), np.log(self.tau2_s), self.capacity_ah], axis=1)
         ).T
-        self._t_grid = self.temperature_c if n_t > 1 else self.temperature_c + np.array([0.0, 1.0])
+        t_grid = self.temperature_c if n_t > 1 else self.temperature_c + np.array([0.0, 1.0])
+        self._block = pack_tables(t_grid, fine, coarse.transpose(1, 0, 2), per_t)
 
     def n_parameters(self) -> int:
         """Identified table entries (the SOC grids are fixed hyper-parameters, not counted)."""
@@ -131,57 +132,33 @@ class EcmTables:
             )
         )
 
-    def _t_weights(self, temperature_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Row index and weight of each temperature, linear in 1/T (held at the end rows)."""
-        return temperature_weights(self._t_grid, temperature_c)
-
-    @staticmethod
-    def _bilinear(stack: np.ndarray, j: np.ndarray, w: np.ndarray, soc: np.ndarray) -> np.ndarray:
-        """Interpolate ``stack`` (Q, N_T, N) at rows j+w and uniform-grid position soc in [0, 1]."""
-        n = stack.shape[2]
-        pos = soc * (n - 1)
-        i = np.minimum(pos.astype(np.int64), n - 2)
-        f = pos - i
-        low = stack[:, j, i] * (1 - f) + stack[:, j, i + 1] * f  # (Q, B)
-        high = stack[:, j + 1, i] * (1 - f) + stack[:, j + 1, i + 1] * f
-        return low * (1 - w) + high * w
+    @property
+    def block(self) -> np.ndarray:
+        """The tables as one float64 block for the compiled look-ups of :mod:`bsoc.ekf.lookup`."""
+        return self._block
 
     def lookup(self, soc: np.ndarray, temperature_c: np.ndarray) -> EcmPoint:
         """All parameters at (soc, temperature) points (same shape; SOC clamped to [0, 1])."""
         soc = np.asarray(soc, dtype=np.float64)
         shape = soc.shape
-        s = np.clip(soc.reshape(-1), 0.0, 1.0)
-        j, w = self._t_weights(np.broadcast_to(temperature_c, shape).reshape(-1))
-        ocv, docv = self._bilinear(self._fine, j, w, s)
-        r = np.exp(self._bilinear(self._coarse, j, w, s))
-        per_t = self._per_t[:, j] * (1 - w) + self._per_t[:, j + 1] * w
-        return EcmPoint(
-            ocv=ocv.reshape(shape),
-            docv=docv.reshape(shape),
-            r0=r[0].reshape(shape),
-            r1=r[1].reshape(shape),
-            r2=r[2].reshape(shape),
-            tau1=np.exp(per_t[0]).reshape(shape),
-            tau2=np.exp(per_t[1]).reshape(shape),
-            capacity_ah=per_t[2].reshape(shape),
-        )
+        temperature = np.broadcast_to(np.asarray(temperature_c, dtype=np.float64), shape)
+        values = lookup_points(self._block, np.ascontiguousarray(soc.reshape(-1)),
+                               np.ascontiguousarray(temperature.reshape(-1)))
+        return EcmPoint(*(row.reshape(shape) for row in values))
 
     def capacity(self, temperature_c: np.ndarray) -> np.ndarray:
         """Usable capacity (Ah) at the given temperatures (linear in 1/T, clamped)."""
-        j, w = self._t_weights(np.asarray(temperature_c, dtype=np.float64))
-        return self._per_t[2, j] * (1 - w) + self._per_t[2, j + 1] * w
+        temperature = np.asarray(temperature_c, dtype=np.float64)
+        return capacity_points(self._block, np.ascontiguousarray(temperature.reshape(-1))
+                               ).reshape(temperature.shape)
 
     def ocv_inverse(self, voltage_v: np.ndarray, temperature_c: np.ndarray) -> np.ndarray:
         """SOC whose OCV at ``temperature_c`` equals ``voltage_v`` (clamped to [0, 1])."""
         voltage_v = np.asarray(voltage_v, dtype=np.float64).reshape(-1)
-        j, w = self._t_weights(np.broadcast_to(temperature_c, voltage_v.shape).reshape(-1))
-        curves = self._fine[0, j] * (1 - w)[:, None] + self._fine[0, j + 1] * w[:, None]  # (B, N)
-        n = curves.shape[1]
-        i = np.clip((curves < voltage_v[:, None]).sum(axis=1) - 1, 0, n - 2)
-        rows = np.arange(len(voltage_v))
-        v_low, v_high = curves[rows, i], curves[rows, i + 1]
-        f = np.clip((voltage_v - v_low) / (v_high - v_low), 0.0, 1.0)
-        return (i + f) / (n - 1)
+        temperature = np.broadcast_to(np.asarray(temperature_c, dtype=np.float64),
+                                      voltage_v.shape)
+        return ocv_inverse_points(self._block, np.ascontiguousarray(voltage_v),
+                                  np.ascontiguousarray(temperature))
 
     def terminal_voltage(
         self,

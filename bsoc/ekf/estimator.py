@@ -17,11 +17,21 @@ import numpy as np
 
 from bsoc import __version__
 from bsoc.ekf.ecm import EcmTables
-from bsoc.ekf.filter import STATE_SIZE, InitSettings, NoiseSettings, ekf_step, new_state
-from bsoc.ekf.single import SingleStreamStep
+from bsoc.ekf.filter import (
+    FRESH,
+    P_SLICE,
+    STATE_SIZE,
+    STATUS,
+    InitSettings,
+    NoiseSettings,
+    init_array,
+    new_state,
+    noise_arrays,
+    run_sequence,
+    step_streams,
+)
 from bsoc.errors import BsocError, ModelFileError
-from bsoc.estimator import CONFIG_FILE, MODEL_OUTPUT, SocEstimator, read_config
-from bsoc.outputs import write_output
+from bsoc.estimator import CONFIG_FILE, SocEstimator, read_config
 
 # Arithmetic of one streaming step (multiplies/adds, plus exp and divisions counted as one op
 # each), read off ekf_step: two ECM look-ups (bilinear: 6 per fine/coarse quantity, 2 per
@@ -54,7 +64,8 @@ class EkfSocEstimator(SocEstimator):
         self.init = (init or InitSettings()).validate()
         self.name = name
         self.metadata = dict(metadata or {})
-        self._single = SingleStreamStep(tables, self.noise, self.init)
+        self._noise = noise_arrays(tables, self.noise, 1)
+        self._rules = init_array(self.init, float(self.noise.gate_sigma))
 
     def initial_state(
         self,
@@ -76,28 +87,35 @@ class EkfSocEstimator(SocEstimator):
         )
 
     def step_batch(self, samples: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One sample per stream; a single stream takes the float path of :mod:`bsoc.ekf.single`."""
-        samples = np.asarray(samples, dtype=np.float64)
-        states = np.asarray(states, dtype=np.float64)
+        """One sample per stream, one compiled call (:func:`bsoc.ekf.filter.step_streams`)."""
+        samples = np.ascontiguousarray(samples, dtype=np.float64)
+        states = np.ascontiguousarray(states, dtype=np.float64)
         if samples.ndim != 2 or samples.shape[1] != 4 or states.shape != (len(samples), STATE_SIZE):
             raise BsocError(
                 f"EKF step needs samples (B, 4) and states (B, {STATE_SIZE}), "
                 f"got {samples.shape} and {states.shape}",
                 remedy="pass one [time_s, voltage_v, current_a, temperature_c] row per stream",
             )
-        if len(samples) == 1:
-            soc, new = self._single.step(samples[0].tolist(), states[0].tolist())
-            return np.array([soc]), np.array([new])
-        return ekf_step(self.tables, self.noise, self.init, samples, states)
+        soc, new = np.empty(len(samples)), np.empty(states.shape)
+        step_streams(self.tables.block, *self._noise, self._rules, samples, states, soc, new)
+        return soc, new
 
     def predict(self, samples: np.ndarray) -> np.ndarray:
-        """SOC along one sequence, stepped on the single-stream path (equal to streaming)."""
-        samples = np.asarray(samples, dtype=np.float64)
-        state = self.initial_state().tolist()
-        out = np.empty(len(samples), dtype=np.float64)
-        for t, row in enumerate(samples.tolist()):
-            out[t], state = self._single.step(row, state)
-        return out
+        """SOC along one sequence, the streaming step in one compiled loop (equal to it)."""
+        return self.predict_with_std(samples)[0]
+
+    def soc_std(self, states: np.ndarray) -> np.ndarray:
+        """sqrt of each stream's SOC variance; a fresh stream's is the "unknown" std."""
+        states = np.asarray(states, dtype=np.float64)
+        std = np.sqrt(np.maximum(states[:, P_SLICE.start], 0.0))
+        return np.where(states[:, STATUS] == FRESH, self.init.unknown_soc_std, std)
+
+    def predict_with_std(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        samples = np.ascontiguousarray(samples, dtype=np.float64)
+        soc, std = np.empty(len(samples)), np.empty(len(samples))
+        run_sequence(self.tables.block, *self._noise, self._rules, samples, self.initial_state(),
+                     soc, std)
+        return soc, std
 
     def learnables(self) -> int:
         return self.tables.n_parameters()
@@ -121,16 +139,11 @@ class EkfSocEstimator(SocEstimator):
             **self.metadata,
         }
 
-    def write(self, folder: Path) -> Path:
-        """Write ``config.json`` into ``folder`` as it is (the fit stages it with its figures)."""
+    def write(self, folder: Path) -> list[Path]:
+        """Write ``config.json`` into ``folder`` (the fit stages it with its figures)."""
         path = folder / CONFIG_FILE
         path.write_text(json.dumps(self.config(), indent=2) + "\n")
-        return path
-
-    def save(self, directory: str | Path, *, force: bool = False) -> Path:
-        with write_output(directory, MODEL_OUTPUT, force=force) as folder:
-            self.write(folder)
-        return Path(directory)
+        return [path]
 
     @classmethod
     def load(cls, directory: str | Path) -> EkfSocEstimator:

@@ -1,4 +1,4 @@
-"""The extended Kalman filter on the ECM, vectorised over many streams.
+"""The extended Kalman filter on the ECM: one compiled step for one stream or many.
 
 State ``x = [SOC, V1, V2]`` (the RC voltages of :mod:`bsoc.ekf.ecm`), covariance ``P`` (3x3).
 The equations are those of filterpy's ``ExtendedKalmanFilter.predict()`` followed by
@@ -14,33 +14,37 @@ The equations are those of filterpy's ``ExtendedKalmanFilter.predict()`` followe
               P = (I - K H) P (I - K H)' + K R K'
 
 Why not filterpy's object itself: it holds one stream and costs tens of microseconds of
-Python per step, while the service steps thousands of streams at once. The same equations on
-(B, 3) / (B, 3, 3) arrays cost one set of numpy calls for all streams; ``tests/test_ekf_filter``
-checks step by step that they equal filterpy's ``ExtendedKalmanFilter`` to 1e-10.
+Python per step, while the service steps thousands of streams at once. The same equations,
+those of :mod:`bsoc.kalman` (shared with the fusion filter), compiled as a loop over streams
+(:func:`step_streams`), cost a few microseconds for one stream and a fraction of one per
+stream for many; the ECM is read through the one compiled interpolation of
+:mod:`bsoc.ekf.lookup`. ``tests/test_ekf_estimator`` checks step by step that they equal
+filterpy's ``ExtendedKalmanFilter`` to 1e-10.
 
-Two robustness measures a BMS needs, both keeping the covariance consistent:
-
-* innovation gating: when the normalised innovation exceeds ``gate_sigma`` (a voltage glitch,
-  a current spike), R is inflated for that step so that ``|y| / sqrt(S) = gate_sigma``; the
-  Joseph form with that R keeps P valid. Nothing is ever ignored outright, so a large but real
-  initial SOC error still pulls the estimate (more slowly) instead of locking the filter out.
-* SOC constraint: the state is projected onto SOC in [0, 1] along the covariance (estimate
-  projection, Simon 2010, :func:`project_soc`); P is kept, which is conservative since the
-  projection can only shrink the error.
+Two robustness measures a BMS needs, both keeping the covariance consistent (see
+:mod:`bsoc.kalman`): innovation gating at ``gate_sigma`` (a voltage glitch, a current spike;
+nothing is ignored outright, so a large but real initial SOC error still pulls the estimate,
+more slowly), and SOC projected onto [0, 1] along the covariance.
 
 Bad samples never produce a NaN SOC (documented per case in :func:`ekf_step`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numba
 import numpy as np
 
 from bsoc.data.schema import MAX_CURRENT_C_RATE, VOLTAGE_RANGE_V
-from bsoc.ekf.ecm import EcmTables, temperature_weights
+from bsoc.ekf.ecm import EcmTables
+from bsoc.ekf.lookup import ecm_capacity, ecm_point, ocv_inverse, temperature_weight
 from bsoc.errors import ConfigError
+from bsoc.kalman import predict_covariance, project_bounds, scratch, scratch_size, update_scalar
+
+_MAX_C = MAX_CURRENT_C_RATE
 
 # Layout of one stream's flat state vector. Every slot is always finite, so states batch,
 # snapshot and pass the service's finiteness check like any model's: LAST_* mean something
@@ -110,69 +114,6 @@ class InitSettings:
         return {k: float(v) for k, v in asdict(self).items()}
 
 
-def predict(
-    x: np.ndarray, P: np.ndarray, f: np.ndarray, bu: np.ndarray, q: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """x = F x + B u, P = F P F' + Q for diagonal F (B, 3) and diagonal Q (B, 3)."""
-    x = f * x + bu
-    P = P * f[:, :, None] * f[:, None, :]
-    P[:, [0, 1, 2], [0, 1, 2]] += q
-    return x, P
-
-
-def update(
-    x: np.ndarray,
-    P: np.ndarray,
-    y: np.ndarray,
-    H: np.ndarray,
-    r: np.ndarray,
-    gate_sigma: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Scalar-measurement update with innovation ``y`` (B,), Jacobian ``H`` (B, 3), noise ``r``.
-
-    Joseph form; R inflated where the normalised innovation exceeds ``gate_sigma``.
-    """
-    PHt = np.einsum("bij,bj->bi", P, H)  # (B, 3)
-    hph = np.einsum("bi,bi->b", H, PHt)
-    S = np.maximum(hph + r, y * y / gate_sigma**2)
-    r = S - hph
-    K = PHt / S[:, None]
-    x = x + K * y[:, None]
-    IKH = np.eye(3)[None] - K[:, :, None] * H[:, None, :]
-    P = IKH @ P @ IKH.transpose(0, 2, 1) + r[:, None, None] * K[:, :, None] * K[:, None, :]
-    P = 0.5 * (P + P.transpose(0, 2, 1))
-    return x, P
-
-
-def voltage_variance(tables: EcmTables, voltage_std: Any, temperature_c: np.ndarray) -> np.ndarray:
-    """R (B,) at each stream's temperature from a scalar / (N_T,) / (B, 1) / (B, N_T) std."""
-    n = len(temperature_c)
-    std = np.asarray(voltage_std, dtype=np.float64)
-    if std.ndim == 0 or std.shape[-1] == 1:
-        return np.broadcast_to(std.reshape(-1) ** 2, (n,))
-    j, w = temperature_weights(tables.temperature_c, temperature_c)
-    per_stream = np.broadcast_to(std, (n, std.shape[-1]))
-    rows = np.arange(n)
-    value = per_stream[rows, j] * (1 - w) + per_stream[rows, j + 1] * w
-    return value * value
-
-
-def project_soc(x: np.ndarray, P: np.ndarray) -> np.ndarray:
-    """Project the state onto SOC in [0, 1] along the covariance (estimate projection).
-
-    ``x - P e1 (SOC - clip(SOC)) / P_11``: the minimum-variance projection (Simon 2010), so
-    the RC voltages move with SOC as their correlation says. Clipping SOC alone would leave
-    them where an update towards SOC > 1 put them: on a full cell that repeats every step
-    and the RC voltages drift to volts (measured on the Panasonic 25 degC drives).
-    """
-    excess = x[:, SOC] - np.clip(x[:, SOC], 0.0, 1.0)
-    if not excess.any():
-        return x
-    x = x - P[:, :, SOC] * (excess / P[:, SOC, SOC])[:, None]
-    x[:, SOC] = np.clip(x[:, SOC], 0.0, 1.0)  # exact bound despite rounding
-    return x
-
-
 def new_state(
     *,
     soc: float | None = None,
@@ -201,6 +142,148 @@ def new_state(
     return state
 
 
+def noise_arrays(tables: EcmTables, noise: NoiseSettings, n_streams: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The noise as the compiled step reads it: SOC and RC random-walk variances per second
+    (1,) or (B,), and voltage stds (1, K) or (B, K), K one or the table's temperatures."""
+    soc_var = np.ascontiguousarray(np.atleast_1d(noise.soc_std), dtype=np.float64) ** 2
+    rc_var = np.ascontiguousarray(np.atleast_1d(noise.rc_std), dtype=np.float64) ** 2
+    std = np.asarray(noise.voltage_std, dtype=np.float64)
+    per_stream = std.ndim == 2 and std.shape[0] == n_streams and n_streams > 1
+    vstd = std.reshape(n_streams if per_stream else 1, -1)
+    n_t = len(tables.temperature_c)
+    if vstd.shape[1] not in (1, n_t) or (vstd.shape[1] > 1 and n_t < 2):
+        raise ConfigError(f"EKF voltage_std has shape {std.shape}; the ECM has {n_t} "
+                          "temperatures", remedy="give one value, or one per table temperature")
+    for name, values in (("soc_std", soc_var), ("rc_std", rc_var)):
+        if len(values) not in (1, n_streams):
+            raise ConfigError(f"EKF {name} has {len(values)} values for {n_streams} streams")
+    return soc_var, rc_var, np.ascontiguousarray(vstd)
+
+
+def init_array(init: InitSettings, gate_sigma: float) -> np.ndarray:
+    """The start rules and the gate as the compiled step reads them."""
+    return np.array([init.rest_c_rate, init.rest_soc_std, init.unknown_soc,
+                     init.unknown_soc_std, init.rc_std, gate_sigma], dtype=np.float64)
+
+
+(_REST_C_RATE, _REST_SOC_STD, _UNKNOWN_SOC, _UNKNOWN_SOC_STD, _RC_STD, _GATE) = range(6)
+_V_LOW, _V_HIGH = VOLTAGE_RANGE_V
+
+
+@numba.njit(cache=True, inline="always")
+def voltage_std_at(block: np.ndarray, vstd: np.ndarray, temperature_c: float) -> float:
+    """The voltage noise at a temperature: one value, or one per table temperature
+    interpolated like the ECM's parameters (linear in 1/T, held at the end rows)."""
+    if vstd.shape[0] == 1:
+        return vstd[0]
+    j, w = temperature_weight(block, temperature_c)
+    return vstd[j] * (1 - w) + vstd[j + 1] * w
+
+
+@numba.njit(cache=True, inline="always")
+def _stream_step(block: np.ndarray, soc_var: float, rc_var: float, vstd: np.ndarray,
+                 rules: np.ndarray, sample: np.ndarray, state: np.ndarray, new: np.ndarray,
+                 work: np.ndarray) -> float:
+    """One stream, one sample (the rules of :func:`ekf_step`); returns the SOC."""
+    for k in range(STATE_SIZE):
+        new[k] = state[k]
+    status = state[STATUS]
+    running = status == RUNNING
+    time_s, voltage, current, temperature = sample[0], sample[1], sample[2], sample[3]
+    if not math.isfinite(temperature):
+        temperature = state[LAST_TEMPERATURE] if running else math.nan
+    temp_ok = math.isfinite(temperature)
+    temp_c = temperature if temp_ok else 25.0
+    capacity = state[CAPACITY] if state[CAPACITY] > 0 else ecm_capacity(block, temp_c)
+    dt = time_s - state[LAST_TIME]
+    usable = (math.isfinite(time_s) and math.isfinite(current) and temp_ok
+              and abs(current) <= _MAX_C * capacity and (not running or dt > 0))
+    if not usable:
+        return rules[_UNKNOWN_SOC] if status == FRESH else state[SOC]
+    v_ok = math.isfinite(voltage) and _V_LOW <= voltage <= _V_HIGH
+    x = work[:3]
+    P = work[3:12].reshape(3, 3)
+    F = work[12:21].reshape(3, 3)
+    q = work[21:24]
+    H = work[24:27]
+    m1, m2, v1, v2 = scratch(work[27:], 3)
+    x[:] = state[:3]
+    P.ravel()[:] = state[3:12]
+    if status == FRESH:  # the start from the IR-corrected voltage (see ekf_step)
+        soc0 = rules[_UNKNOWN_SOC]
+        std0 = rules[_UNKNOWN_SOC_STD]
+        if v_ok:
+            r0 = ecm_point(block, rules[_UNKNOWN_SOC], temp_c)[2]
+            soc0 = ocv_inverse(block, voltage - r0 * current, temp_c)
+            if abs(current) <= rules[_REST_C_RATE] * capacity:
+                std0 = rules[_REST_SOC_STD]
+        x[0], x[1], x[2] = soc0, 0.0, 0.0
+        P[:, :] = 0.0
+        P[0, 0] = std0 * std0
+        P[1, 1] = P[2, 2] = rules[_RC_STD] * rules[_RC_STD]
+    elif running:  # prediction over (t_prev, t] with parameters at the previous state
+        ibar = 0.5 * (state[LAST_CURRENT] + current)
+        point = ecm_point(block, x[0], state[LAST_TEMPERATURE])
+        a1, a2 = math.exp(-dt / point[5]), math.exp(-dt / point[6])
+        x[0] += ibar * dt / (3600.0 * capacity)
+        x[1] = a1 * x[1] + point[3] * (1 - a1) * ibar
+        x[2] = a2 * x[2] + point[4] * (1 - a2) * ibar
+        F[:, :] = 0.0
+        F[0, 0], F[1, 1], F[2, 2] = 1.0, a1, a2
+        q[0], q[1], q[2] = soc_var * dt, rc_var * dt, rc_var * dt
+        predict_covariance(P, F, q, m1)
+    project_bounds(x, P, 0, 0.0, 1.0)
+    if v_ok and status != FRESH:  # a fresh stream's voltage set its start
+        point = ecm_point(block, x[0], temp_c)
+        y = voltage - (point[0] + point[2] * current + x[1] + x[2])
+        H[0], H[1], H[2] = point[1], 1.0, 1.0
+        std = voltage_std_at(block, vstd, temp_c)
+        update_scalar(x, P, y, H, std * std, rules[_GATE], m1, m2, v1, v2)
+        project_bounds(x, P, 0, 0.0, 1.0)
+    new[:3] = x
+    new[3:12] = work[3:12]
+    new[LAST_TIME] = time_s
+    new[LAST_CURRENT] = current
+    new[LAST_TEMPERATURE] = temp_c
+    new[STATUS] = RUNNING
+    return x[0]
+
+
+_WORK = 27 + scratch_size(3)
+
+
+@numba.njit(cache=True, nogil=True)
+def step_streams(block: np.ndarray, soc_var: np.ndarray, rc_var: np.ndarray, vstd: np.ndarray,
+                 rules: np.ndarray, samples: np.ndarray, states: np.ndarray, soc: np.ndarray,
+                 new_states: np.ndarray) -> None:
+    """B streams, one sample each, into ``soc`` (B,) and ``new_states`` (B, S); the noise
+    arrays hold one row for all streams or one per stream (:func:`noise_arrays`)."""
+    work = np.empty(_WORK)
+    for b in range(samples.shape[0]):
+        k = b if soc_var.shape[0] > 1 else 0
+        r = b if rc_var.shape[0] > 1 else 0
+        v = b if vstd.shape[0] > 1 else 0
+        soc[b] = _stream_step(block, soc_var[k], rc_var[r], vstd[v], rules, samples[b],
+                              states[b], new_states[b], work)
+
+
+@numba.njit(cache=True, nogil=True)
+def run_sequence(block: np.ndarray, soc_var: np.ndarray, rc_var: np.ndarray, vstd: np.ndarray,
+                 rules: np.ndarray, samples: np.ndarray, state: np.ndarray, soc: np.ndarray,
+                 std: np.ndarray) -> None:
+    """One stream through a whole sequence: SOC and its std (``rules``' unknown std while
+    the stream is still fresh) per sample."""
+    current, new = state.copy(), state.copy()
+    work = np.empty(_WORK)
+    for t in range(samples.shape[0]):
+        soc[t] = _stream_step(block, soc_var[0], rc_var[0], vstd[0], rules, samples[t], current,
+                              new, work)
+        std[t] = (rules[_UNKNOWN_SOC_STD] if new[STATUS] == FRESH
+                  else math.sqrt(max(new[3], 0.0)))
+        current, new = new, current
+
+
 def ekf_step(
     tables: EcmTables,
     noise: NoiseSettings,
@@ -210,7 +293,8 @@ def ekf_step(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Advance B streams by one sample ``[time_s, voltage_v, current_a, temperature_c]`` each.
 
-    Returns (SOC (B,), new states (B, STATE_SIZE)); the arguments are not modified.
+    Returns (SOC (B,), new states (B, STATE_SIZE)); the arguments are not modified. The
+    noise may differ per stream (the tuning runs many settings at once).
 
     Bad samples, per stream:
 
@@ -231,93 +315,10 @@ def ekf_step(
     yet) its remainder, projected off SOC > 1, would charge the RC voltages against the
     current's sign, which the filter then unlearns at the cost of SOC.
     """
-    samples = np.asarray(samples, dtype=np.float64)
-    states = np.asarray(states, dtype=np.float64)
-    n = len(states)
-    time_s, voltage, current, temperature = (samples[:, c] for c in range(4))
-    status = states[:, STATUS]
-    running = status == RUNNING
-    last_temperature = np.where(running, states[:, LAST_TEMPERATURE], np.nan)
-    temperature = np.where(np.isfinite(temperature), temperature, last_temperature)
-    temp_ok = np.isfinite(temperature)
-    temp_c = np.where(temp_ok, temperature, 25.0)
-    capacity = np.where(states[:, CAPACITY] > 0, states[:, CAPACITY], tables.capacity(temp_c))
-    with np.errstate(invalid="ignore"):
-        dt = time_s - states[:, LAST_TIME]
-        usable = (
-            np.isfinite(time_s)
-            & np.isfinite(current)
-            & temp_ok
-            & (np.abs(current) <= MAX_CURRENT_C_RATE * capacity)
-            & (~running | (dt > 0))
-        )
-        v_ok = (
-            np.isfinite(voltage) & (voltage >= VOLTAGE_RANGE_V[0]) & (voltage <= VOLTAGE_RANGE_V[1])
-        )
-    current_c = np.where(usable, current, 0.0)
-    dt = np.where(usable & running, dt, 0.0)
-
-    x = states[:, :3].copy()
-    P = states[:, P_SLICE].reshape(n, 3, 3).copy()
-
-    # Prediction over (t_prev, t] with parameters at the previous state.
-    prev_temp = np.where(running, states[:, LAST_TEMPERATURE], temp_c)
-    ibar = np.where(running, 0.5 * (states[:, LAST_CURRENT] + current_c), 0.0)
-    prev = tables.lookup(x[:, SOC], prev_temp)
-    a1, a2 = np.exp(-dt / prev.tau1), np.exp(-dt / prev.tau2)
-    f = np.stack([np.ones(n), a1, a2], axis=1)
-    bu = np.stack(
-        [ibar * dt / (3600.0 * capacity), prev.r1 * (1 - a1) * ibar, prev.r2 * (1 - a2) * ibar],
-        axis=1,
-    )
-    q = np.stack(
-        [
-            np.broadcast_to(noise.soc_std**2 * dt, (n,)),
-            np.broadcast_to(noise.rc_std**2 * dt, (n,)),
-            np.broadcast_to(noise.rc_std**2 * dt, (n,)),
-        ],
-        axis=1,
-    )
-    x_pred, P_pred = predict(x, P, f, bu, q)
-
-    # Initialisation of fresh streams from this sample.
-    fresh = status == FRESH
-    if fresh.any():
-        rest = v_ok & (np.abs(current_c) <= init.rest_c_rate * capacity)
-        guess = tables.lookup(np.full(n, init.unknown_soc), temp_c)
-        soc0 = np.where(
-            v_ok,
-            tables.ocv_inverse(np.where(v_ok, voltage - guess.r0 * current_c, 3.7), temp_c),
-            init.unknown_soc,
-        )
-        std0 = np.where(rest, init.rest_soc_std, init.unknown_soc_std)
-        x_init = np.stack([soc0, np.zeros(n), np.zeros(n)], axis=1)
-        P_init = np.zeros((n, 3, 3))
-        P_init[:, 0, 0] = std0**2
-        P_init[:, 1, 1] = P_init[:, 2, 2] = init.rc_std**2
-        x_pred = np.where(fresh[:, None], x_init, x_pred)
-        P_pred = np.where(fresh[:, None, None], P_init, P_pred)
-    x_pred = project_soc(x_pred, P_pred)
-
-    # Voltage update at the predicted state.
-    now = tables.lookup(x_pred[:, SOC], temp_c)
-    y = np.where(v_ok, voltage, 0.0) - (
-        now.ocv + now.r0 * current_c + x_pred[:, V1] + x_pred[:, V2]
-    )
-    H = np.stack([now.docv, np.ones(n), np.ones(n)], axis=1)
-    r = voltage_variance(tables, noise.voltage_std, temp_c)
-    measured = v_ok & (status != FRESH)  # a fresh stream's voltage set its start
-    x_post, P_post = update(x_pred, P_pred, np.where(measured, y, 0.0), H, r, noise.gate_sigma)
-    x_post = np.where(measured[:, None], x_post, x_pred)
-    P_post = np.where(measured[:, None, None], P_post, P_pred)
-    x_post = project_soc(x_post, P_post)
-
-    new = states.copy()
-    new[usable, :3] = x_post[usable]
-    new[usable, P_SLICE] = P_post[usable].reshape(-1, 9)
-    new[usable, LAST_TIME] = time_s[usable]
-    new[usable, LAST_CURRENT] = current_c[usable]
-    new[usable, LAST_TEMPERATURE] = temp_c[usable]
-    new[usable, STATUS] = RUNNING
-    soc = np.where(new[:, STATUS] == FRESH, init.unknown_soc, new[:, SOC])
+    samples = np.ascontiguousarray(samples, dtype=np.float64)
+    states = np.ascontiguousarray(states, dtype=np.float64)
+    soc = np.empty(len(states))
+    new = np.empty(states.shape)
+    step_streams(tables.block, *noise_arrays(tables, noise, len(states)),
+                 init_array(init, float(noise.gate_sigma)), samples, states, soc, new)
     return soc, new

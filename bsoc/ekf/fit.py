@@ -83,5 +83,5 @@ def save_ekf(
     directory = Path(directory)
     with write_output(directory, MODEL_OUTPUT, force=force) as folder:
         figures = write_fit_figures(identifier.tables_, identifier.traces_, folder)
-        written = [estimator.write(folder), *figures]
+        written = [*estimator.write(folder), *figures]
     return [directory / path.name for path in written]

@@ -32,15 +32,17 @@ from bsoc.errors import BsocError, ModelFileError
 from bsoc.estimator import (
     CONFIG_FILE,
     ESTIMATOR_CLASSES,
-    MODEL_OUTPUT,
     WEIGHTS_FILE,
     SocEstimator,
     read_config,
 )
+from bsoc.nn.kernel import PackedNetwork
 from bsoc.nn.network import SocNetwork
 from bsoc.nn.streaming import StreamingStepper
-from bsoc.outputs import save_tensors, write_output
+from bsoc.outputs import save_tensors
 
+# Padded samples one batched forward pass may hold (Table 1: ~0.2 GB of activations).
+MAX_BATCH_SAMPLES = 200_000
 # config.json keys this class writes itself; everything else is caller metadata.
 _OWN_KEYS = ("kind", "name", "architecture", "normalisation", "learnables", "weight_bytes",
              "macs_per_sample", "bsoc_version")
@@ -66,6 +68,12 @@ class LstmSocEstimator(SocEstimator):
     def initial_state(self) -> np.ndarray:
         return np.zeros(self._stepper.state_size, dtype=np.float64)
 
+    @property
+    def packed(self) -> PackedNetwork:
+        """The frozen weights the compiled streaming step runs on (a fusion model steps
+        them inside its own compiled call)."""
+        return self._stepper.packed
+
     def step_batch(self, samples: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         samples = np.ascontiguousarray(samples, dtype=np.float64)
         states = np.ascontiguousarray(states, dtype=np.float64)
@@ -81,15 +89,27 @@ class LstmSocEstimator(SocEstimator):
         return self.predict_many([samples])[0]
 
     def predict_many(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
-        """One forward pass over the sequences zero-padded at the end, which a causal
-        network's outputs on the real samples never see."""
+        """Forward passes over the sequences zero-padded at the end, which a causal network's
+        outputs on the real samples never see; grouped by length so that a group holds at
+        most ``MAX_BATCH_SAMPLES`` padded samples (a 40-hour test padded beside fifteen
+        others would hold gigabytes of activations)."""
         for samples in sequences:
             if np.ndim(samples) != 2 or np.shape(samples)[1] != 4:
                 raise BsocError(f"predict needs samples (T, 4), got {np.shape(samples)}",
                                 remedy="pass rows of [time_s, voltage_v, current_a, "
                                 "temperature_c]")
-        if not sequences:
-            return []
+        order = sorted(range(len(sequences)), key=lambda k: len(sequences[k]))
+        out: dict[int, np.ndarray] = {}
+        group: list[int] = []
+        for k in [*order, None]:
+            if group and (k is None or (len(group) + 1) * len(sequences[k]) > MAX_BATCH_SAMPLES):
+                out.update(zip(group, self._forward([sequences[j] for j in group])))
+                group = []
+            if k is not None:
+                group.append(k)
+        return [out[k] for k in range(len(sequences))]
+
+    def _forward(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
         features = np.zeros((len(sequences), max(len(s) for s in sequences), 3), np.float32)
         for row, samples in zip(features, sequences):
             row[: len(samples)] = np.asarray(samples)[:, 1:4]
@@ -123,28 +143,34 @@ class LstmSocEstimator(SocEstimator):
             **self.metadata,
         }
 
-    def save(self, directory: str | Path, *, force: bool = False) -> Path:
-        with write_output(directory, MODEL_OUTPUT, force=force) as folder:
-            tensors = {k: v.detach().contiguous() for k, v in self.network.state_dict().items()}
-            save_tensors(tensors, folder / WEIGHTS_FILE, metadata={"format": "bsoc-soc-network"})
-            (folder / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2) + "\n")
-        return Path(directory)
+    def write(self, folder: Path) -> list[Path]:
+        weights, config = folder / WEIGHTS_FILE, folder / CONFIG_FILE
+        self.write_weights(weights)
+        config.write_text(json.dumps(self.config(), indent=2) + "\n")
+        return [weights, config]
 
     @classmethod
     def load(cls, directory: str | Path) -> LstmSocEstimator:
         directory = Path(directory)
         config = read_config(directory)
+        return cls.from_config(config, directory / WEIGHTS_FILE,
+                               default_name=directory.name, where=directory)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], weights_path: Path, *, default_name: str,
+                    where: Path) -> LstmSocEstimator:
+        """The network a ``config`` (as :meth:`config` writes it) and its weights file
+        describe; ``where`` names the model in errors (a fusion model embeds one)."""
         kind = config.get("kind")
         if ESTIMATOR_CLASSES.get(str(kind)) != "bsoc.nn.estimator:LstmSocEstimator":
             raise ModelFileError(
-                f"{directory} holds a {kind!r} model, not a neural network",
+                f"{where} holds a {kind!r} model, not a neural network",
                 remedy="load it with bsoc.estimator.load_estimator",
             )
         if "architecture" not in config:
-            raise ModelFileError(f"{directory / CONFIG_FILE} has no 'architecture'",
+            raise ModelFileError(f"{where / CONFIG_FILE} has no 'architecture'",
                                  remedy="re-create the model with 'bsoc train'")
         network = SocNetwork.from_architecture(config["architecture"])
-        weights_path = directory / WEIGHTS_FILE
         if not weights_path.is_file():
             raise ModelFileError(f"{weights_path} is missing",
                                  remedy="re-create the model with 'bsoc train'")
@@ -157,5 +183,10 @@ class LstmSocEstimator(SocEstimator):
                 remedy="re-create the model; do not mix files of different models",
             ) from None
         metadata = {k: v for k, v in config.items() if k not in _OWN_KEYS}
-        return cls(network, kind=str(kind), name=str(config.get("name", directory.name)),
+        return cls(network, kind=str(kind), name=str(config.get("name", default_name)),
                    metadata=metadata)
+
+    def write_weights(self, path: Path) -> None:
+        """The network's tensors as safetensors (never pickle) at ``path``."""
+        tensors = {k: v.detach().contiguous() for k, v in self.network.state_dict().items()}
+        save_tensors(tensors, path, metadata={"format": "bsoc-soc-network"})

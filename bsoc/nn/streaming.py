@@ -60,10 +60,10 @@ class StreamingStepper:
         self.fc_factors = _factors(network.fc.weight_map)
         self.fc_bias = network.fc.bias.detach().cpu().numpy().astype(np.float32)
         self.state_size = 2 * sum(layer.hidden for layer in self.layers)
-        self._packed = PackedNetwork.pack(
+        self.packed = PackedNetwork.pack(
             [(layer.input_factors, layer.recurrent_factors, layer.bias) for layer in self.layers],
             (self.fc_factors, self.fc_bias))
 
     def step(self, samples: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``samples`` (B, 4) raw time, V, I, T; ``states`` (B, S) -> SOC (B,), new states."""
-        return self._packed.step(samples, states)
+        return self.packed.step(samples, states)

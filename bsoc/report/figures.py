@@ -34,6 +34,9 @@ def soc_traces(
         truth = traces[f"{cycle}/soc_true"] * 100
         top, bottom = axes[0, col], axes[1, col]
         top.plot(time_h, truth, color="black", lw=2.0, label="true SOC")
+        settled = time_h - time_h[0] >= 60 / 3600  # the first minute may start far off
+        errors = [np.abs(traces[f"{m['name']}/{cycle}"] * 100 - truth)[settled] for m in models]
+        span = max(2.0, 1.3 * float(np.percentile(np.concatenate(errors), 99.5)))
         for index, model in enumerate(models):
             estimate = traces[f"{model['name']}/{cycle}"] * 100
             top.plot(time_h, estimate, lw=1.0, color=colour(index), label=model["name"])
@@ -46,6 +49,8 @@ def soc_traces(
                 bottom.fill_between(time_h, estimate - truth - band, estimate - truth + band,
                                     color=colour(index), alpha=0.15, lw=0)
         top.set_title(cycle, fontsize=10)
+        top.set_ylim(max(-5.0, truth.min() - 10), min(110.0, truth.max() + 10))
+        bottom.set_ylim(-span, span)  # the error axis shows the settled error
         top.set_ylabel("SOC [%]")
         bottom.set_ylabel("error [pp]")
         bottom.set_xlabel("time [h]")

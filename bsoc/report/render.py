@@ -91,8 +91,8 @@ def summary_rows(bench: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     header = [
         "model", "kind", "learnables", "weights [B]", "RMSE from start [%]",
         "RMSE cold start [%]", "RMSE degraded sensors [%]", "MAE [%]", "max |err| [%]",
-        "cold-start convergence [s]", "step latency [µs]", "throughput [samples/s]",
-        "size ratio", "latency ratio", "throughput ratio",
+        "cold-start convergence [s]", "within ±2σ [%]", "step latency [µs]",
+        "throughput [samples/s]", "size ratio", "latency ratio", "throughput ratio",
     ]
     rows = []
     for m in models:
@@ -104,6 +104,7 @@ def summary_rows(bench: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             _fmt(scenarios.get("degraded_sensors", {}).get("rmse_pct")),
             _fmt(m["mae_pct"]), _fmt(m["max_abs_err_pct"]),
             _fmt(scenarios.get("cold_start", {}).get("convergence_s"), 0),
+            _fmt(None if "calibration" not in m else 100 * m["calibration"]["within_2_sigma"], 1),
             _fmt(m["step_latency_us"], 1), _fmt(m["throughput_samples_per_s"]),
             f"{m['learnables'] / reference['learnables']:.3f}",
             f"{reference['step_latency_us'] / m['step_latency_us']:.1f}x",
@@ -170,7 +171,35 @@ def deployment_table(bench: dict[str, Any]) -> Table | None:
     return Table("Deployment: the exported C library", header, rows, notes)
 
 
-def _pick_cycles(bench: dict[str, Any], limit: int = 4) -> dict[str, float]:
+def calibration_rows(bench: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
+    """Per model with an uncertainty and scenario: within +-1 / +-2 sigma per temperature."""
+    models = [m for m in bench["models"] if "calibration" in m]
+    if not models:
+        return None
+    temperatures = sorted({row["temperature_c"] for m in models
+                           for row in m["calibration"]["by_temperature"]})
+    header = ["model", "scenario", "all", *(f"{t:g} °C" for t in temperatures),
+              "mean σ [%]"]
+    rows = []
+    for m in models:
+        for scenario in SCENARIOS:
+            result = m["scenarios"].get(scenario, {}).get("calibration")
+            if result is None:
+                continue
+            by_t = {row["temperature_c"]: row for row in result["by_temperature"]}
+
+            def cell(row: dict[str, Any] | None) -> str:
+                if row is None or row["within_1_sigma"] is None:
+                    return "–"
+                return f"{100 * row['within_1_sigma']:.0f} / {100 * row['within_2_sigma']:.0f}"
+
+            rows.append([m["name"], scenario, cell(result),
+                         *(cell(by_t.get(t)) for t in temperatures),
+                         _fmt(result["mean_std_pct"])])
+    return header, rows
+
+
+def pick_cycles(bench: dict[str, Any], limit: int = 4) -> dict[str, float]:
     """One test cycle per ambient temperature (coldest first), at most ``limit``."""
     by_temperature: dict[float, str] = {}
     for entry in bench["models"][0].get("by_condition", []):
@@ -204,10 +233,15 @@ def build_section(directory: Path, sweep_path: Path | None = None) -> Section:
     deployment = deployment_table(bench)
     if deployment is not None:
         section.tables.append(deployment)
+    calibrated = calibration_rows(bench)
+    if calibrated is not None:
+        section.tables.append(Table("Uncertainty calibration: % of samples whose true SOC "
+                                    "lies within ±1σ / ±2σ of the estimate (targets 68 / 95)",
+                                    *calibrated))
     slug = "".join(ch if ch.isalnum() else "-" for ch in bench["dataset"]).strip("-")
     models = bench["models"]
     if traces:
-        picked = _pick_cycles(bench)
+        picked = pick_cycles(bench)
         all_cycles = {e["cycle"]: float(e["temperature_c"])
                       for e in models[0].get("by_condition", [])}
         section.figures.append((f"{slug}-soc.png", "Estimated vs true SOC (from the first sample) "
@@ -235,6 +269,14 @@ def _png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     return buffer.getvalue()
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    return ('<table class="summary"><thead><tr>'
+            + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead><tbody>"
+            + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                      for row in rows)
+            + "</tbody></table>")
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:

@@ -40,12 +40,13 @@ def step_jobs(
     samples: list[np.ndarray],
     states: np.ndarray,
     reset_before: list[np.ndarray],
-) -> tuple[list[np.ndarray], np.ndarray]:
+) -> tuple[list[np.ndarray], list[np.ndarray] | None, np.ndarray]:
     """Advance J streams through their own sample sequences, batched across streams.
 
     ``samples[j]`` (K_j, 4), ``states`` (J, S), ``reset_before[j]`` (K_j,). Returns SOC per
-    job (K_j,) and the final states (J, S). Equal, stream by stream, to stepping each
-    sequence alone, because step_batch treats its rows independently.
+    job (K_j,), its standard deviation per job (K_j,) for a model with an uncertainty (else
+    None) and the final states (J, S). Equal, stream by stream, to stepping each sequence
+    alone, because step_batch treats its rows independently.
     """
     lengths = np.array([len(s) for s in samples])
     n_steps = int(lengths.max(initial=0))
@@ -56,6 +57,7 @@ def step_jobs(
         resets[j, : len(seq)] = reset
     states = np.array(states, dtype=np.float64, copy=True)
     out = np.empty((len(samples), n_steps))
+    spread = np.empty((len(samples), n_steps)) if estimator.has_uncertainty else None
     initial = estimator.initial_state()
     for t in range(n_steps):
         active = np.flatnonzero(lengths > t)
@@ -73,8 +75,11 @@ def step_jobs(
             raise RuntimeError(f"{type(estimator).__name__}.step_batch returned non-finite values")
         states[active] = new
         out[active, t] = soc
+        if spread is not None:
+            spread[active, t] = estimator.soc_std(new)
     socs = [out[j, :n] for j, n in enumerate(lengths)]
-    return socs, states
+    stds = None if spread is None else [spread[j, :n] for j, n in enumerate(lengths)]
+    return socs, stds, states
 
 
 class MicroBatcher:
@@ -115,8 +120,9 @@ class MicroBatcher:
 
     async def submit(
         self, samples: np.ndarray, state: np.ndarray, reset_before: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """SOC (K,) and the final state (S,) for one stream; the caller decides to commit."""
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """SOC (K,), its std (K,) or None, and the final state (S,) for one stream; the
+        caller decides to commit."""
         job = Job(samples, state, reset_before, asyncio.get_running_loop().create_future())
         job.queued_at = time.perf_counter()
         self._pending.append(job)
@@ -137,7 +143,7 @@ class MicroBatcher:
             if not self._pending:
                 self._wake.clear()
             try:
-                socs, states = await loop.run_in_executor(
+                socs, stds, states = await loop.run_in_executor(
                     self._executor,
                     step_jobs,
                     self.estimator,
@@ -152,6 +158,6 @@ class MicroBatcher:
                 continue
             if self.on_batch is not None:
                 self.on_batch(len(jobs), max(len(j.samples) for j in jobs))
-            for job, soc, state in zip(jobs, socs, states):
+            for k, (job, soc, state) in enumerate(zip(jobs, socs, states)):
                 if not job.future.done():  # a cancelled request simply drops its result
-                    job.future.set_result((soc, state))
+                    job.future.set_result((soc, None if stds is None else stds[k], state))

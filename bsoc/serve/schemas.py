@@ -64,6 +64,9 @@ class Estimate(BaseModel):
 
     time_s: float
     soc: float = Field(description="State of charge as a fraction 0..1.")
+    soc_std: float | None = Field(
+        None, description="The estimate's standard deviation (fraction) for a model that has "
+        "one (EKF, fusion); null for the others.")
     gap: bool = Field(
         False,
         description="True when the time since the stream's previous sample exceeded the gap "
@@ -85,6 +88,8 @@ class History(BaseModel):
     voltage_v: list[float]
     current_a: list[float]
     temperature_c: list[float]
+    soc_std: list[float] | None = Field(
+        None, description="Standard deviation of each estimate; null for a model without one.")
 
 
 class StreamStatus(BaseModel):
@@ -93,6 +98,8 @@ class StreamStatus(BaseModel):
     gaps: int = Field(description="Gaps longer than the limit seen so far.")
     last_time_s: float
     soc: float
+    soc_std: float | None = Field(None, description="The latest estimate's standard deviation, "
+                                  "for a model that has one.")
     last_sample: Sample
     updated_unix_s: float
     history: History | None = None
@@ -103,6 +110,7 @@ class StreamSummary(BaseModel):
     samples: int
     last_time_s: float
     soc: float
+    soc_std: float | None = None
 
 
 class StreamList(BaseModel):

@@ -208,9 +208,11 @@ class Service:
             raise ModelFailed(f"the model failed: {error}") from error
         gaps = int(applied.gap.sum())
         self.metrics.observe_request(transport, time.perf_counter() - started, len(rows), gaps)
+        spread = [None] * len(rows) if applied.soc_std is None else applied.soc_std.tolist()
         return [
-            Estimate(time_s=float(t), soc=float(s), gap=bool(g))
-            for t, s, g in zip(rows[:, 0], applied.soc, applied.gap)
+            Estimate(time_s=float(t), soc=float(s), soc_std=d, gap=bool(g))
+            for t, s, d, g in zip(rows[:, 0].tolist(), applied.soc.tolist(), spread,
+                                  applied.gap.tolist())
         ]
 
     async def list_streams(self, prefix: str, limit: int) -> StreamList:
@@ -246,7 +248,8 @@ def stream_list(chosen: list[tuple[str, Stream]], limit: int) -> StreamList:
     return StreamList(
         count=len(chosen),
         streams=[
-            StreamSummary(stream_id=i, samples=s.samples, last_time_s=s.last_time, soc=s.soc)
+            StreamSummary(stream_id=i, samples=s.samples, last_time_s=s.last_time, soc=s.soc,
+                          soc_std=s.soc_std)
             for i, s in chosen[:limit]
         ],
     )
@@ -257,7 +260,10 @@ def stream_status(stream_id: str, stream: Stream, history: int) -> StreamStatus:
     recent = None
     if history:
         rows = stream.recent(history)
-        recent = History(**{name: rows[:, k].tolist() for k, name in enumerate(HISTORY_FIELDS)})
+        recent = History(**{name: rows[:, k].tolist() for k, name in enumerate(HISTORY_FIELDS)
+                            if name != "soc_std"},
+                         soc_std=None if stream.soc_std is None
+                         else rows[:, HISTORY_FIELDS.index("soc_std")].tolist())
     t, v, i, c = stream.last_sample.tolist()
     return StreamStatus(
         stream_id=stream_id,
@@ -265,6 +271,7 @@ def stream_status(stream_id: str, stream: Stream, history: int) -> StreamStatus:
         gaps=stream.gaps,
         last_time_s=stream.last_time,
         soc=stream.soc,
+        soc_std=stream.soc_std,
         last_sample=Sample(time_s=t, voltage_v=v, current_a=i, temperature_c=c),
         updated_unix_s=stream.updated_unix_s,
         history=recent,

@@ -36,7 +36,7 @@ from bsoc.serve.batching import MicroBatcher
 from bsoc.serve.errors import SamplesNotIncreasing, SamplesNotNewer, TooManyStreams, UnknownStream
 
 GAP_POLICIES = ("reset", "flag")
-HISTORY_FIELDS = ("time_s", "soc", "voltage_v", "current_a", "temperature_c")
+HISTORY_FIELDS = ("time_s", "soc", "voltage_v", "current_a", "temperature_c", "soc_std")
 
 
 @dataclass
@@ -46,17 +46,20 @@ class Stream:
     samples: int
     gaps: int
     soc: float
+    soc_std: float | None  # the estimate's standard deviation, for a model with one
     last_sample: np.ndarray  # (4,)
     updated_unix_s: float
     history: np.ndarray  # (H, 5) ring of HISTORY_FIELDS, for the dashboard
     history_count: int = 0
 
-    def remember(self, rows: np.ndarray, soc: np.ndarray) -> None:
+    def remember(self, rows: np.ndarray, soc: np.ndarray, soc_std: np.ndarray | None) -> None:
         size = len(self.history)
         if size == 0:
             return
-        for row, value in zip(rows[-size:], soc[-size:]):
-            self.history[self.history_count % size] = (row[0], value, row[1], row[2], row[3])
+        spread = np.full(len(soc), np.nan) if soc_std is None else soc_std
+        for row, value, std in zip(rows[-size:], soc[-size:], spread[-size:]):
+            self.history[self.history_count % size] = (row[0], value, row[1], row[2], row[3],
+                                                       std)
             self.history_count += 1
 
     def recent(self, n: int) -> np.ndarray:
@@ -70,6 +73,7 @@ class Stream:
 @dataclass
 class Applied:
     soc: np.ndarray  # (K,)
+    soc_std: np.ndarray | None  # (K,) for a model with an uncertainty
     gap: np.ndarray  # (K,) bool
 
 
@@ -143,9 +147,9 @@ class StreamRegistry:
             gap = (rows[:, 0] - previous) > self.gap_limit_s  # NaN compares False: a new stream
             state = self.initial_state if stream is None else stream.state
             resets = gap if self.gap_policy == "reset" else np.zeros_like(gap)
-            soc, new_state = await self.batcher.submit(rows, state, resets)
-            self._commit(stream_id, stream, rows, soc, new_state, int(gap.sum()))
-            return Applied(soc=soc, gap=gap)
+            soc, soc_std, new_state = await self.batcher.submit(rows, state, resets)
+            self._commit(stream_id, stream, rows, soc, soc_std, new_state, int(gap.sum()))
+            return Applied(soc=soc, soc_std=soc_std, gap=gap)
 
     def _commit(
         self,
@@ -153,6 +157,7 @@ class StreamRegistry:
         stream: Stream | None,
         rows: np.ndarray,
         soc: np.ndarray,
+        soc_std: np.ndarray | None,
         state: np.ndarray,
         gaps: int,
     ) -> None:
@@ -164,6 +169,7 @@ class StreamRegistry:
                 samples=0,
                 gaps=0,
                 soc=0.0,
+                soc_std=None,
                 last_sample=rows[-1],
                 updated_unix_s=0.0,
                 history=self._new_history(),
@@ -174,9 +180,10 @@ class StreamRegistry:
         stream.samples += len(rows)
         stream.gaps += gaps
         stream.soc = float(soc[-1])
+        stream.soc_std = None if soc_std is None else float(soc_std[-1])
         stream.last_sample = rows[-1].copy()
         stream.updated_unix_s = time.time()
-        stream.remember(rows, soc)
+        stream.remember(rows, soc, soc_std)
 
     def _new_history(self) -> np.ndarray:
         return np.zeros((self.history_len, len(HISTORY_FIELDS)))
@@ -217,8 +224,12 @@ class StreamRegistry:
         }
 
     def restore(self, arrays: dict[str, np.ndarray]) -> int:
-        """Replace all streams by a snapshot's (history starts empty). Returns the count."""
+        """Replace all streams by a snapshot's (history starts empty; the SOC's standard
+        deviation is read off the states). Returns the count."""
         self.streams.clear()
+        estimator = self.batcher.estimator
+        spread = (estimator.soc_std(arrays["states"]) if len(arrays["states"])
+                  and estimator.has_uncertainty else None)
         for k, stream_id in enumerate(arrays["stream_ids"].tolist()):
             self.streams[stream_id] = Stream(
                 state=arrays["states"][k].astype(np.float64),
@@ -226,6 +237,7 @@ class StreamRegistry:
                 samples=int(arrays["samples"][k]),
                 gaps=int(arrays["gaps"][k]),
                 soc=float(arrays["soc"][k]),
+                soc_std=None if spread is None else float(spread[k]),
                 last_sample=arrays["last_sample"][k].astype(np.float64),
                 updated_unix_s=time.time(),
                 history=self._new_history(),

@@ -92,17 +92,20 @@ async function refreshSelected() {
   }
   const h = stream.history;
   $("selected-id").textContent = stream.stream_id;
-  $("selected-soc").textContent = (100 * stream.soc).toFixed(1) + " %";
+  $("selected-soc").textContent = (100 * stream.soc).toFixed(1) + " %" +
+    (stream.soc_std == null ? "" : " ± " + (200 * stream.soc_std).toFixed(1) + " (2σ)");
   $("selected-info").textContent = stream.samples + " samples · t = " + stream.last_time_s.toFixed(1) +
     " s · " + stream.last_sample.voltage_v.toFixed(3) + " V · " + stream.last_sample.current_a.toFixed(2) +
     " A · " + stream.last_sample.temperature_c.toFixed(1) + " °C" + (stream.gaps ? " · gaps: " + stream.gaps : "");
-  plot($("plot-soc"), h.time_s, h.soc.map((v) => 100 * v), [0, 100]);
+  const band = h.soc_std ? h.soc_std.map((v) => 200 * v) : null;  // ±2σ, percent
+  plot($("plot-soc"), h.time_s, h.soc.map((v) => 100 * v), [0, 100], band);
   plot($("plot-voltage"), h.time_s, h.voltage_v);
   plot($("plot-current"), h.time_s, h.current_a);
 }
 
-// One line plot on a canvas: axes, grid, tick labels, the series. Draws at device resolution.
-function plot(canvas, xs, ys, fixedRange) {
+// One line plot on a canvas: axes, grid, tick labels, the series (and a shaded ±band around
+// it when given). Draws at device resolution.
+function plot(canvas, xs, ys, fixedRange, band) {
   const ratio = window.devicePixelRatio || 1;
   const width = canvas.clientWidth, height = canvas.clientHeight;
   canvas.width = width * ratio; canvas.height = height * ratio;
@@ -131,6 +134,15 @@ function plot(canvas, xs, ys, fixedRange) {
   for (let k = 0; k <= 4; k++) {
     const x = x0 + ((x1 - x0) * k) / 4;
     g.fillText(x.toFixed(0) + " s", Math.min(px(x) - 10, width - 40), height - 6);
+  }
+  canvas.dataset.band = band ? String(band.length) : "0";
+  if (band) {
+    const clip = (y) => Math.min(Math.max(y, lo), hi);
+    g.fillStyle = canvas.dataset.color; g.globalAlpha = 0.18;
+    g.beginPath();
+    xs.forEach((x, i) => (i ? g.lineTo(px(x), py(clip(ys[i] + band[i]))) : g.moveTo(px(x), py(clip(ys[i] + band[i])))));
+    for (let i = xs.length - 1; i >= 0; i--) g.lineTo(px(xs[i]), py(clip(ys[i] - band[i])));
+    g.closePath(); g.fill(); g.globalAlpha = 1;
   }
   g.strokeStyle = canvas.dataset.color; g.lineWidth = 2;
   g.beginPath();

@@ -29,8 +29,8 @@ class RunProfile:
     train: TrainConfig
     learnables_reduction: float  # the pipeline's compression goal for the projected model
     finetune_epochs: int
-    # A fine-tuning epoch over the full simulated set takes minutes: bounded by time too (the
-    # learning rate then anneals over the budget, see bsoc.train.training_progress).
+    # A time limit on fine-tuning anneals its learning rate over the budget (see
+    # bsoc.train.training_progress): the quick profile's is the budget, the full one's a net.
     finetune_max_minutes: float | None
     # On a user's own cells the pipeline first trains on bsoc's simulated ones (the training
     # ablation's best recipe, README "Real cells"): which profile's cells, and for how long.
@@ -87,8 +87,9 @@ PROFILES: dict[str, RunProfile] = {
                           window=WindowPlan(length=500, warmup=50), patience=60,
                           learning_rate=2e-3, max_minutes=120.0),
         learnables_reduction=0.9,
-        finetune_epochs=15,
-        finetune_max_minutes=8.0,
+        finetune_epochs=10,
+        # a safety net only: the epochs bound it, so it gives the same model on any machine
+        finetune_max_minutes=30.0,
         # the quick cells simulate in minutes, so the whole training stays within an hour
         pretraining_cells="quick",
         pretraining_epochs=20,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -134,16 +134,36 @@ class SocEstimator(ABC):
     def macs_per_sample(self) -> int:
         """Multiply-accumulates one streaming step costs (for the compute-limit comparison)."""
 
-    def write(self, folder: Path) -> list[Path]:
-        """Write the model's files (``config.json``, weights) into the empty ``folder``."""
+    def config(self) -> dict[str, Any]:
+        """What ``config.json`` records: the kind, everything :meth:`load` needs besides the
+        weights, and how the model was made."""
         raise NotImplementedError(f"{type(self).__name__} does not write model folders")
 
-    def save(self, directory: str | Path, *, force: bool = False) -> Path:
+    def write_weights(self, path: Path) -> bool:
+        """Write the model's tensors to ``path`` (safetensors, never pickle); False for a
+        model whose ``config.json`` holds all it learned (the EKF)."""
+        return False
+
+    def write(self, folder: Path) -> list[Path]:
+        """Write the model's files into the empty ``folder``, the one writer of every model
+        folder: its weights, if it has any, and ``config.json``. Returns the paths."""
+        weights = folder / WEIGHTS_FILE
+        written = [weights] if self.write_weights(weights) else []
+        config = folder / CONFIG_FILE
+        config.write_text(json.dumps(self.config(), indent=2) + "\n")
+        return [*written, config]
+
+    def save(self, directory: str | Path, *, force: bool = False,
+             extra: Callable[[Path], object] | None = None) -> Path:
         """Write the model folder (:meth:`write`, staged, then swapped in); refuse an
         existing model. ``force`` replaces only a model bsoc wrote (see :mod:`bsoc.outputs`).
+        ``extra(folder)`` writes what the fit adds (its figures) into the same staged
+        folder, so the model and its figures are replaced together.
         """
         with write_output(directory, MODEL_OUTPUT, force=force) as folder:
             self.write(Path(folder))
+            if extra is not None:
+                extra(Path(folder))
         return Path(directory)
 
     @classmethod

@@ -44,7 +44,7 @@ def fuse(
     from bsoc.fusion.figures import noise_figure
     from bsoc.fusion.fit import fit_fusion
     from bsoc.nn.estimator import LstmSocEstimator
-    from bsoc.outputs import write_output
+    from bsoc.outputs import owned_files
 
     prepare_model_dir(out, force=force, inputs=[lstm, data, ekf])  # refuse early
     network = load_estimator(lstm)
@@ -70,9 +70,8 @@ def fuse(
         estimator, evidence = fit_fusion(network, dataset, ekf=circuit, metadata=metadata,
                                          on_progress=stage_progress(bar))
     estimator.name = out.name
-    with write_output(out, MODEL_OUTPUT, force=True) as folder:
-        files = estimator.write(folder)
-        files.append(noise_figure(evidence.train, evidence.validation, folder / NOISE_FIGURE))
+    estimator.save(out, force=True, extra=lambda folder: noise_figure(
+        evidence.train, evidence.validation, folder / NOISE_FIGURE))
     fit = estimator.metadata["fit"]
     best = fit["tuning"]["best"]
     summary = {
@@ -88,7 +87,8 @@ def fuse(
         "tuning_split": fit["tuning"]["split"],
         "tuning_rmse_pct": best["rmse_pct"],
         "tuning_coverage_2_sigma": best["coverage_2_sigma"],
-        "files": [str(out / f.name) for f in files],
+        "files": [str(out / name) for name in sorted(owned_files(out, MODEL_OUTPUT))
+                  if not name.startswith(".")],
     }
     if json_output:
         emit_json(summary)

@@ -9,7 +9,6 @@ every one finite from the first), so streams batch, snapshot and restore like th
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -138,12 +137,6 @@ class EkfSocEstimator(SocEstimator):
             "bsoc_version": __version__,
             **self.metadata,
         }
-
-    def write(self, folder: Path) -> list[Path]:
-        """Write ``config.json`` into ``folder`` (the fit stages it with its figures)."""
-        path = folder / CONFIG_FILE
-        path.write_text(json.dumps(self.config(), indent=2) + "\n")
-        return [path]
 
     @classmethod
     def load(cls, directory: str | Path) -> EkfSocEstimator:

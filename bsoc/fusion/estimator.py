@@ -15,7 +15,6 @@ weights as ``model.safetensors``: self-contained, and loading never unpickles.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -233,14 +232,9 @@ class FusionSocEstimator(SocEstimator):
             **self.metadata,
         }
 
-    def write(self, folder: Path) -> list[Path]:
-        """The LSTM's weights and ``config.json`` into ``folder`` (the fit stages them with
-        its figures); returns the paths."""
-        weights = folder / WEIGHTS_FILE
-        self.lstm.write_weights(weights)
-        config = folder / CONFIG_FILE
-        config.write_text(json.dumps(self.config(), indent=2) + "\n")
-        return [weights, config]
+    def write_weights(self, path: Path) -> bool:
+        """The LSTM's weights: everything else the fusion learned is in ``config.json``."""
+        return self.lstm.write_weights(path)
 
     @classmethod
     def load(cls, directory: str | Path) -> FusionSocEstimator:

@@ -17,7 +17,6 @@ fine-tuning), make a new estimator.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -143,12 +142,6 @@ class LstmSocEstimator(SocEstimator):
             **self.metadata,
         }
 
-    def write(self, folder: Path) -> list[Path]:
-        weights, config = folder / WEIGHTS_FILE, folder / CONFIG_FILE
-        self.write_weights(weights)
-        config.write_text(json.dumps(self.config(), indent=2) + "\n")
-        return [weights, config]
-
     @classmethod
     def load(cls, directory: str | Path) -> LstmSocEstimator:
         directory = Path(directory)
@@ -186,7 +179,8 @@ class LstmSocEstimator(SocEstimator):
         return cls(network, kind=str(kind), name=str(config.get("name", default_name)),
                    metadata=metadata)
 
-    def write_weights(self, path: Path) -> None:
+    def write_weights(self, path: Path) -> bool:
         """The network's tensors as safetensors (never pickle) at ``path``."""
         tensors = {k: v.detach().contiguous() for k, v in self.network.state_dict().items()}
         save_tensors(tensors, path, metadata={"format": "bsoc-soc-network"})
+        return True

@@ -1,0 +1,173 @@
+"""The search for the fusion filter's settings on the tuning split (validation).
+
+The LSTM errs on cycles it was not trained on as it will on new ones, which its training
+split cannot show, so the settings are chosen on the VALIDATION split in the three
+evaluation scenarios (from start, cold start, degraded sensors). The LSTM runs once per
+cycle and scenario (:func:`tuning_runs`); every candidate only re-runs the filter over its
+outputs (:func:`score`). The objective is the mean SOC RMSE over cycles and scenarios plus
+a penalty for +-2 sigma coverage outside ``FusionGrid.coverage`` at any validation
+temperature. Test cycles are never read.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bsoc.data.schema import Cycle
+from bsoc.evaluate import SCENARIOS, ScenarioSettings, counted_samples, scenario_inputs
+from bsoc.fusion.estimator import FusionSocEstimator
+from bsoc.nn.estimator import LstmSocEstimator
+
+Progress = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class FusionGrid:
+    """The candidate values of the tuned settings.
+
+    The LSTM's settings are searched as a full grid (with the ECM at ``voltage_start``),
+    then, with the ECM, the voltage noise factor alone at the best of them. The factor
+    multiplies the EKF's own voltage noise, which treats every sample's model error as
+    new; inside the fusion, beside a second measurement, the ECM's error (correlated over
+    a whole drive in the cold) must count for far less, hence factors of tens to hundreds.
+    """
+
+    variance_scale: Sequence[float] = (0.5, 1.0, 2.0)
+    bias_fraction: Sequence[float] = (0.5, 0.8)
+    bias_tau_s: Sequence[float] = (600.0, 3000.0)
+    noise_tau_s: Sequence[float] = (30.0, 100.0, 300.0)
+    offset_std_c: Sequence[float] = (0.0, 0.005, 0.01)
+    voltage_factor: Sequence[float] = (16.0, 32.0, 64.0, 128.0, 256.0, 512.0)
+    voltage_start: float = 128.0
+    coverage: tuple[float, float] = (0.90, 0.98)  # wanted +-2 sigma coverage per temperature
+    coverage_weight_pct: float = 5.0  # RMSE points one unit of coverage outside it costs
+
+    def lstm_candidates(self, with_ecm: bool) -> list[dict[str, float]]:
+        axes = {"variance_scale": self.variance_scale, "bias_fraction": self.bias_fraction,
+                "bias_tau_s": self.bias_tau_s, "noise_tau_s": self.noise_tau_s,
+                "offset_std_c": self.offset_std_c}
+        extra = {"voltage_factor": self.voltage_start} if with_ecm else {}
+        return [{**dict(zip(axes, values, strict=True)), **extra}
+                for values in itertools.product(*axes.values())]
+
+    def searched(self, with_ecm: bool) -> dict[str, list[float]]:
+        names = ["variance_scale", "bias_fraction", "bias_tau_s", "noise_tau_s",
+                 "offset_std_c", *(["voltage_factor"] if with_ecm else [])]
+        return {name: [float(v) for v in getattr(self, name)] for name in names}
+
+    def miss(self, coverage: dict[Any, float]) -> float:
+        """How far the +-2 sigma coverages lie outside the wanted band, summed."""
+        low, high = self.coverage
+        return sum(max(low - c, c - high, 0.0) for c in coverage.values())
+
+
+@dataclass
+class TuningRun:
+    """One validation sequence: inputs, truth, the LSTM's SOC, which samples count."""
+
+    samples: np.ndarray
+    truth: np.ndarray
+    lstm_soc: np.ndarray
+    counted: np.ndarray
+    temperature_c: float
+    scenario: str
+
+
+def tuning_runs(lstm: LstmSocEstimator, cycles: list[Cycle],
+                settings: ScenarioSettings) -> list[TuningRun]:
+    """Every cycle in every scenario, with the LSTM's SOC computed once."""
+    runs = []
+    for scenario in SCENARIOS:
+        inputs = scenario_inputs(cycles, scenario, settings)
+        predicted = lstm.predict_many([samples for samples, _ in inputs])
+        for cycle, (samples, truth), lstm_soc in zip(cycles, inputs, predicted, strict=True):
+            counted = counted_samples(samples[:, 0] - samples[0, 0], scenario, settings)
+            runs.append(TuningRun(samples, truth, lstm_soc, counted,
+                                  float(cycle.meta.ambient_c), scenario))
+    return runs
+
+
+def score(estimator: FusionSocEstimator, runs: list[TuningRun]) -> dict[str, Any]:
+    """Mean RMSE (percentage points) over the runs and +-2 sigma coverage per temperature."""
+    rmse, inside, counts = [], {}, {}
+    for run in runs:
+        soc, std = estimator.filter_outputs(run.samples, run.lstm_soc)
+        error = (soc - run.truth)[run.counted]
+        rmse.append(100 * float(np.sqrt(np.mean(error**2))))
+        within = np.abs(error) <= 2 * std[run.counted]
+        inside[run.temperature_c] = inside.get(run.temperature_c, 0) + int(within.sum())
+        counts[run.temperature_c] = counts.get(run.temperature_c, 0) + len(error)
+    coverage = {t: inside[t] / max(counts[t], 1) for t in sorted(counts)}
+    return {"rmse_pct": float(np.mean(rmse)), "coverage_2_sigma": coverage}
+
+
+@dataclass
+class SettingsSearch:
+    """Every candidate scored (rows of settings, RMSE, coverage, objective) and the best."""
+
+    rows: list[dict[str, Any]]
+    names: list[str]
+    grid: FusionGrid
+
+    @property
+    def best(self) -> dict[str, Any]:
+        return min(self.rows, key=lambda row: row["objective_pct"])
+
+    @property
+    def chosen(self) -> dict[str, float]:
+        """The best candidate's settings."""
+        return {name: self.best[name] for name in self.names}
+
+    def report(self) -> dict[str, Any]:
+        """What was searched, how it was scored and what won (for the model's config.json)."""
+        low, high = self.grid.coverage
+        with_ecm = "voltage_factor" in self.names
+        return {
+            "objective": "mean SOC RMSE over cycles x scenarios [pp] + "
+                         f"{self.grid.coverage_weight_pct:g} x the +-2 sigma coverage outside "
+                         f"{low:.0%}-{high:.0%}, summed over temperatures",
+            "grid": self.grid.searched(with_ecm),
+            "search": "full grid of the LSTM's settings"
+                      + (f" (voltage factor {self.grid.voltage_start:g}), then the voltage "
+                         "factor alone at the best" if with_ecm else ""),
+            "feasible_candidates": sum(self.grid.miss(row["coverage_2_sigma"]) == 0.0
+                                       for row in self.rows),
+            "best": self.best,
+            "top": sorted(self.rows, key=lambda row: row["objective_pct"])[:8],
+        }
+
+
+def score_candidates(base: FusionSocEstimator, runs: list[TuningRun], grid: FusionGrid,
+                     candidates: list[dict[str, float]], stage: str,
+                     progress: Progress) -> list[dict[str, Any]]:
+    """Each candidate's settings with its RMSE, coverage and objective."""
+    rows = []
+    for index, values in enumerate(candidates):
+        row = {**values, **score(base.with_settings(base.settings.with_values(**values)), runs)}
+        row["objective_pct"] = (row["rmse_pct"]
+                                + grid.coverage_weight_pct * grid.miss(row["coverage_2_sigma"]))
+        rows.append(row)
+        progress(stage, (index + 1) / len(candidates))
+    return rows
+
+
+def search_settings(base: FusionSocEstimator, runs: list[TuningRun], grid: FusionGrid,
+                    progress: Progress) -> SettingsSearch:
+    """The grid of the LSTM's settings, then (with the ECM) the voltage factor alone at
+    the best of them; ``base`` holds the settings that are not searched."""
+    with_ecm = base.ecm is not None
+    rows = score_candidates(base, runs, grid, grid.lstm_candidates(with_ecm), "settings grid",
+                            progress)
+    search = SettingsSearch(rows, list(grid.searched(with_ecm)), grid)
+    if with_ecm:
+        best = search.chosen
+        search.rows += score_candidates(
+            base, runs, grid, [{**best, "voltage_factor": factor} for factor in
+                               grid.voltage_factor if factor != best["voltage_factor"]],
+            "voltage noise", progress)
+    return search

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from bsoc.fleet.connection import NatsTarget, connect
-from bsoc.fleet.gateway import ask_fleet
+from bsoc.fleet.queries import ask_fleet
 from bsoc.fleet.subjects import REPLY_HEADER, SOC_OUT, samples_subject
 from bsoc.fleet.worker import Worker, WorkerConfig
 from bsoc.serve.service import describe_model

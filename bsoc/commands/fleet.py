@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from pathlib import Path
 
 import typer
 
-from bsoc.commands.serve import KEY_OPTION_HELP, api_key_from_options
+from bsoc.commands.serve import KEY_OPTION_HELP, api_key_from_options, load_served_model
 from bsoc.console import emit_json, err_console, out_console
 from bsoc.errors import ConfigError
 
@@ -84,20 +83,12 @@ def worker(
     """Own partitions of the log, step their streams, checkpoint them, take over dead peers'."""
     import logging
 
-    from bsoc.estimator import load_estimator
     from bsoc.fleet.worker import Worker, WorkerConfig
     from bsoc.serve.service import describe_model
-    from bsoc.serve.streams import GAP_POLICIES
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
-    if gap_policy not in GAP_POLICIES:
-        raise ConfigError(
-            f"unknown --gap-policy {gap_policy!r}", remedy=f"use one of {GAP_POLICIES}"
-        )
     target = _target(nats, nats_user, nats_password_file)
-    estimator = load_estimator(model)
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(model_threads)
+    estimator = load_served_model(model, gap_policy, model_threads)
     config = WorkerConfig(
         target=target,
         partitions=partitions,
@@ -261,7 +252,7 @@ def status(
 
 async def _status(target) -> dict:
     from bsoc.fleet.connection import connect
-    from bsoc.fleet.gateway import ask_fleet
+    from bsoc.fleet.queries import ask_fleet
     from bsoc.fleet.log import read_settings
 
     nc = await connect(target, "bsoc-fleet-status")

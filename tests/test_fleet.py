@@ -301,3 +301,41 @@ def test_answer_log_sees_every_estimate(nats_url):
     socs = [a["estimates"][0]["soc"] for a in sorted(answers.answers, key=lambda a: a["seq"])]
     assert socs == CoulombEstimator().predict(rows).tolist()
     assert np.all(np.diff([a["seq"] for a in answers.answers]) > 0)
+
+
+def test_worker_and_gateway_publish_soc_std_for_a_model_with_one(nats_url):
+    """An EKF's standard deviation reaches ``bsoc.soc.<id>`` and the gateway's answers, with
+    the numbers stepping the model offline gives (and null for a model without one)."""
+    from bsoc.ekf.estimator import EkfSocEstimator
+    from bsoc.ekf.filter import NoiseSettings
+    from stream_set import StreamSet
+    from test_ekf_synthetic import true_tables
+
+    ekf = EkfSocEstimator(true_tables(), NoiseSettings(soc_std=1e-5, rc_std=1e-4,
+                                                       voltage_std=5e-3), name="tiny-ekf")  # fmt: skip
+    rows = rows_of(40, seed=4, soc0=0.9)
+    stepper, expected = StreamSet(ekf), []
+    for row in rows:
+        stepper.step(row)
+        expected.append(float(ekf.soc_std(stepper.states)[0]))
+    with ThreadWorker(ekf, nats_url, partitions=PARTITIONS, lease_s=1.0):
+        wait_until_owned(nats_url, PARTITIONS)
+        with AnswerLog(nats_url) as published:
+            direct = publish(nats_url, [("ekf.direct", as_json(rows[:20]))], reply=True)
+            published.wait_for(1)
+            gateway = FleetGateway(GatewayConfig(target=NatsTarget(nats_url)))
+            with ThreadServer(build_app(gateway)) as fleet:
+                through = httpx.post(f"{fleet.url}/v1/streams/ekf.gateway/samples",
+                                     json=as_json(rows), timeout=30).json()  # fmt: skip
+                status = httpx.get(f"{fleet.url}/v1/streams/ekf.gateway").json()
+    assert [e["soc_std"] for e in direct[0]["estimates"]] == expected[:20]
+    assert published.answers[0] == direct[0]
+    assert [e["soc_std"] for e in through["estimates"]] == expected
+    assert status["soc_std"] == expected[-1]
+
+
+def test_answers_without_soc_std_carry_null(nats_url):
+    with ThreadWorker(CoulombEstimator(), nats_url, partitions=PARTITIONS, lease_s=1.0):
+        wait_until_owned(nats_url, PARTITIONS)
+        answer = publish(nats_url, [("c", as_json(rows_of(3)))], reply=True)[0]
+    assert [e["soc_std"] for e in answer["estimates"]] == [None, None, None]

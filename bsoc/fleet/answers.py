@@ -19,7 +19,7 @@ from bsoc.fleet.subjects import DELETE_OP, OP_HEADER, REPLY_HEADER, dead_subject
 from bsoc.serve.errors import Refused
 from bsoc.serve.rejections import Rejected
 from bsoc.serve.schemas import check_stream_id
-from bsoc.serve.service import stream_status
+from bsoc.serve.service import estimates_of, stream_status
 from bsoc.serve.socket import parse_message
 from bsoc.serve.streams import StreamRegistry
 
@@ -45,11 +45,7 @@ async def answer_message(
     except RuntimeError as error:  # the model failed; nothing was committed
         return {**base, "error": "internal", "reason": f"the model failed: {error}",
                 "status": 500}  # fmt: skip
-    estimates = [
-        {"time_s": float(t), "soc": float(s), "gap": bool(g)}
-        for t, s, g in zip(rows[:, 0], applied.soc, applied.gap)
-    ]
-    return {**base, "estimates": estimates}
+    return {**base, "estimates": [e.model_dump() for e in estimates_of(rows, applied)]}
 
 
 async def publish_answer(

@@ -86,7 +86,7 @@ class FleetGateway:
         """Publish to the log, then wait for the owning worker's answer."""
         from nats.errors import NoRespondersError
         from nats.errors import TimeoutError as NatsTimeout
-        from nats.js.errors import APIError
+        from nats.js.errors import APIError, NoStreamResponseError
 
         reply = f"{self.inbox}.{next(self._counter)}"
         answer = self._waiting[reply] = asyncio.get_running_loop().create_future()
@@ -95,7 +95,8 @@ class FleetGateway:
                 ack = await self.js.publish(
                     samples_subject(stream_id), payload, headers={**headers, REPLY_HEADER: reply}
                 )
-            except (NatsTimeout, NoRespondersError, APIError, asyncio.TimeoutError) as error:
+            except (NatsTimeout, NoRespondersError, NoStreamResponseError, APIError,
+                    asyncio.TimeoutError) as error:
                 raise Rejected(503, "unavailable", f"the log did not store the request "
                                f"({type(error).__name__}); nothing was applied, send it "
                                "again") from None  # fmt: skip

@@ -80,9 +80,11 @@ class WorkerProcess:
 class ThreadWorker:
     """A :class:`Worker` on its own event loop in a thread (no model loading per test)."""
 
-    def __init__(self, estimator: Any, url: str, **config: Any) -> None:
+    def __init__(self, estimator: Any, url: str, *, user: str | None = None,
+                 password: str | None = None, **config: Any) -> None:  # fmt: skip
+        target = NatsTarget(url, user, password)
         self.worker = Worker(estimator, describe_model(estimator, None),
-                             WorkerConfig(target=NatsTarget(url), **config))  # fmt: skip
+                             WorkerConfig(target=target, **config))  # fmt: skip
         self.ready = threading.Event()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)

@@ -291,6 +291,54 @@ def test_nats_passwords_are_required_when_configured(tmp_path):
         NatsCluster(tmp_path / "open", host="0.0.0.0")
 
 
+def test_gateways_and_clients_may_only_publish_samples_and_read(tmp_path):
+    """With passwords, a client (or gateway) login publishes samples, reads the fleet's
+    settings and answers, and asks queries; it cannot forge answers or touch the log."""
+    from bsoc.fleet.log import read_settings
+    from bsoc.fleet.subjects import LEASES_BUCKET
+
+    users = {"worker": "w" * 20, "gateway": "g" * 20, "client": "c" * 20}
+    rows = rows_of(5)
+    with NatsCluster(tmp_path / "nats", users=users) as cluster:
+        url = cluster.url
+        with ThreadWorker(CoulombEstimator(), url, user="worker", password=users["worker"],
+                          partitions=PARTITIONS, lease_s=1.0):  # fmt: skip
+            async def as_client() -> dict:
+                worker = await connect(NatsTarget(url, "worker", users["worker"]), "test-w")
+                client = await connect(NatsTarget(url, "client", users["client"]), "test-c")
+                seen: list[str] = []
+
+                async def keep(message) -> None:
+                    seen.append(message.subject)
+
+                await worker.subscribe("bsoc.soc.>", cb=keep)
+                await worker.flush()
+                out = {"settings": (await read_settings(client.jetstream(), url)).partitions}
+                answer = await client.request("bsoc.samples.c", json.dumps(as_json(rows)).encode(),
+                                              timeout=10)  # fmt: skip
+                out["acked"] = json.loads(answer.data).get("stream") == SAMPLES_STREAM
+                await client.publish("bsoc.soc.forged", b"{}")  # refused by the server
+                for forbidden in (f"$JS.API.STREAM.DELETE.{SAMPLES_STREAM}",
+                                  f"$KV.{LEASES_BUCKET}.lease.0"):  # fmt: skip
+                    try:
+                        await client.request(forbidden, b"", timeout=1)
+                        out[forbidden] = "answered"
+                    except Exception as error:
+                        out[forbidden] = type(error).__name__
+                await asyncio.sleep(1.0)
+                info = await worker.jetstream().stream_info(SAMPLES_STREAM)
+                out["stored"], out["seen"] = info.state.messages, sorted(set(seen))
+                await client.close()
+                await worker.close()
+                return out
+
+            out = asyncio.run(as_client())
+    assert out["settings"] == PARTITIONS and out["acked"] and out["stored"] == 1
+    assert out["seen"] == ["bsoc.soc.c"]  # the worker's answer, not the forged one
+    assert out[f"$JS.API.STREAM.DELETE.{SAMPLES_STREAM}"] != "answered"
+    assert out[f"$KV.{LEASES_BUCKET}.lease.0"] != "answered"
+
+
 def test_answer_log_sees_every_estimate(nats_url):
     rows = rows_of(20)
     with ThreadWorker(CoulombEstimator(), nats_url, partitions=PARTITIONS, lease_s=1.0):

@@ -24,7 +24,8 @@ import numpy as np
 from bsoc.fleet.connection import NatsTarget, connect
 from bsoc.fleet.queries import ask_fleet
 from bsoc.fleet.subjects import REPLY_HEADER, SOC_OUT, samples_subject
-from bsoc.fleet.worker import Worker, WorkerConfig
+from bsoc.fleet.context import WorkerConfig
+from bsoc.fleet.worker import Worker
 from bsoc.serve.service import describe_model
 from test_serve_helpers import HERE, as_json
 

@@ -26,7 +26,15 @@ import pytest
 from bsoc.fleet.connection import NatsTarget, connect
 from bsoc.fleet.nats_server import NatsCluster
 from bsoc.fleet.subjects import DEAD_STREAM, SAMPLES_STREAM, samples_subject
-from fleet_helpers import AnswerLog, ThreadWorker, WorkerProcess, interleaved, publish, wait_until_owned
+from fleet_helpers import (
+    AnswerLog,
+    ThreadWorker,
+    WorkerProcess,
+    fleet_status,
+    interleaved,
+    publish,
+    wait_until_owned,
+)
 from test_serve_helpers import CoulombEstimator, rows_of
 
 pytest.importorskip("nats", reason="nats-py is in the fleet extra: pip install '.[fleet]'")
@@ -204,6 +212,23 @@ async def _stream_leader(url: str) -> str:
         return info.cluster.leader
     finally:
         await nc.close()
+
+
+def test_a_burst_is_applied_within_the_workers_in_flight_bound(tmp_path):
+    """480 messages published at once to four partitions: the worker applies at most its
+    bound at a time (the rest wait in its consumers and the log) and loses none."""
+    messages = interleaved(STREAMS, 0, 60)
+    with NatsCluster(tmp_path / "nats") as cluster, AnswerLog(cluster.url) as log:
+        with ThreadWorker(CoulombEstimator(), cluster.url, partitions=PARTITIONS, lease_s=1.0,
+                          max_worker_in_flight=3):  # fmt: skip
+            wait_until_owned(cluster.url, PARTITIONS)
+            publish(cluster.url, messages)
+            log.wait_for(len(messages))
+            (answer,), _ = fleet_status(cluster.url, PARTITIONS)
+    metrics = answer["metrics"]
+    print(f"burst of {len(messages)}: in flight at most {metrics['in_flight_peak']}")
+    assert metrics["in_flight_limit"] == 3 and 1 <= metrics["in_flight_peak"] <= 3
+    assert tally(log.answers) == {"lost": 0, "applied_twice": 0, "refused": {}, "exact": True}
 
 
 def test_gateway_says_503_when_the_log_stores_nothing(tmp_path):

@@ -63,6 +63,10 @@ def worker(
     max_in_flight: int = typer.Option(
         2048, min=1, help="Messages per partition delivered but not yet applied (back-pressure)."
     ),
+    max_worker_in_flight: int = typer.Option(
+        8192, min=1, help="Messages this worker applies at once over all its partitions; "
+        "beyond that its consumers wait and the log holds the rest (back-pressure).",
+    ),
     gap_limit: float = typer.Option(300.0, min=0.0, help="As 'bsoc serve --gap-limit'."),
     gap_policy: str = typer.Option("reset", help="As 'bsoc serve --gap-policy'."),
     max_streams_per_partition: int = typer.Option(
@@ -83,7 +87,8 @@ def worker(
     """Own partitions of the log, step their streams, checkpoint them, take over dead peers'."""
     import logging
 
-    from bsoc.fleet.worker import Worker, WorkerConfig
+    from bsoc.fleet.context import WorkerConfig
+    from bsoc.fleet.worker import Worker
     from bsoc.serve.service import describe_model
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
@@ -96,6 +101,7 @@ def worker(
         lease_s=lease_seconds,
         checkpoint_interval_s=checkpoint_interval,
         max_in_flight=max_in_flight,
+        max_worker_in_flight=max_worker_in_flight,
         gap_limit_s=gap_limit,
         gap_policy=gap_policy,
         max_streams_per_partition=max_streams_per_partition,

@@ -97,6 +97,12 @@ def render_worker_metrics(answers: list[dict], missing: list[int]) -> str:
                lambda a: a["metrics"]["messages_total"])  # fmt: skip
     per_worker("bsoc_fleet_samples_per_second", "gauge", "Samples applied per second (10 s).",
                lambda a: round(a["metrics"]["samples_per_s"], 3))  # fmt: skip
+    per_worker("bsoc_fleet_worker_in_flight_messages", "gauge",
+               "Messages being applied now, all partitions (at most the limit).",
+               lambda a: a["metrics"]["in_flight"])  # fmt: skip
+    per_worker("bsoc_fleet_worker_in_flight_limit", "gauge",
+               "The worker's bound on messages applied at once (--max-worker-in-flight).",
+               lambda a: a["metrics"]["in_flight_limit"])  # fmt: skip
     per_worker("bsoc_fleet_checkpoints_total", "counter", "Partition checkpoints stored.",
                lambda a: a["metrics"]["checkpoints_total"])  # fmt: skip
     per_worker("bsoc_fleet_consumer_restarts_total", "counter",

@@ -24,16 +24,14 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from bsoc.fleet.answers import answer_message, publish_answer
+from bsoc.fleet.context import WorkerContext
 from bsoc.fleet.subjects import SAMPLES_STREAM, partition_subjects, stream_of_stored
 from bsoc.serve.streams import StreamRegistry
-
-if TYPE_CHECKING:
-    from bsoc.fleet.worker import Worker
 
 log = logging.getLogger("bsoc.fleet")
 
@@ -48,15 +46,16 @@ class _Dispatched:
 class Partition:
     """One owned partition: its registry, its consumer, and its applied sequence."""
 
-    def __init__(self, index: int, worker: Worker) -> None:
-        self.index, self.worker = index, worker
+    def __init__(self, index: int, context: WorkerContext) -> None:
+        self.index, self.context = index, context
+        config = context.config
         self.registry = StreamRegistry(
-            worker.batcher,
-            worker.estimator.initial_state(),
-            gap_limit_s=worker.config.gap_limit_s,
-            gap_policy=worker.config.gap_policy,
-            max_streams=worker.config.max_streams_per_partition,
-            history_len=worker.config.history_len,
+            context.batcher,
+            context.estimator.initial_state(),
+            gap_limit_s=config.gap_limit_s,
+            gap_policy=config.gap_policy,
+            max_streams=config.max_streams_per_partition,
+            history_len=config.history_len,
         )
         self.applied_seq = 0  # every message up to here is applied (or refused), none after
         self.dispatched: deque[_Dispatched] = deque()
@@ -65,6 +64,7 @@ class Partition:
         self.open = asyncio.Event()
         self.open.set()
         self.subscription: Any = None
+        self.generation = 0  # which subscription is the current one
         self.expected_delivery = 1
         self.restarting = False
         self.last_checkpoint_monotonic = time.monotonic()
@@ -74,7 +74,7 @@ class Partition:
 
     async def start(self) -> None:
         """Restore the checkpoint and consume the log after it."""
-        applied, arrays = await self.worker.checkpoints.load(self.index)
+        applied, arrays = await self.context.checkpoints.load(self.index)
         if arrays is not None:
             self.registry.restore(arrays)
         self.applied_seq = applied
@@ -106,41 +106,54 @@ class Partition:
             ack_policy=AckPolicy.ALL,
             max_deliver=1,
             ack_wait=3600.0,
-            max_ack_pending=self.worker.config.max_in_flight,
-            inactive_threshold=max(10.0, 3 * self.worker.config.lease_s),
+            max_ack_pending=self.context.config.max_in_flight,
+            inactive_threshold=max(10.0, 3 * self.context.config.lease_s),
             mem_storage=True,
             num_replicas=1,
         )
         self.expected_delivery = 1
-        self.subscription = await self.worker.js.subscribe(
+        self.generation += 1
+        generation = self.generation
+
+        async def on_message(message: Any) -> None:
+            await self._on_message(message, generation)
+
+        self.subscription = await self.context.js.subscribe(
             partition_subjects(self.index),
             stream=SAMPLES_STREAM,
-            cb=self._on_message,
+            cb=on_message,
             config=config,
             manual_ack=True,
-            pending_msgs_limit=4 * self.worker.config.max_in_flight,
+            pending_msgs_limit=4 * self.context.config.max_in_flight,
             pending_bytes_limit=-1,
         )
 
-    async def _on_message(self, message: Any) -> None:
-        """Called by nats-py for each delivery, one at a time, in log order."""
-        if self.restarting or not (message.reply or "").startswith("$JS.ACK."):
+    async def _on_message(self, message: Any, generation: int) -> None:
+        """Called by nats-py for each delivery of one subscription, one at a time, in log order."""
+        if self._superseded(generation) or not (message.reply or "").startswith("$JS.ACK."):
             return  # a status message (heartbeat, flow control), or one of a dropped consumer
         meta = message.metadata
         if meta.sequence.consumer != self.expected_delivery:
-            self.worker.metrics.redeliveries += 1
+            self.context.metrics.redeliveries += 1
             self._restart_consumer()
             return
         self.expected_delivery += 1
         self.lag = meta.num_pending
+        await self.context.in_flight.acquire()  # back-pressure: the worker's bound, all partitions
         if not self.open.is_set():
             await self.open.wait()
+        if self._superseded(generation):  # consumed again meanwhile: the new consumer has it
+            self.context.in_flight.release()
+            return
         item = _Dispatched(meta.sequence.stream, message)
         self.dispatched.append(item)
         self.idle.clear()
         task = asyncio.get_running_loop().create_task(self._handle(item))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    def _superseded(self, generation: int) -> bool:
+        return self.restarting or generation != self.generation
 
     def _restart_consumer(self) -> None:
         """A delivery went missing: drop what follows and consume again after the last applied."""
@@ -157,9 +170,12 @@ class Partition:
     async def _handle(self, item: _Dispatched) -> None:
         started = time.perf_counter()
         _, stream_id = stream_of_stored(item.message.subject)
-        answer = await answer_message(self.registry, stream_id, item.sequence, item.message)
-        await publish_answer(self.worker.nc, stream_id, item.sequence, item.message, answer)
-        self.worker.metrics.observe(answer, time.perf_counter() - started)
+        try:
+            answer = await answer_message(self.registry, stream_id, item.sequence, item.message)
+            await publish_answer(self.context.nc, stream_id, item.sequence, item.message, answer)
+        finally:
+            self.context.in_flight.release()
+        self.context.metrics.observe(answer, time.perf_counter() - started)
         item.done = True
         self._advance()
 
@@ -189,9 +205,9 @@ class Partition:
     async def checkpoint(self) -> None:
         sequence, arrays = await self.capture()
         started = time.perf_counter()
-        size = await self.worker.checkpoints.save(self.index, sequence, arrays)
+        size = await self.context.checkpoints.save(self.index, sequence, arrays)
         self.last_checkpoint_monotonic = time.monotonic()
-        self.worker.metrics.observe_checkpoint(time.perf_counter() - started, size)
+        self.context.metrics.observe_checkpoint(time.perf_counter() - started, size)
 
     async def _unsubscribe(self) -> None:
         if self.subscription is not None:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from bsoc.fleet.connection import NatsTarget, connect
+from bsoc.fleet.context import InFlightLimit
 from bsoc.fleet.metrics import WorkerMetrics
 from bsoc.fleet.subjects import QUERY, stream_id_of
 from bsoc.serve.errors import Refused
@@ -51,7 +52,11 @@ def stream_answer(partitions: Mapping[int, Partition], subject: str, data: bytes
 
 
 def fleet_answer(
-    worker_id: str, partitions: Mapping[int, Partition], metrics: WorkerMetrics, data: bytes
+    worker_id: str,
+    partitions: Mapping[int, Partition],
+    metrics: WorkerMetrics,
+    in_flight: InFlightLimit,
+    data: bytes,
 ) -> dict[str, Any]:
     """One worker's answer to ``bsoc.query.fleet`` (``{"prefix", "limit"}`` asks for streams)."""
     try:
@@ -76,7 +81,8 @@ def fleet_answer(
             for i, p in sorted(partitions.items())
         },
         "streams": stream_list(chosen, limit).model_dump() if limit else None,
-        "metrics": metrics.to_json(),
+        "metrics": {**metrics.to_json(), "in_flight": in_flight.count,
+                    "in_flight_peak": in_flight.peak, "in_flight_limit": in_flight.limit},  # fmt: skip
     }
 
 

@@ -16,16 +16,16 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from bsoc.estimator import SocEstimator
 from bsoc.fleet.checkpoint import CheckpointStore
-from bsoc.fleet.connection import NatsTarget, connect
+from bsoc.fleet.connection import connect
+from bsoc.fleet.context import InFlightLimit, WorkerConfig, WorkerContext
 from bsoc.fleet.leases import WORKER_PREFIX, LeaseView, lease_key, lease_value, worker_key
-from bsoc.fleet.log import DAY_S, FleetSettings, ensure_log, pin_settings
+from bsoc.fleet.log import ensure_log, pin_settings
 from bsoc.fleet.metrics import WorkerMetrics
 from bsoc.fleet.partition import Partition
 from bsoc.fleet.queries import FLEET_QUERY, fleet_answer, stream_answer, stream_query_subject
@@ -34,35 +34,6 @@ from bsoc.heap import settle_heap
 from bsoc.serve.batching import MicroBatcher
 
 log = logging.getLogger("bsoc.fleet")
-
-
-@dataclass
-class WorkerConfig:
-    """Worker settings (each is a ``bsoc fleet worker`` option)."""
-
-    target: NatsTarget = field(default_factory=NatsTarget)
-    partitions: int = 8
-    replicas: int = 1
-    lease_s: float = 3.0
-    checkpoint_interval_s: float = 10.0
-    max_in_flight: int = 2048  # per partition: messages delivered but not yet applied
-    gap_limit_s: float = 300.0
-    gap_policy: str = "reset"
-    max_streams_per_partition: int = 20_000
-    batch_wait_s: float = 0.003
-    max_batch: int = 4096
-    history_len: int = 60
-    retention_s: float = DAY_S
-    worker_id: str = ""
-
-    def settings(self, model: dict[str, Any]) -> FleetSettings:
-        return FleetSettings(
-            model=model,
-            partitions=self.partitions,
-            gap_limit_s=self.gap_limit_s,
-            gap_policy=self.gap_policy,
-            max_streams_per_partition=self.max_streams_per_partition,
-        )
 
 
 def new_worker_id() -> str:
@@ -76,6 +47,7 @@ class Worker:
         self.estimator, self.model, self.config = estimator, model, config
         self.id = config.worker_id or new_worker_id()
         self.metrics = WorkerMetrics()
+        self.in_flight = InFlightLimit(config.max_worker_in_flight)
         self.partitions: dict[int, Partition] = {}
         self.view = LeaseView(config.partitions, config.lease_s, self.id)
         self.revisions: dict[int, int] = {}  # our lease revision per owned partition
@@ -97,13 +69,13 @@ class Worker:
                              self.config.retention_s)  # fmt: skip
             await pin_settings(self.js, self.config.settings(self.model))
             self.kv = await self.js.key_value(LEASES_BUCKET)
-            self.checkpoints = CheckpointStore(
-                await self.js.object_store(CHECKPOINTS_BUCKET), self.model
-            )
+            checkpoints = CheckpointStore(await self.js.object_store(CHECKPOINTS_BUCKET), self.model)
             self.batcher = MicroBatcher(
                 self.estimator, max_wait_s=self.config.batch_wait_s, max_jobs=self.config.max_batch
             )
             self.batcher.start()
+            self.context = WorkerContext(self.config, self.estimator, self.batcher, self.nc,
+                                         self.js, checkpoints, self.metrics, self.in_flight)  # fmt: skip
             await self.nc.subscribe(FLEET_QUERY, cb=self._on_fleet_query)
             if ready is not None:
                 ready.set()
@@ -192,7 +164,7 @@ class Worker:
         except KeyWrongLastSequenceError:
             return  # another worker was quicker
         self.revisions[index] = revision
-        partition = self.partitions[index] = Partition(index, self)
+        partition = self.partitions[index] = Partition(index, self.context)
         self._starts[index] = asyncio.get_running_loop().create_task(self._start(partition))
 
     async def _start(self, partition: Partition) -> None:
@@ -269,5 +241,5 @@ class Worker:
             await message.respond(json.dumps(answer).encode())
 
     async def _on_fleet_query(self, message: Any) -> None:
-        answer = fleet_answer(self.id, self.partitions, self.metrics, message.data)
+        answer = fleet_answer(self.id, self.partitions, self.metrics, self.in_flight, message.data)
         await message.respond(json.dumps(answer).encode())

@@ -31,7 +31,7 @@ from pathlib import Path
 from load_test import free_port, run_replay, start_server, verdict
 
 from bsoc.fleet.connection import NatsTarget
-from bsoc.fleet.gateway import ask_fleet
+from bsoc.fleet.queries import ask_fleet
 from bsoc.fleet.nats_server import NatsCluster
 
 

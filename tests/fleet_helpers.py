@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from bsoc.fleet.connection import NatsTarget, connect
-from bsoc.fleet.gateway import ask_fleet
+from bsoc.fleet.queries import ask_fleet
 from bsoc.fleet.subjects import REPLY_HEADER, SOC_OUT, samples_subject
-from bsoc.fleet.worker import Worker, WorkerConfig
+from bsoc.fleet.context import WorkerConfig
+from bsoc.fleet.worker import Worker
 from bsoc.serve.service import describe_model
 from test_serve_helpers import HERE, as_json
 
@@ -80,9 +81,11 @@ class WorkerProcess:
 class ThreadWorker:
     """A :class:`Worker` on its own event loop in a thread (no model loading per test)."""
 
-    def __init__(self, estimator: Any, url: str, **config: Any) -> None:
+    def __init__(self, estimator: Any, url: str, *, user: str | None = None,
+                 password: str | None = None, **config: Any) -> None:  # fmt: skip
+        target = NatsTarget(url, user, password)
         self.worker = Worker(estimator, describe_model(estimator, None),
-                             WorkerConfig(target=NatsTarget(url), **config))  # fmt: skip
+                             WorkerConfig(target=target, **config))  # fmt: skip
         self.ready = threading.Event()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)

@@ -291,6 +291,54 @@ def test_nats_passwords_are_required_when_configured(tmp_path):
         NatsCluster(tmp_path / "open", host="0.0.0.0")
 
 
+def test_gateways_and_clients_may_only_publish_samples_and_read(tmp_path):
+    """With passwords, a client (or gateway) login publishes samples, reads the fleet's
+    settings and answers, and asks queries; it cannot forge answers or touch the log."""
+    from bsoc.fleet.log import read_settings
+    from bsoc.fleet.subjects import LEASES_BUCKET
+
+    users = {"worker": "w" * 20, "gateway": "g" * 20, "client": "c" * 20}
+    rows = rows_of(5)
+    with NatsCluster(tmp_path / "nats", users=users) as cluster:
+        url = cluster.url
+        with ThreadWorker(CoulombEstimator(), url, user="worker", password=users["worker"],
+                          partitions=PARTITIONS, lease_s=1.0):  # fmt: skip
+            async def as_client() -> dict:
+                worker = await connect(NatsTarget(url, "worker", users["worker"]), "test-w")
+                client = await connect(NatsTarget(url, "client", users["client"]), "test-c")
+                seen: list[str] = []
+
+                async def keep(message) -> None:
+                    seen.append(message.subject)
+
+                await worker.subscribe("bsoc.soc.>", cb=keep)
+                await worker.flush()
+                out = {"settings": (await read_settings(client.jetstream(), url)).partitions}
+                answer = await client.request("bsoc.samples.c", json.dumps(as_json(rows)).encode(),
+                                              timeout=10)  # fmt: skip
+                out["acked"] = json.loads(answer.data).get("stream") == SAMPLES_STREAM
+                await client.publish("bsoc.soc.forged", b"{}")  # refused by the server
+                for forbidden in (f"$JS.API.STREAM.DELETE.{SAMPLES_STREAM}",
+                                  f"$KV.{LEASES_BUCKET}.lease.0"):  # fmt: skip
+                    try:
+                        await client.request(forbidden, b"", timeout=1)
+                        out[forbidden] = "answered"
+                    except Exception as error:
+                        out[forbidden] = type(error).__name__
+                await asyncio.sleep(1.0)
+                info = await worker.jetstream().stream_info(SAMPLES_STREAM)
+                out["stored"], out["seen"] = info.state.messages, sorted(set(seen))
+                await client.close()
+                await worker.close()
+                return out
+
+            out = asyncio.run(as_client())
+    assert out["settings"] == PARTITIONS and out["acked"] and out["stored"] == 1
+    assert out["seen"] == ["bsoc.soc.c"]  # the worker's answer, not the forged one
+    assert out[f"$JS.API.STREAM.DELETE.{SAMPLES_STREAM}"] != "answered"
+    assert out[f"$KV.{LEASES_BUCKET}.lease.0"] != "answered"
+
+
 def test_answer_log_sees_every_estimate(nats_url):
     rows = rows_of(20)
     with ThreadWorker(CoulombEstimator(), nats_url, partitions=PARTITIONS, lease_s=1.0):
@@ -301,3 +349,41 @@ def test_answer_log_sees_every_estimate(nats_url):
     socs = [a["estimates"][0]["soc"] for a in sorted(answers.answers, key=lambda a: a["seq"])]
     assert socs == CoulombEstimator().predict(rows).tolist()
     assert np.all(np.diff([a["seq"] for a in answers.answers]) > 0)
+
+
+def test_worker_and_gateway_publish_soc_std_for_a_model_with_one(nats_url):
+    """An EKF's standard deviation reaches ``bsoc.soc.<id>`` and the gateway's answers, with
+    the numbers stepping the model offline gives (and null for a model without one)."""
+    from bsoc.ekf.estimator import EkfSocEstimator
+    from bsoc.ekf.filter import NoiseSettings
+    from stream_set import StreamSet
+    from test_ekf_synthetic import true_tables
+
+    ekf = EkfSocEstimator(true_tables(), NoiseSettings(soc_std=1e-5, rc_std=1e-4,
+                                                       voltage_std=5e-3), name="tiny-ekf")  # fmt: skip
+    rows = rows_of(40, seed=4, soc0=0.9)
+    stepper, expected = StreamSet(ekf), []
+    for row in rows:
+        stepper.step(row)
+        expected.append(float(ekf.soc_std(stepper.states)[0]))
+    with ThreadWorker(ekf, nats_url, partitions=PARTITIONS, lease_s=1.0):
+        wait_until_owned(nats_url, PARTITIONS)
+        with AnswerLog(nats_url) as published:
+            direct = publish(nats_url, [("ekf.direct", as_json(rows[:20]))], reply=True)
+            published.wait_for(1)
+            gateway = FleetGateway(GatewayConfig(target=NatsTarget(nats_url)))
+            with ThreadServer(build_app(gateway)) as fleet:
+                through = httpx.post(f"{fleet.url}/v1/streams/ekf.gateway/samples",
+                                     json=as_json(rows), timeout=30).json()  # fmt: skip
+                status = httpx.get(f"{fleet.url}/v1/streams/ekf.gateway").json()
+    assert [e["soc_std"] for e in direct[0]["estimates"]] == expected[:20]
+    assert published.answers[0] == direct[0]
+    assert [e["soc_std"] for e in through["estimates"]] == expected
+    assert status["soc_std"] == expected[-1]
+
+
+def test_answers_without_soc_std_carry_null(nats_url):
+    with ThreadWorker(CoulombEstimator(), nats_url, partitions=PARTITIONS, lease_s=1.0):
+        wait_until_owned(nats_url, PARTITIONS)
+        answer = publish(nats_url, [("c", as_json(rows_of(3)))], reply=True)[0]
+    assert [e["soc_std"] for e in answer["estimates"]] == [None, None, None]

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from pathlib import Path
 
 import typer
 
-from bsoc.commands.serve import KEY_OPTION_HELP, api_key_from_options
+from bsoc.commands.serve import KEY_OPTION_HELP, api_key_from_options, load_served_model
 from bsoc.console import emit_json, err_console, out_console
 from bsoc.errors import ConfigError
 
@@ -64,6 +63,10 @@ def worker(
     max_in_flight: int = typer.Option(
         2048, min=1, help="Messages per partition delivered but not yet applied (back-pressure)."
     ),
+    max_worker_in_flight: int = typer.Option(
+        8192, min=1, help="Messages this worker applies at once over all its partitions; "
+        "beyond that its consumers wait and the log holds the rest (back-pressure).",
+    ),
     gap_limit: float = typer.Option(300.0, min=0.0, help="As 'bsoc serve --gap-limit'."),
     gap_policy: str = typer.Option("reset", help="As 'bsoc serve --gap-policy'."),
     max_streams_per_partition: int = typer.Option(
@@ -84,20 +87,13 @@ def worker(
     """Own partitions of the log, step their streams, checkpoint them, take over dead peers'."""
     import logging
 
-    from bsoc.estimator import load_estimator
-    from bsoc.fleet.worker import Worker, WorkerConfig
+    from bsoc.fleet.context import WorkerConfig
+    from bsoc.fleet.worker import Worker
     from bsoc.serve.service import describe_model
-    from bsoc.serve.streams import GAP_POLICIES
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
-    if gap_policy not in GAP_POLICIES:
-        raise ConfigError(
-            f"unknown --gap-policy {gap_policy!r}", remedy=f"use one of {GAP_POLICIES}"
-        )
     target = _target(nats, nats_user, nats_password_file)
-    estimator = load_estimator(model)
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(model_threads)
+    estimator = load_served_model(model, gap_policy, model_threads)
     config = WorkerConfig(
         target=target,
         partitions=partitions,
@@ -105,6 +101,7 @@ def worker(
         lease_s=lease_seconds,
         checkpoint_interval_s=checkpoint_interval,
         max_in_flight=max_in_flight,
+        max_worker_in_flight=max_worker_in_flight,
         gap_limit_s=gap_limit,
         gap_policy=gap_policy,
         max_streams_per_partition=max_streams_per_partition,
@@ -261,7 +258,7 @@ def status(
 
 async def _status(target) -> dict:
     from bsoc.fleet.connection import connect
-    from bsoc.fleet.gateway import ask_fleet
+    from bsoc.fleet.queries import ask_fleet
     from bsoc.fleet.log import read_settings
 
     nc = await connect(target, "bsoc-fleet-status")

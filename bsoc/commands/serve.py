@@ -35,6 +35,22 @@ def api_key_from_options(api_key: str | None, api_key_file: Path | None) -> str 
     return resolve_api_key(api_key, api_key_file)
 
 
+def load_served_model(model: Path, gap_policy: str, model_threads: int):
+    """The estimator ``bsoc serve`` and ``bsoc fleet worker`` step, after checking the options
+    they share (the gap policy) and pinning the model's maths to ``model_threads``."""
+    from bsoc.estimator import load_estimator
+    from bsoc.serve.streams import GAP_POLICIES
+
+    if gap_policy not in GAP_POLICIES:
+        raise ConfigError(
+            f"unknown --gap-policy {gap_policy!r}", remedy=f"use one of {GAP_POLICIES}"
+        )
+    estimator = load_estimator(model)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(model_threads)
+    return estimator
+
+
 def serve(
     model: Path = typer.Option(..., "--model", help="Model folder (any kind: lstm, ekf, ...)."),
     host: str = typer.Option(
@@ -92,21 +108,13 @@ def serve(
     """Serve live SOC estimates over HTTP and WebSocket, with a dashboard at /."""
     import uvicorn
 
-    from bsoc.estimator import load_estimator
     from bsoc.serve.app import create_app
     from bsoc.serve.auth import check_bind
     from bsoc.serve.service import ServeConfig, describe_model
-    from bsoc.serve.streams import GAP_POLICIES
 
-    if gap_policy not in GAP_POLICIES:
-        raise ConfigError(
-            f"unknown --gap-policy {gap_policy!r}", remedy=f"use one of {GAP_POLICIES}"
-        )
     key = api_key_from_options(api_key, api_key_file)
     check_bind(host, key)
-    estimator = load_estimator(model)
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(model_threads)
+    estimator = load_served_model(model, gap_policy, model_threads)
     if no_snapshot:
         snapshot = None
     elif snapshot is None:

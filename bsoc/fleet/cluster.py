@@ -61,6 +61,7 @@ class LocalFleet:
 
     def start(self) -> LocalFleet:
         self.root.mkdir(parents=True, exist_ok=True)
+        self.credentials("client")  # written now: 'bsoc fleet up' tells clients where it is
         self.nats.start()
         replicas = str(min(3, self.nats_nodes))
         for k in range(self.workers):

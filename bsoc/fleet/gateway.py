@@ -24,6 +24,8 @@ from typing import Any
 from bsoc import __version__
 from bsoc.fleet.connection import NatsTarget, connect
 from bsoc.fleet.log import FleetSettings, read_settings
+from bsoc.fleet.metrics import render_worker_metrics
+from bsoc.fleet.queries import GATHER_TIMEOUT_S, query_fleet
 from bsoc.fleet.subjects import (
     DELETE_OP,
     OP_HEADER,
@@ -43,8 +45,6 @@ from bsoc.serve.schemas import (
     StreamList,
     StreamStatus,
 )
-
-GATHER_TIMEOUT_S = 1.0
 
 
 @dataclass
@@ -86,7 +86,7 @@ class FleetGateway:
         """Publish to the log, then wait for the owning worker's answer."""
         from nats.errors import NoRespondersError
         from nats.errors import TimeoutError as NatsTimeout
-        from nats.js.errors import APIError
+        from nats.js.errors import APIError, NoStreamResponseError
 
         reply = f"{self.inbox}.{next(self._counter)}"
         answer = self._waiting[reply] = asyncio.get_running_loop().create_future()
@@ -95,7 +95,8 @@ class FleetGateway:
                 ack = await self.js.publish(
                     samples_subject(stream_id), payload, headers={**headers, REPLY_HEADER: reply}
                 )
-            except (NatsTimeout, NoRespondersError, APIError, asyncio.TimeoutError) as error:
+            except (NatsTimeout, NoRespondersError, NoStreamResponseError, APIError,
+                    asyncio.TimeoutError) as error:
                 raise Rejected(503, "unavailable", f"the log did not store the request "
                                f"({type(error).__name__}); nothing was applied, send it "
                                "again") from None  # fmt: skip
@@ -189,103 +190,3 @@ class FleetGateway:
         model = {k: str(v) for k, v in self.settings.model.items()}
         streams = sum(p["streams"] for a in answers for p in a["partitions"].values())
         return self.metrics.render(streams, model) + render_worker_metrics(answers, missing)
-
-
-async def query_fleet(
-    nc: Any, partitions: int, request: dict[str, Any] | None = None
-) -> tuple[list[dict], list[int]]:
-    """Every worker's answer to ``bsoc.query.fleet``, and the partitions no one owns.
-
-    Gathers until every partition has answered or :data:`GATHER_TIMEOUT_S` has passed.
-    """
-    answers: list[dict] = []
-    covered: set[int] = set()
-    complete = asyncio.Event()
-    inbox = nc.new_inbox()
-
-    async def collect(message: Any) -> None:
-        answer = json.loads(message.data)
-        answers.append(answer)
-        covered.update(int(p) for p in answer["partitions"])
-        if len(covered) >= partitions:
-            complete.set()
-
-    subscription = await nc.subscribe(inbox, cb=collect)
-    try:
-        await nc.publish(f"{QUERY}.fleet", json.dumps(request or {}).encode(), reply=inbox)
-        try:
-            await asyncio.wait_for(complete.wait(), GATHER_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            pass
-    finally:
-        await subscription.unsubscribe()
-    return answers, sorted(set(range(partitions)) - covered)
-
-
-async def ask_fleet(target: NatsTarget, partitions: int) -> tuple[list[dict], list[int]]:
-    """:func:`query_fleet` over a connection of its own (for status commands and tests)."""
-    nc = await connect(target, "bsoc-fleet-status")
-    try:
-        return await query_fleet(nc, partitions)
-    finally:
-        await nc.close()
-
-
-def render_worker_metrics(answers: list[dict], missing: list[int]) -> str:
-    """Prometheus text for the workers' answers (one family at a time, as the format needs)."""
-    families: list[tuple[str, str, str, list[str]]] = [
-        ("bsoc_fleet_partitions_without_owner", "gauge", "Partitions no live worker owns.",
-         [f"bsoc_fleet_partitions_without_owner {len(missing)}"]),
-    ]  # fmt: skip
-
-    def per_worker(name: str, kind: str, help_text: str, value: Any) -> None:
-        lines = [f'{name}{{worker="{a["worker"]}"}} {value(a)}' for a in answers]
-        families.append((name, kind, help_text, lines))
-
-    def per_partition(name: str, help_text: str, field: str) -> None:
-        lines = [
-            f'{name}{{worker="{a["worker"]}",partition="{p}"}} {round(v[field], 3)}'
-            for a in answers
-            for p, v in a["partitions"].items()
-        ]
-        families.append((name, "gauge", help_text, lines))
-
-    per_worker("bsoc_fleet_samples_total", "counter", "Samples applied by the worker.",
-               lambda a: a["metrics"]["samples_total"])  # fmt: skip
-    per_worker("bsoc_fleet_messages_total", "counter", "Log messages the worker answered.",
-               lambda a: a["metrics"]["messages_total"])  # fmt: skip
-    per_worker("bsoc_fleet_samples_per_second", "gauge", "Samples applied per second (10 s).",
-               lambda a: round(a["metrics"]["samples_per_s"], 3))  # fmt: skip
-    per_worker("bsoc_fleet_checkpoints_total", "counter", "Partition checkpoints stored.",
-               lambda a: a["metrics"]["checkpoints_total"])  # fmt: skip
-    per_worker("bsoc_fleet_consumer_restarts_total", "counter",
-               "Consumers started again after a missing delivery.",
-               lambda a: a["metrics"]["redeliveries"])  # fmt: skip
-    refused = [
-        f'bsoc_fleet_refused_total{{worker="{a["worker"]}",kind="{kind}"}} {n}'
-        for a in answers
-        for kind, n in sorted(a["metrics"]["refused"].items())
-    ]
-    families.append(("bsoc_fleet_refused_total", "counter",
-                     "Messages refused (also sent to the dead-letter subject), by kind.", refused))  # fmt: skip
-    per_partition("bsoc_fleet_lag_messages", "Messages of the partition stored but not yet delivered.", "lag")  # fmt: skip
-    per_partition("bsoc_fleet_in_flight_messages", "Messages delivered but not yet applied.", "in_flight")  # fmt: skip
-    per_partition("bsoc_fleet_checkpoint_age_seconds", "Seconds since the partition's last checkpoint.", "checkpoint_age_s")  # fmt: skip
-    per_partition("bsoc_fleet_partition_streams", "Streams of the partition.", "streams")
-    latency = []
-    for a in answers:
-        h, label = a["metrics"]["latency"], f'worker="{a["worker"]}"'
-        cumulative = list(itertools.accumulate(h["counts"]))
-        latency += [f'bsoc_fleet_step_latency_seconds_bucket{{{label},le="{edge}"}} {n}'
-                    for edge, n in zip(h["buckets"], cumulative)]  # fmt: skip
-        latency += [
-            f'bsoc_fleet_step_latency_seconds_bucket{{{label},le="+Inf"}} {cumulative[-1]}',
-            f"bsoc_fleet_step_latency_seconds_sum{{{label}}} {h['sum']}",
-            f"bsoc_fleet_step_latency_seconds_count{{{label}}} {cumulative[-1]}",
-        ]
-    families.append(("bsoc_fleet_step_latency_seconds", "histogram",
-                     "From a delivered message to its answer, in the worker.", latency))  # fmt: skip
-    lines: list[str] = []
-    for name, kind, help_text, samples in families:
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples]
-    return "\n".join(lines) + "\n"

@@ -11,7 +11,7 @@ after a final checkpoint, the leases it holds beyond that share, so a worker tha
 gets work and a dead one's partitions are taken over within about one lease time.
 
 Exactness never depends on the lease: a partition's state is a pure function of its log
-(see :mod:`bsoc.fleet.worker`), so even two owners for a moment (a stalled worker that has
+(see :mod:`bsoc.fleet.partition`), so even two owners for a moment (a stalled worker that has
 not yet noticed its lease is gone) produce the same estimates and consistent checkpoints.
 The lease only keeps that from being the normal case.
 """

@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bsoc.fleet.log import FleetError
+from bsoc.fleet.subjects import LEASES_BUCKET, QUERY, SAMPLES_PREFIX, SOC_OUT
 from bsoc.serve.auth import is_loopback
 
 READY_TIMEOUT_S = 30.0
+FULL_ACCESS_USERS = ("worker",)  # they run the log: streams, leases, checkpoints, answers
 
 
 def nats_server_binary() -> Path:
@@ -63,6 +65,29 @@ def wait_for_ok(url: str, timeout_s: float, check: Callable[[], None]) -> bool:
             pass
         time.sleep(0.1)
     return False
+
+
+def edge_permissions() -> str:
+    """What a gateway or client may do: publish samples, ask the fleet's queries, read the
+    fleet's settings, and receive answers. Not: publish answers, dead letters or anything
+    on the JetStream API that changes the log, the leases or the checkpoints."""
+    settings_stream = f"KV_{LEASES_BUCKET}"
+    publish = [f"{SAMPLES_PREFIX}.>", f"{QUERY}.>", f"$JS.API.STREAM.INFO.{settings_stream}",
+               f"$JS.API.DIRECT.GET.{settings_stream}", f"$JS.API.DIRECT.GET.{settings_stream}.>",
+               f"$JS.API.STREAM.MSG.GET.{settings_stream}"]  # fmt: skip
+    subscribe = [f"{SOC_OUT}.>", "_INBOX.>"]
+
+    def quoted(subjects: list[str]) -> str:
+        return ", ".join(f'"{subject}"' for subject in subjects)
+
+    return (f"permissions: {{ publish: {{ allow: [{quoted(publish)}] }}, "
+            f"subscribe: {{ allow: [{quoted(subscribe)}] }} }}")  # fmt: skip
+
+
+def user_entry(user: str, password: str) -> str:
+    """One user of the fleet's account: workers may do everything, the others are edges."""
+    permissions = "" if user in FULL_ACCESS_USERS else f", {edge_permissions()}"
+    return f'{{ user: "{user}", password: "{password}"{permissions} }}'
 
 
 @dataclass
@@ -129,10 +154,10 @@ class NatsCluster:
                 lines.append(f'  authorization {{ user: "route", password: "{self.route_password}" }}')
             lines += [f"  routes: [{routes}]", "}"]
         if self.users:
-            users = ", ".join(f'{{ user: "{u}", password: "{p}" }}' for u, p in self.users.items())
+            users = ",\n    ".join(user_entry(u, p) for u, p in self.users.items())
             lines += [
                 "accounts {",
-                f"  BSOC {{ jetstream: enabled, users: [{users}] }}",
+                f"  BSOC {{ jetstream: enabled, users: [\n    {users}\n  ] }}",
                 "}",
             ]
         return "\n".join(lines) + "\n"

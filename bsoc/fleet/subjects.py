@@ -18,7 +18,8 @@ DEAD_STREAM = "BSOC_DEAD"
 LEASES_BUCKET = "bsoc_leases"
 CHECKPOINTS_BUCKET = "bsoc_checkpoints"
 
-SAMPLES_IN = "bsoc.samples.*"
+SAMPLES_PREFIX = "bsoc.samples"
+SAMPLES_IN = f"{SAMPLES_PREFIX}.*"
 SOC_OUT = "bsoc.soc"
 DEAD_LETTER = "bsoc.dead"
 QUERY = "bsoc.query"
@@ -41,7 +42,7 @@ def stream_id_of(subject_token: str) -> str:
 
 
 def samples_subject(stream_id: str) -> str:
-    return f"bsoc.samples.{token(stream_id)}"
+    return f"{SAMPLES_PREFIX}.{token(stream_id)}"
 
 
 def partition_subjects(partition: int) -> str:

@@ -44,7 +44,7 @@ from bsoc.serve.snapshot import (
     set_aside,
     write_snapshot,
 )
-from bsoc.serve.streams import HISTORY_FIELDS, Stream, StreamRegistry
+from bsoc.serve.streams import HISTORY_FIELDS, Applied, Stream, StreamRegistry
 
 log = logging.getLogger("bsoc.serve")
 
@@ -208,12 +208,7 @@ class Service:
             raise ModelFailed(f"the model failed: {error}") from error
         gaps = int(applied.gap.sum())
         self.metrics.observe_request(transport, time.perf_counter() - started, len(rows), gaps)
-        spread = [None] * len(rows) if applied.soc_std is None else applied.soc_std.tolist()
-        return [
-            Estimate(time_s=float(t), soc=float(s), soc_std=d, gap=bool(g))
-            for t, s, d, g in zip(rows[:, 0].tolist(), applied.soc.tolist(), spread,
-                                  applied.gap.tolist())
-        ]
+        return estimates_of(rows, applied)
 
     async def list_streams(self, prefix: str, limit: int) -> StreamList:
         chosen = [(i, s) for i, s in self.registry if i.startswith(prefix)]
@@ -241,6 +236,17 @@ class Service:
     async def metrics_text(self) -> str:
         model = {k: str(v) for k, v in self.model.items()}
         return self.metrics.render(len(self.registry), model)
+
+
+def estimates_of(rows: np.ndarray, applied: Applied) -> list[Estimate]:
+    """One estimate per applied sample, with its standard deviation where the model has one
+    (the same numbers whether ``bsoc serve`` or a fleet worker stepped them)."""
+    spread = [None] * len(rows) if applied.soc_std is None else applied.soc_std.tolist()
+    return [
+        Estimate(time_s=float(t), soc=float(s), soc_std=d, gap=bool(g))
+        for t, s, d, g in zip(rows[:, 0].tolist(), applied.soc.tolist(), spread,
+                              applied.gap.tolist())
+    ]
 
 
 def stream_list(chosen: list[tuple[str, Stream]], limit: int) -> StreamList:

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from edge_models import ALL_KINDS, cycle_samples, estimator_of_kind, run_cli
+from edge_models import ALL_KINDS, cycle_samples, estimator_of_kind, float_estimator, run_cli
 from stream_set import StreamSet
 
+from bsoc.compress.quantize import quantize_network
 from bsoc.export import measure
 from bsoc.export.write import export_model
 from bsoc.nn.estimator import LstmSocEstimator
@@ -20,6 +21,10 @@ from bsoc.nn.estimator import LstmSocEstimator
 CC = shutil.which("gcc") or shutil.which("cc")
 pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler (gcc or cc) on this machine")
 STRICT = ["-std=c99", "-O2", "-Wall", "-Wextra", "-pedantic", "-Werror"]
+# wide enough that the step's cost follows its MACs, not the per-call overheads of the
+# (16, 8) test networks' few short rows
+WIDE = (64, 32)
+ODD = (42, 22)
 
 
 def _export(estimator: LstmSocEstimator, tmp_path: Path) -> Path:
@@ -43,6 +48,25 @@ def test_c_library_computes_what_the_estimator_computes(
     np.testing.assert_allclose(soc, streamed, atol=1e-5, rtol=0)
     np.testing.assert_allclose(state, streams.states[0], atol=5e-5, rtol=0)
     assert np.abs(state).max() > 0.1  # the state really moved
+
+
+@pytest.mark.parametrize("kind", ["lstm", "projected-lstm", "projected-lstm-int8"])
+def test_odd_widths_pad_the_last_block_and_leave_rows_over(
+    kind: str, tmp_path: Path, toy_dataset: Path,
+) -> None:
+    """Widths that are not multiples of 4 (a partial block of units) and factors whose rows
+    do not fill blocks of sixteen (a rank-21 projector: one block and five rows over)."""
+    estimator = float_estimator(kind.removesuffix("-int8"), ODD)
+    if kind.endswith("-int8"):
+        estimator = LstmSocEstimator(quantize_network(estimator.network), kind=kind, name=kind)
+    samples = cycle_samples(toy_dataset, 400)
+    soc, state = measure.host_run(_export(estimator, tmp_path), samples)
+    streams = StreamSet(estimator)
+    for row in samples:
+        streams.step(row)
+    np.testing.assert_allclose(soc, estimator.predict(samples), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(state, streams.states[0], atol=5e-5, rtol=0)
+    assert state.shape == (2 * sum(ODD),)
 
 
 def _sections(obj: Path) -> dict[str, int]:
@@ -92,23 +116,28 @@ def test_exp2_and_sigmoid_error_bounds(tmp_path: Path) -> None:
 
 
 def test_cell_update_error_bound(tmp_path: Path) -> None:
-    """c' = sigmoid(f) c + sigmoid(i) tanh(g) and h = sigmoid(o) tanh(c'), with their shared
-    divisions, against float64 over gates and cells far into saturation."""
+    """c' = sigmoid(f) c + sigmoid(i) tanh(g) and h = sigmoid(o) tanh(c'), four units at a
+    time as the step calls it (gates clamped, g doubled as its tables store it), against
+    float64 over gates and cells far into saturation."""
     folder = _export(estimator_of_kind("lstm"), tmp_path)
     rng = np.random.default_rng(0)
     cases = np.concatenate([rng.uniform(-4, 4, (20000, 5)),
                             rng.uniform(-40, 40, (20000, 5))]).astype(np.float32)
     rows = ",\n".join("{" + ", ".join(f"{v:.9e}f" for v in row) + "}" for row in cases)
     c_out, h_out = _probe(folder, (
-        "for (unsigned k = 0; k < sizeof cases / sizeof cases[0]; ++k) {"
-        " float c = cases[k][4]; const float h = cell_update(cases[k], &c);"
-        ' printf("%.9e %.9e\\n", (double)c, (double)h); }'),
+        "for (unsigned k = 0; k < sizeof cases / sizeof cases[0]; k += 4) {"
+        " float pre[16], c[4], h[4];"
+        " for (unsigned u = 0; u < 4; ++u) { c[u] = cases[k + u][4];"
+        " for (unsigned g = 0; g < 4; ++g)"
+        " pre[4 * g + u] = clamp_gate((g == 2 ? 2.0f : 1.0f) * cases[k + u][g]); }"
+        " cell_update(pre, c, h);"
+        ' for (unsigned u = 0; u < 4; ++u) printf("%.9e %.9e\\n", (double)c[u], (double)h[u]); }'),
         data=f"static const float cases[][5] = {{\n{rows}}};").T
     gates, cell = cases[:, :4].astype(np.float64), cases[:, 4].astype(np.float64)
     sigmoid = 1 / (1 + np.exp(-gates))
     c = sigmoid[:, 1] * cell + sigmoid[:, 0] * np.tanh(gates[:, 2])
     h = sigmoid[:, 3] * np.tanh(c)
-    assert (np.abs(c_out - c) <= 4e-7 * np.maximum(1, np.abs(c))).all()
+    assert (np.abs(c_out - c) <= 5e-7 * np.maximum(1, np.abs(c))).all()
     assert np.abs(h_out - h).max() < 4e-7
 
 
@@ -176,21 +205,21 @@ def test_qemu_instruction_clock_counts_40_instructions_a_systick(tmp_path: Path)
 def test_cortex_m4_count_grows_with_the_macs(tmp_path: Path, toy_dataset: Path) -> None:
     _skip_without("qemu")
     samples = cycle_samples(toy_dataset, 50)
+    models = {kind: float_estimator(kind, WIDE) for kind in ("lstm", "projected-lstm")}
     counts = {kind: measure.cortex_m4_instructions_per_step(
-        _export(estimator_of_kind(kind), tmp_path / kind), samples)
-        for kind in ("lstm", "projected-lstm")}
+        _export(estimator, tmp_path / kind), samples) for kind, estimator in models.items()}
     assert counts["projected-lstm"] < counts["lstm"]
-    assert counts["projected-lstm"] > estimator_of_kind("projected-lstm").macs_per_sample()
+    assert counts["projected-lstm"] > models["projected-lstm"].macs_per_sample()
 
 
 def test_callgrind_counts_more_instructions_for_more_macs(tmp_path: Path,
                                                           toy_dataset: Path) -> None:
     _skip_without("callgrind")
     samples = cycle_samples(toy_dataset, 50)
+    models = {kind: float_estimator(kind, WIDE) for kind in ("lstm", "projected-lstm")}
     counts = {kind: measure.instructions_per_step(
-        _export(estimator_of_kind(kind), tmp_path / kind), samples)
-        for kind in ("lstm", "projected-lstm")}
-    macs = {kind: estimator_of_kind(kind).macs_per_sample() for kind in counts}
+        _export(estimator, tmp_path / kind), samples) for kind, estimator in models.items()}
+    macs = {kind: estimator.macs_per_sample() for kind, estimator in models.items()}
     assert macs["projected-lstm"] < macs["lstm"]
     assert counts["projected-lstm"] < counts["lstm"]
     assert all(count > macs[kind] for kind, count in counts.items())  # at least one per MAC

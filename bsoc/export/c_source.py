@@ -8,10 +8,10 @@ time and nothing is allocated). A float32 model gives float32 tables, an int8 mo
 (``bsoc quantize``) int8 tables with their scales; the arithmetic is bsoc's own
 (:mod:`bsoc.compress.quantize`), with each row's scale applied once after its dot product.
 
-The tables are laid out for the step's loops (:func:`grouped_rows`): rows in groups of
-four interleaved column by column, so that one pass over the input vector computes four
-outputs, and an LSTM map's gate rows (and its bias) in unit order, so that a group is the
-four gates of one unit.
+The tables are laid out for the step's loops (:func:`blocked_rows`): rows in blocks of
+sixteen interleaved column by column, so that one pass over the input vector computes
+sixteen outputs, and an LSTM map's gate rows (and its bias) in blocks of four units,
+gate-major (:func:`gate_blocks`), so that a block is four units' gates.
 
 Numbers are written with nine significant digits, which round-trip float32 exactly.
 """
@@ -53,17 +53,40 @@ def _array(c_type: str, name: str, values: np.ndarray) -> str:
     return f"static const {c_type} {name}[{values.size}] = {{\n{_numbers(values)}\n}};"
 
 
-def unit_order(hidden: int) -> np.ndarray:
-    """Row ``g * hidden + j`` (gate g of unit j, PyTorch's order) goes to row ``4 j + g``."""
-    return np.arange(4 * hidden).reshape(4, hidden).T.ravel()
+BLOCK_ROWS = 16
+UNITS_PER_BLOCK = 4
 
 
-def grouped_rows(rows: np.ndarray) -> np.ndarray:
-    """``rows`` (out, in) as the C loops read them: groups of four rows interleaved column
-    by column (``[4 in group + 4 k + r]``), then the ``out % 4`` rows left over."""
-    grouped = 4 * (len(rows) // 4)
-    groups = rows[:grouped].reshape(-1, 4, rows.shape[1]).transpose(0, 2, 1)
-    return np.concatenate([groups.ravel(), rows[grouped:].ravel()])
+def gate_blocks(hidden: int) -> tuple[np.ndarray, np.ndarray]:
+    """The C row order of an LSTM map's ``4 hidden`` gate rows (PyTorch's order: row
+    ``g * hidden + j`` is gate g of unit j) and what each C row is stored times.
+
+    Order: blocks of four units, gate-major (C row ``16 b + 4 g + u`` is gate g of unit
+    ``4 b + u``); -1 marks a padding row of the last block when ``hidden`` is not a multiple
+    of four. Gain: 2 for the cell input g, whose tanh the C computes as ``2 sigmoid(2 g) -
+    1``, 1 for the other gates; doubling is exact in floating point, so the tables stay
+    bsoc's arithmetic."""
+    blocks = -(-hidden // UNITS_PER_BLOCK)
+    unit = np.arange(blocks * UNITS_PER_BLOCK).reshape(blocks, 1, UNITS_PER_BLOCK)
+    gate = np.arange(4).reshape(1, 4, 1)
+    order = np.where(unit < hidden, gate * hidden + unit, -1).ravel()
+    gains = np.broadcast_to(np.where(gate == 2, 2.0, 1.0), (blocks, 4, UNITS_PER_BLOCK))
+    return order, gains.astype(np.float32).ravel()
+
+
+def _take_rows(values: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``values[order]`` along the first axis, zeros where ``order`` is -1."""
+    rows = values[np.maximum(order, 0)]
+    rows[order < 0] = 0
+    return rows
+
+
+def blocked_rows(rows: np.ndarray) -> np.ndarray:
+    """``rows`` (out, in) as the C loops read them: blocks of sixteen rows interleaved column
+    by column (``[16 in block + 16 k + r]``), then the ``out % 16`` rows left over."""
+    blocked = BLOCK_ROWS * (len(rows) // BLOCK_ROWS)
+    blocks = rows[:blocked].reshape(-1, BLOCK_ROWS, rows.shape[1]).transpose(0, 2, 1)
+    return np.concatenate([blocks.ravel(), rows[blocked:].ravel()])
 
 
 class _Tables:
@@ -73,22 +96,25 @@ class _Tables:
         self.lines: list[str] = []
 
     def map(self, name: str, factors: list[Factor], hidden: int | None = None) -> str:
-        """Declare a map's factors (rows = outputs, grouped; the last factor's rows in unit
-        order for an LSTM map of ``hidden`` units); returns its initializer."""
+        """Declare a map's factors (rows = outputs, blocked; the last factor's rows in gate
+        blocks for an LSTM map of ``hidden`` units); returns its initializer."""
         if len(factors) > 2:
             raise ModelFileError(f"the map {name} has {len(factors)} factors",
                                  remedy="export dense, projected or SVD maps (at most two)")
         entries = []
         for k, factor in enumerate(factors):
             order = np.arange(factor.values.shape[1])
+            gains = np.ones(len(order), np.float32)
             if hidden is not None and k == len(factors) - 1:
-                order = unit_order(hidden)
-            values = factor.values.T[order]  # (out, in): one row per output
-            self.lines.append(_array("bsoc_weight", f"{name}_{k}", grouped_rows(values)))
+                order, gains = gate_blocks(hidden)
+            values = _take_rows(factor.values.T, order)  # (out, in): one row per output
             scales = "NULL"
-            if factor.int8:
+            if factor.scales is not None:
                 scales = f"{name}_{k}_scales"
-                self.lines.append(_array("float", scales, factor.scales[order]))
+                self.lines.append(_array("float", scales, _take_rows(factor.scales, order) * gains))
+            else:
+                values = values * gains[:, None]
+            self.lines.append(_array("bsoc_weight", f"{name}_{k}", blocked_rows(values)))
             entries.append(f"{{{name}_{k}, {scales}, {values.shape[0]}, {values.shape[1]}}}")
         self.lines.append(f"static const bsoc_factor {name}_factors[{len(factors)}] = "
                           f"{{{', '.join(entries)}}};")
@@ -112,7 +138,8 @@ def tables(arrays: NetworkArrays) -> str:
     for k, layer in enumerate(arrays.lstm, start=1):
         input_map = out.map(f"lstm_{k}_input", layer.input_factors, layer.hidden)
         recurrent_map = out.map(f"lstm_{k}_recurrent", layer.recurrent_factors, layer.hidden)
-        out.lines.append(_array("float", f"lstm_{k}_bias", layer.bias[unit_order(layer.hidden)]))
+        order, gains = gate_blocks(layer.hidden)
+        out.lines.append(_array("float", f"lstm_{k}_bias", _take_rows(layer.bias, order) * gains))
         layers.append(f"    {{{input_map}, {recurrent_map}, lstm_{k}_bias, {layer.hidden}}},")
     fc_map = out.map("fc", arrays.fc_factors)
     scratch_input, scratch_recurrent = _scratch_sizes(arrays)

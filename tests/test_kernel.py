@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from bsoc.errors import ModelFileError
-from bsoc.nn.kernel import _BIAS, _FIELDS, _INPUT, _RECURRENT, PackedNetwork, fast_tanh
+from bsoc.nn.gates import fast_tanh
+from bsoc.nn.kernel import _BIAS, _FIELDS, _INPUT, _RECURRENT, PackedNetwork
 
 
 def test_fast_tanh_is_within_1e_6_of_tanh_and_saturates() -> None:

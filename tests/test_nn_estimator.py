@@ -53,6 +53,21 @@ def test_table1_streaming_equals_predict(toy_dataset: Path) -> None:
     np.testing.assert_allclose(streamed, estimator.predict(samples), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("hidden", [(16, 8), (256, 128)])
+def test_predict_equals_the_networks_pytorch_forward_pass(toy_dataset: Path,
+                                                         hidden: tuple[int, ...]) -> None:
+    """The compiled batched pass is held to the network's own (fused PyTorch) forward."""
+    estimator = _estimator(hidden=hidden)
+    sequences = [_samples(toy_dataset, 300), _samples(toy_dataset, 120)]
+    features = np.zeros((2, 300, 3), np.float32)
+    for row, samples in zip(features, sequences):
+        row[: len(samples)] = samples[:, 1:4]
+    with torch.inference_mode():
+        want, _ = estimator.network(torch.from_numpy(features))
+    for k, got in enumerate(estimator.predict_many(sequences)):
+        np.testing.assert_allclose(got, want[k, : len(got)].numpy(), atol=1e-5, rtol=0)
+
+
 def test_predicting_many_sequences_together_equals_one_by_one(toy_dataset: Path) -> None:
     estimator = _estimator()
     samples = _samples(toy_dataset)

@@ -5,8 +5,11 @@ their int8 versions ``<kind>-int8``): the network is rebuilt from the architectu
 in ``config.json`` (sizes and each weight map's spec), then its weights are read from
 ``model.safetensors`` (tensors only, never pickle).
 
-* ``predict``: the whole sequence in one batched forward pass (fused LSTM kernel,
-  ``torch.inference_mode``).
+* ``predict`` / ``predict_many``: whole sequences, many at once, through the batched
+  compiled step (:meth:`~bsoc.nn.kernel.PackedNetwork.predict`: each map's thin factors as
+  products over the sequences, one thread per core), so a compressed network's fewer
+  multiply-accumulates are also fewer offline; tests hold it to the network's PyTorch
+  forward pass.
 * ``step_batch``: the compiled streaming path (:class:`~bsoc.nn.streaming.StreamingStepper`),
   state per stream ``concat(h_1, c_1, h_2, c_2)``, zero for a new stream, exactly as the
   network was trained to start.
@@ -21,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
@@ -40,8 +42,8 @@ from bsoc.nn.network import SocNetwork
 from bsoc.nn.streaming import StreamingStepper
 from bsoc.outputs import save_tensors
 
-# Padded samples one batched forward pass may hold (Table 1: ~0.2 GB of activations).
-MAX_BATCH_SAMPLES = 200_000
+# Padded samples one batched pass may hold (16 bytes each, in and out; no activations kept).
+MAX_BATCH_SAMPLES = 2_000_000
 # config.json keys this class writes itself; everything else is caller metadata.
 _OWN_KEYS = ("kind", "name", "architecture", "normalisation", "learnables", "weight_bytes",
              "macs_per_sample", "bsoc_version")
@@ -88,10 +90,10 @@ class LstmSocEstimator(SocEstimator):
         return self.predict_many([samples])[0]
 
     def predict_many(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
-        """Forward passes over the sequences zero-padded at the end, which a causal network's
+        """Passes over the sequences zero-padded at the end, which a causal network's
         outputs on the real samples never see; grouped by length so that a group holds at
-        most ``MAX_BATCH_SAMPLES`` padded samples (a 40-hour test padded beside fifteen
-        others would hold gigabytes of activations)."""
+        most ``MAX_BATCH_SAMPLES`` padded samples (a 40-hour test padded beside many short
+        ones would mostly compute padding)."""
         for samples in sequences:
             if np.ndim(samples) != 2 or np.shape(samples)[1] != 4:
                 raise BsocError(f"predict needs samples (T, 4), got {np.shape(samples)}",
@@ -109,12 +111,11 @@ class LstmSocEstimator(SocEstimator):
         return [out[k] for k in range(len(sequences))]
 
     def _forward(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
-        features = np.zeros((len(sequences), max(len(s) for s in sequences), 3), np.float32)
-        for row, samples in zip(features, sequences):
-            row[: len(samples)] = np.asarray(samples)[:, 1:4]
-        with torch.inference_mode():
-            soc, _ = self.network(torch.from_numpy(features))  # (N, T_max)
-        return [soc[n, : len(s)].numpy().astype(np.float64) for n, s in enumerate(sequences)]
+        padded = np.zeros((len(sequences), max(len(s) for s in sequences), 4))
+        for row, samples in zip(padded, sequences):
+            row[: len(samples)] = samples
+        soc = self._stepper.packed.predict(padded)  # (N, T_max)
+        return [soc[n, : len(s)] for n, s in enumerate(sequences)]
 
     def learnables(self) -> int:
         return self.network.learnables()

@@ -11,9 +11,12 @@ all 4H gate non-linearities per layer. This kernel therefore
 * multiplies through each weight map's factors (dense: one, projected or SVD: two thin
   ones; a map whose rank saves no work, such as the 3-input layer's, is packed dense)
   with its own loops for a few streams and BLAS (``np.dot``) for many;
-* computes the gates' sigmoid/tanh with a rational approximation (Eigen's
-  ``generic_fast_tanh_float``; error below 1e-6, tested against ``np.tanh``) that the
-  compiler vectorises, fused with the cell-state update, with no temporaries per gate.
+* computes the gates with the fused cell update of :mod:`bsoc.nn.gates`.
+
+:class:`PackedNetwork` also packs the same factors for the batched step of
+:mod:`bsoc.nn.batched` (dense products over the batch, threads), which ``step`` uses from
+``_SMALL_BATCH`` streams on and ``predict`` for whole sequences; ``step_packed`` stays the
+one call a compiled caller (the fusion filter) makes for any batch.
 
 Compiled code is cached on disk (``cache=True``), so only the first run on a machine pays
 the few seconds of compilation. The equations are those of
@@ -28,16 +31,10 @@ import numba
 import numpy as np
 
 from bsoc.errors import ModelFileError
+from bsoc.nn import batched
+from bsoc.nn.gates import lstm_cell, sigmoid
 
 _F = np.float32
-_TANH_CLAMP = _F(9.0)  # tanh(9) = 1 - 3e-8: saturated in float32
-_A1, _A3, _A5, _A7 = _F(4.89352455891786e-03), _F(6.37261928875436e-04), \
-    _F(1.48572235717979e-05), _F(5.12229709037114e-08)
-_A9, _A11, _A13 = _F(-8.60467152213735e-11), _F(2.00018790482477e-13), \
-    _F(-2.76076847742355e-16)
-_B0, _B2, _B4, _B6 = _F(4.89352518554385e-03), _F(2.26843463243900e-03), \
-    _F(1.18534705686654e-04), _F(1.19825839466702e-06)
-_HALF, _ONE = _F(0.5), _F(1.0)
 _SMALL_BATCH = 8  # below this many streams our loops beat a BLAS call's overhead
 _BLOCK = 256  # streams stepped together: a block's gates stay in cache
 
@@ -50,27 +47,6 @@ _MAX_FACTORS = 2
 _HIDDEN, _INPUT = 0, 1
 _RECURRENT = _INPUT + _FIELDS * _MAX_FACTORS
 _BIAS = _RECURRENT + _FIELDS * _MAX_FACTORS
-
-
-@numba.njit(cache=True, fastmath=True, error_model="numpy", inline="always")
-def fast_tanh(x: np.float32) -> np.float32:
-    x = min(max(x, -_TANH_CLAMP), _TANH_CLAMP)
-    x2 = x * x
-    p = x2 * _A13 + _A11
-    p = x2 * p + _A9
-    p = x2 * p + _A7
-    p = x2 * p + _A5
-    p = x2 * p + _A3
-    p = x2 * p + _A1
-    q = x2 * _B6 + _B4
-    q = x2 * q + _B2
-    q = x2 * q + _B0
-    return x * p / q
-
-
-@numba.njit(cache=True, fastmath=True, error_model="numpy", inline="always")
-def _sigmoid(x: np.float32) -> np.float32:
-    return _HALF + _HALF * fast_tanh(_HALF * x)
 
 
 @numba.njit(cache=True, fastmath=True, error_model="numpy")
@@ -122,21 +98,6 @@ def _add_map(x: np.ndarray, weights: np.ndarray, row: np.ndarray, first: int,
 
 
 @numba.njit(cache=True, fastmath=True, error_model="numpy")
-def _cell(gates: np.ndarray, bias: np.ndarray, c: np.ndarray, h: np.ndarray) -> None:
-    """Gate non-linearities and the state update, in place on float32 ``c`` and ``h``
-    (separate arrays of one type, so the loop vectorises)."""
-    hidden = h.shape[1]
-    for b in range(h.shape[0]):
-        for j in range(hidden):
-            i = _sigmoid(gates[b, j] + bias[j])
-            f = _sigmoid(gates[b, hidden + j] + bias[hidden + j])
-            g = fast_tanh(gates[b, 2 * hidden + j] + bias[2 * hidden + j])
-            o = _sigmoid(gates[b, 3 * hidden + j] + bias[3 * hidden + j])
-            c[b, j] = f * c[b, j] + i * g
-            h[b, j] = o * fast_tanh(c[b, j])
-
-
-@numba.njit(cache=True, fastmath=True, error_model="numpy")
 def _step_block(samples: np.ndarray, states: np.ndarray, weights: np.ndarray,
                 layout: np.ndarray, soc: np.ndarray, new_states: np.ndarray) -> None:
     batch = samples.shape[0]
@@ -157,7 +118,7 @@ def _step_block(samples: np.ndarray, states: np.ndarray, weights: np.ndarray,
         gates = np.zeros((batch, 4 * hidden), dtype=np.float32)
         _add_map(x, weights, row, _INPUT, gates)
         _add_map(h, weights, row, _RECURRENT, gates)
-        _cell(gates, weights[row[_BIAS] : row[_BIAS] + 4 * hidden], c, h)
+        lstm_cell(gates, weights[row[_BIAS] : row[_BIAS] + 4 * hidden], c, h)
         for b in range(batch):
             for j in range(hidden):
                 new_states[b, offset + j] = h[b, j]
@@ -168,7 +129,7 @@ def _step_block(samples: np.ndarray, states: np.ndarray, weights: np.ndarray,
     out = np.zeros((batch, 1), dtype=np.float32)
     _add_map(x, weights, row, _INPUT, out)
     for b in range(batch):
-        soc[b] = _sigmoid(out[b, 0] + weights[row[_BIAS]])
+        soc[b] = sigmoid(out[b, 0] + weights[row[_BIAS]])
 
 
 @numba.njit(cache=True, fastmath=True, error_model="numpy", nogil=True)  # service threads run on
@@ -189,18 +150,40 @@ def step_packed(samples: np.ndarray, states: np.ndarray, weights: np.ndarray,
                     soc[start:stop], new_states[start:stop])
 
 
+def _streamable(factors: list[np.ndarray]) -> list[np.ndarray]:
+    """A map's factors as the kernels apply them: a rank too wide to save work multiplied
+    out, more than two factors refused."""
+    if len(factors) == 2:
+        (n_in, rank), n_out = factors[0].shape, factors[1].shape[1]
+        if rank * (n_in + n_out) >= n_in * n_out:
+            return [factors[0] @ factors[1]]
+    if len(factors) > _MAX_FACTORS:
+        raise ModelFileError(f"a weight map with {len(factors)} factors cannot be streamed",
+                             remedy="use dense, projected or SVD maps (at most two factors)")
+    return factors
+
+
 @dataclass(frozen=True)
 class PackedNetwork:
-    """A network's weights as one float32 buffer and the layout table the kernel reads."""
+    """A network's weights as one float32 buffer and the layout table the kernel reads, and
+    the same for the batched step."""
 
     weights: np.ndarray  # (N,) float32
     layout: np.ndarray  # (layers + 1, 18) int64
+    batch_weights: np.ndarray  # (M,) float32
+    batch_layout: np.ndarray  # (layers + 1, 9) int64
 
     @classmethod
     def pack(cls, lstm_layers: list[tuple[list[np.ndarray], list[np.ndarray], np.ndarray]],
              fc: tuple[list[np.ndarray], np.ndarray]) -> PackedNetwork:
         """Pack ``(input factors, recurrent factors, bias)`` per LSTM layer and the FC's
         ``(factors, bias)``; factors are ``(in, out)`` so that ``map(x) = x @ F1 @ F2``."""
+        if fc[0][-1].shape[1] != 1:
+            raise ModelFileError("the streaming kernel expects one SOC output",
+                                 remedy="use a network whose FC layer has one output")
+        lstm_layers = [(_streamable(inputs), _streamable(recurrent), bias)
+                       for inputs, recurrent, bias in lstm_layers]
+        fc = (_streamable(fc[0]), fc[1])
         chunks: list[np.ndarray] = []
         size = 0
 
@@ -211,14 +194,6 @@ class PackedNetwork:
             return size - chunks[-1].size
 
         def factor_fields(factors: list[np.ndarray]) -> list[int]:
-            if len(factors) == 2:
-                (n_in, rank), n_out = factors[0].shape, factors[1].shape[1]
-                if rank * (n_in + n_out) >= n_in * n_out:  # too wide a rank to save work
-                    factors = [factors[0] @ factors[1]]
-            if len(factors) > _MAX_FACTORS:
-                raise ModelFileError(
-                    f"a weight map with {len(factors)} factors cannot be streamed",
-                    remedy="use dense, projected or SVD maps (at most two factors)")
             fields: list[int] = []
             for factor in factors:
                 transposed = factor.shape[1] < factor.shape[0]
@@ -231,16 +206,33 @@ class PackedNetwork:
             rows.append([len(bias) // 4, *factor_fields(inputs), *factor_fields(recurrent),
                          place(bias)])
         factors, bias = fc
-        if factors[-1].shape[1] != 1:
-            raise ModelFileError("the streaming kernel expects one SOC output",
-                                 remedy="use a network whose FC layer has one output")
         rows.append([1, *factor_fields(factors), *factor_fields([]), place(bias)])
-        return cls(np.concatenate(chunks), np.asarray(rows, dtype=np.int64))
+        return cls(np.concatenate(chunks), np.asarray(rows, dtype=np.int64),
+                   *batched.pack(lstm_layers, fc))
 
     def step(self, samples: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``samples`` (B, 4) rows of time_s, voltage_v, current_a, temperature_c, and
         ``states`` (B, S): C-contiguous float64 (other layouts compile another kernel)."""
         soc = np.empty(len(samples))
         new_states = np.empty(states.shape)
-        step_packed(samples, states, self.weights, self.layout, soc, new_states)
+        if len(samples) < _SMALL_BATCH:
+            step_packed(samples, states, self.weights, self.layout, soc, new_states)
+            return soc, new_states
+
+        def work(lo: int, hi: int) -> None:
+            batched.step_streams(samples[lo:hi], states[lo:hi], self.batch_weights,
+                                 self.batch_layout, soc[lo:hi], new_states[lo:hi])
+
+        batched.split_over_threads(len(samples), work)
         return soc, new_states
+
+    def predict(self, samples: np.ndarray) -> np.ndarray:
+        """SOC (B, T) of ``samples`` (B, T, 4), C-contiguous float64, from the zero state."""
+        soc = np.empty(samples.shape[:2])
+
+        def work(lo: int, hi: int) -> None:
+            batched.run_sequences(samples[lo:hi], self.batch_weights, self.batch_layout,
+                                  soc[lo:hi])
+
+        batched.split_over_threads(len(samples), work, least=1)  # a sequence is much work
+        return soc

@@ -33,6 +33,7 @@ import numpy as np
 
 from bsoc.nn.blas import matmul, single_threaded_blas
 from bsoc.nn.gates import lstm_cell, sigmoid
+from bsoc.nn.packing import WeightBuffer
 
 # Layout row of one layer (the FC layer's too: hidden 1, no recurrent map): hidden size,
 # input width, then the input map's inner rank and its inner factor's offset (rank 0: a
@@ -207,28 +208,21 @@ def pack(lstm_layers: list[tuple[list[np.ndarray], list[np.ndarray], np.ndarray]
     """The weights buffer and layout table of these kernels, from the same ``(input factors,
     recurrent factors, bias)`` per layer and FC ``(factors, bias)`` as
     :meth:`bsoc.nn.kernel.PackedNetwork.pack` (factors already reduced to at most two)."""
-    chunks: list[np.ndarray] = []
-    size = 0
-
-    def place(array: np.ndarray) -> int:
-        nonlocal size
-        chunks.append(np.ascontiguousarray(array, dtype=np.float32).ravel())
-        size += chunks[-1].size
-        return size - chunks[-1].size
+    buffer = WeightBuffer()
 
     def inner(factors: list[np.ndarray]) -> tuple[list[int], np.ndarray]:
         if len(factors) == 1:
             return [0, 0], factors[0]
-        return [factors[0].shape[1], place(factors[0])], factors[1]
+        return [factors[0].shape[1], buffer.place(factors[0])], factors[1]
 
     rows, width = [], lstm_layers[0][0][0].shape[0]
     for inputs, recurrent, bias in lstm_layers:
         (in_fields, in_outer), (rec_fields, rec_outer) = inner(inputs), inner(recurrent)
         outer = np.vstack([in_outer, rec_outer])
-        rows.append([len(bias) // 4, width, *in_fields, *rec_fields, len(outer), place(outer),
-                     place(bias)])
+        rows.append([len(bias) // 4, width, *in_fields, *rec_fields, len(outer),
+                     buffer.place(outer), buffer.place(bias)])
         width = len(bias) // 4
     factors, bias = fc
     fields, outer = inner(factors)
-    rows.append([1, width, *fields, 0, 0, len(outer), place(outer), place(bias)])
-    return np.concatenate(chunks), np.asarray(rows, dtype=np.int64)
+    rows.append([1, width, *fields, 0, 0, len(outer), buffer.place(outer), buffer.place(bias)])
+    return buffer.array(), np.asarray(rows, dtype=np.int64)

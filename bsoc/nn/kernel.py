@@ -33,6 +33,7 @@ import numpy as np
 from bsoc.errors import ModelFileError
 from bsoc.nn import batched
 from bsoc.nn.gates import lstm_cell, sigmoid
+from bsoc.nn.packing import WeightBuffer
 
 _F = np.float32
 _SMALL_BATCH = 8  # below this many streams our loops beat a BLAS call's overhead
@@ -184,30 +185,23 @@ class PackedNetwork:
         lstm_layers = [(_streamable(inputs), _streamable(recurrent), bias)
                        for inputs, recurrent, bias in lstm_layers]
         fc = (_streamable(fc[0]), fc[1])
-        chunks: list[np.ndarray] = []
-        size = 0
-
-        def place(array: np.ndarray) -> int:
-            nonlocal size
-            chunks.append(np.ascontiguousarray(array, dtype=np.float32).ravel())
-            size += chunks[-1].size
-            return size - chunks[-1].size
+        buffer = WeightBuffer()
 
         def factor_fields(factors: list[np.ndarray]) -> list[int]:
             fields: list[int] = []
             for factor in factors:
                 transposed = factor.shape[1] < factor.shape[0]
-                offset = place(factor.T if transposed else factor)
+                offset = buffer.place(factor.T if transposed else factor)
                 fields += [offset, *factor.shape, int(transposed)]
             return fields + [0] * _FIELDS * (_MAX_FACTORS - len(factors))
 
         rows = []
         for inputs, recurrent, bias in lstm_layers:
             rows.append([len(bias) // 4, *factor_fields(inputs), *factor_fields(recurrent),
-                         place(bias)])
+                         buffer.place(bias)])
         factors, bias = fc
-        rows.append([1, *factor_fields(factors), *factor_fields([]), place(bias)])
-        return cls(np.concatenate(chunks), np.asarray(rows, dtype=np.int64),
+        rows.append([1, *factor_fields(factors), *factor_fields([]), buffer.place(bias)])
+        return cls(buffer.array(), np.asarray(rows, dtype=np.int64),
                    *batched.pack(lstm_layers, fc))
 
     def step(self, samples: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -51,7 +51,7 @@ BASES: dict[str, dict[str, Any]] = {"windows": WINDOWS, "long": LONG_WINDOWS,
 # The SOC change over 10 s must match the charge moved, weighted like the level error.
 COULOMB = {"coulomb_weight": 1.0, "coulomb_lag": 10}
 # a variant is a base and any of these, joined by "+": "stateful+augmented+pretrained"
-MODIFIERS = ("augmented", "pretrained", "coulomb")
+MODIFIERS = ("augmented", "pretrained", "coulomb", "ends")
 
 
 def parse_variant(variant: str) -> tuple[dict[str, Any], bool]:
@@ -65,6 +65,8 @@ def parse_variant(variant: str) -> tuple[dict[str, Any], bool]:
         overrides["augmentation"] = SENSOR_ERRORS
     if "coulomb" in modifiers:
         overrides.update(COULOMB)
+    if "ends" in modifiers:  # random windows also cover each cycle's last samples
+        overrides["window"] = replace(overrides["window"], cover_ends=True)
     return overrides, "pretrained" in modifiers
 
 

@@ -72,6 +72,27 @@ def test_windows_start_anywhere_or_at_the_start_with_the_right_mask(toy: Dataset
         assert not at_start[n] or any(s == 0 for _, s in hits)
 
 
+def _coverage(plan: WindowPlan, total: int, windows: int) -> np.ndarray:
+    """How often each sample of one ``total``-sample cycle is counted in random windows."""
+    ramp = np.arange(total, dtype=np.float32)
+    data = SequenceSet([np.stack([ramp] * 3, axis=1)], [ramp / total], [ramp.astype(float)],
+                       ["ramp"])
+    x, _, mask = sample_windows(data, plan, windows, np.random.default_rng(3))
+    counted = np.zeros(total)
+    np.add.at(counted, x[:, :, 0][mask].astype(int), 1)  # feature = the sample's index
+    return counted
+
+
+def test_covering_the_ends_counts_a_cycle_s_last_samples_as_often_as_its_middle() -> None:
+    inside = WindowPlan(length=50, warmup=10, from_start_fraction=0.0)
+    covering = WindowPlan(length=50, warmup=10, from_start_fraction=0.0, cover_ends=True)
+    middle, last = slice(150, 250), slice(390, 400)
+    before, after = _coverage(inside, 400, 20_000), _coverage(covering, 400, 20_000)
+    assert before[last].mean() < 0.2 * before[middle].mean()
+    assert 0.85 < after[last].mean() / after[middle].mean() < 1.15
+    assert (after[:10] == 0).all()  # a random window's warm-up is never counted
+
+
 def test_short_cycles_are_padded_and_masked(toy: Dataset) -> None:
     data = SequenceSet.from_cycles(toy.split("train"))
     plan = WindowPlan(length=int(data.lengths.max()) + 40, warmup=0, from_start_fraction=1.0)

@@ -109,6 +109,11 @@ class WindowPlan:
     length: int = 600
     warmup: int = 60
     from_start_fraction: float = 0.25
+    # Random windows that must fit whole inside a cycle cover its last ``length`` samples
+    # less and less towards the end (the last one by a single start position), which is
+    # exactly where a discharge reaches its cut-off and relaxes; letting them run past the
+    # end (padded, not counted) makes every counted sample as likely as one mid-cycle.
+    cover_ends: bool = False
 
     def __post_init__(self) -> None:
         if self.length < 2 or not 0 <= self.warmup < self.length:
@@ -150,9 +155,11 @@ def sample_windows(
     mask = np.zeros((count, plan.length), bool)
     for n, (cycle, at_start) in enumerate(zip(cycles, from_start)):
         total = int(lengths[cycle])
-        # a cold start anywhere a full window fits; in a cycle shorter than two windows,
-        # anywhere in its first half, so that it still starts mid-cycle
-        latest = max(total - plan.length, total // 2)
+        # a cold start anywhere a full window fits (or, covering the ends, anywhere that
+        # leaves a sample after the warm-up); in a cycle shorter than two windows, anywhere
+        # in its first half, so that it still starts mid-cycle
+        fits = total - plan.warmup - 1 if plan.cover_ends else total - plan.length
+        latest = max(fits, total // 2)
         start = 0 if at_start else int(rng.integers(0, latest + 1))
         stop = min(start + plan.length, total)
         x[n, : stop - start] = data.features[cycle][start:stop]

@@ -75,7 +75,7 @@ def outgoing(
     """(subject, payload, headers) of what answers one message: the stream's subject, the
     message's reply subject, and for a refusal the message as it came to the dead-letter
     subject, with the reason (its ``Nats-Msg-Id`` is the log sequence, so the dead-letter
-    stream stores one copy however often the message is answered)."""
+    stream stores one copy of a message answered again within its duplicate window, 2 min)."""
     payload = json.dumps(answer).encode()
     out: list[tuple[str, bytes, dict[str, str] | None]] = [(soc_subject(stream_id), payload, None)]
     reply = (message.headers or {}).get(REPLY_HEADER)

@@ -3,8 +3,9 @@
 Why recovery is exact. A partition's state is a pure function of its log: its streams are
 changed only by its messages, in log order, through the same rules as ``bsoc serve``
 (:class:`~bsoc.serve.streams.StreamRegistry`: all-or-nothing requests, time strictly
-increasing per stream, gaps by sample time, a per-partition stream limit), and stepping a
-stream alone or batched with others gives the same numbers. So a checkpoint that holds the
+increasing per stream, gaps by sample time, a per-partition stream limit; and the fleet's
+per-stream rate limit, counted by the log's own timestamps, :mod:`.ratelimit`), and stepping
+a stream alone or batched with others gives the same numbers. So a checkpoint that holds the
 states after *exactly* the messages up to sequence S, restored and fed the messages after
 S in order, continues exactly where an uninterrupted run would be. Three things make that so:
 
@@ -25,8 +26,6 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from bsoc.fleet.answers import answer_message
 from bsoc.fleet.checkpoint import Checkpoint

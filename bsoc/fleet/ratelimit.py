@@ -12,7 +12,9 @@ clock, so the decision is a function of the log: a worker that takes over and re
 messages after a checkpoint refuses exactly the ones the first owner refused, however fast
 it replays. The per-stream state is taken with the partition's checkpoint. A message over
 the limit is refused whole (as every refusal is) with kind ``rate_limited``, status 429,
-and goes to the dead-letter subject with its reason.
+and goes to the dead-letter subject with its reason. Valid messages count whether or not the
+stream rules then refuse them (a flood of stale copies is work too); messages that do not
+parse are refused before and cost nothing.
 
 A consequence of the log's clock: a cell that buffered samples while offline and sends them
 at once is measured by when they reach the log, so ``burst`` is also how many samples a

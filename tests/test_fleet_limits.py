@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 
+import httpx
 import numpy as np
 import pytest
 
@@ -158,3 +159,23 @@ async def _forget_checkpoints(url: str) -> None:
         await store.delete("partition-0")
     finally:
         await nc.close()
+
+
+def test_gateway_answers_a_rate_limited_request_with_429(tmp_path):
+    from bsoc.fleet.gateway import FleetGateway, GatewayConfig
+    from bsoc.serve.app import build_app
+    from test_serve_helpers import ThreadServer
+
+    rows = rows_of(3, seed=5)
+    with NatsCluster(tmp_path / "nats") as cluster:
+        with ThreadWorker(CoulombEstimator(), cluster.url, partitions=1, lease_s=1.0,
+                          max_stream_rate_hz=1.0, stream_burst=2):  # fmt: skip
+            wait_until_owned(cluster.url, 1)
+            gateway = FleetGateway(GatewayConfig(target=NatsTarget(cluster.url)))
+            with ThreadServer(build_app(gateway)) as served:
+                post = f"{served.url}/v1/streams/cell-1/samples"
+                over = httpx.post(post, json=as_json(rows), timeout=30)  # three, burst two
+                within = httpx.post(post, json=as_json(rows[:2]), timeout=30)
+    assert over.status_code == 429 and over.json()["error"] == "rate_limited", over.text
+    assert "limit of 1 samples/s (bursts of 2)" in over.json()["reason"]
+    assert within.status_code == 200, within.text

@@ -201,6 +201,40 @@ def test_kill_9_of_one_of_three_nats_nodes_loses_nothing(tmp_path):
     assert set(counts["refused"]) <= {"out_of_order"}  # only a retried copy may be refused
 
 
+def test_answers_sent_just_before_a_disconnection_are_sent_again():
+    """What the worker wrote to a NATS node that then died is lost with it: after the
+    reconnection the publisher sends again what it sent within its window before."""
+    from types import SimpleNamespace
+
+    from bsoc.fleet.answers import RESEND_WINDOW_S, AnswerPublisher
+    from bsoc.fleet.metrics import WorkerMetrics
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.sent: list[tuple[str, bytes]] = []
+
+        async def publish(self, subject: str, payload: bytes, headers: Any = None) -> None:
+            self.sent.append((subject, payload))
+
+    async def scenario() -> tuple[list, list, int]:
+        publisher = AnswerPublisher(WorkerMetrics())
+        publisher.nc = Recorder()
+        message = SimpleNamespace(headers=None, data=b"{}")
+        for seq in (1, 2, 3):
+            await publisher.publish("c", seq, message, {"stream_id": "c", "seq": seq})
+        old = publisher.recent[0]  # the first one, sent longer ago than the window
+        publisher.recent[0] = (old[0] - 2 * RESEND_WINDOW_S, *old[1:])
+        first = list(publisher.nc.sent)
+        await publisher.on_disconnected()
+        await publisher.on_reconnected()
+        return first, publisher.nc.sent[len(first):], publisher.metrics.answers_resent
+
+    first, again, counted = asyncio.run(scenario())
+    assert [json.loads(p)["seq"] for _, p in first] == [1, 2, 3]
+    assert [(s, json.loads(p)["seq"]) for s, p in again] == [("bsoc.soc.c", 2), ("bsoc.soc.c", 3)]
+    assert counted == 2
+
+
 async def _stream_leader(url: str) -> str:
     nc = await connect(NatsTarget(url), "test-leader")
     try:

@@ -23,7 +23,7 @@ import numpy as np
 
 from bsoc.fleet.connection import NatsTarget, connect
 from bsoc.fleet.queries import ask_fleet
-from bsoc.fleet.subjects import REPLY_HEADER, SOC_OUT, samples_subject
+from bsoc.fleet.subjects import DEAD_LETTER, DEAD_STREAM, REPLY_HEADER, SOC_OUT, samples_subject
 from bsoc.fleet.context import WorkerConfig
 from bsoc.fleet.worker import Worker
 from bsoc.serve.service import describe_model
@@ -205,3 +205,27 @@ def publish(url: str, messages: list[tuple[str, Any]], reply: bool = False) -> l
 def interleaved(streams: dict[str, np.ndarray], lo: int, hi: int) -> list[tuple[str, Any]]:
     """One message per sample of rows lo..hi of every stream, streams interleaved in time."""
     return [(sid, as_json(rows[k : k + 1])[0]) for k in range(lo, hi) for sid, rows in streams.items()]
+
+
+def dead_letters(url: str, expected: int, timeout_s: float = 30.0) -> list[dict[str, Any]]:
+    """The dead-letter stream once it holds at least ``expected`` messages (in stored order):
+    subject, kind, reason and log sequence from the headers, and the body as it came."""
+
+    async def read() -> list[dict[str, Any]]:
+        nc = await connect(NatsTarget(url), "test-dead")
+        js, deadline = nc.jetstream(), time.monotonic() + timeout_s
+        while (count := (await js.stream_info(DEAD_STREAM)).state.messages) < expected:
+            assert time.monotonic() < deadline, f"{count} of {expected} dead letters"
+            await asyncio.sleep(0.1)
+        sub = await js.subscribe(f"{DEAD_LETTER}.*", stream=DEAD_STREAM)
+        letters = []
+        for _ in range(count):
+            message = await sub.next_msg(timeout=5)
+            headers = message.headers or {}
+            letters.append({"subject": message.subject, "error": headers.get("Bsoc-Error"),
+                            "reason": headers.get("Bsoc-Reason"), "data": message.data,
+                            "seq": int(headers.get("Bsoc-Sequence", 0))})  # fmt: skip
+        await nc.close()
+        return letters
+
+    return asyncio.run(read())

@@ -19,13 +19,14 @@ from bsoc.fleet.connection import NatsTarget, connect
 from bsoc.fleet.gateway import FleetGateway, GatewayConfig
 from bsoc.fleet.leases import LeaseView, lease_key, worker_key
 from bsoc.fleet.nats_server import NatsCluster
-from bsoc.fleet.subjects import DEAD_STREAM, SAMPLES_STREAM, partition_of, token
+from bsoc.fleet.subjects import SAMPLES_STREAM, partition_of, token
 from bsoc.serve.app import build_app, create_app
 from bsoc.serve.service import ServeConfig, describe_model
 from fleet_helpers import (
     AnswerLog,
     ThreadWorker,
     WorkerProcess,
+    dead_letters,
     fleet_status,
     publish,
     run_bsoc,
@@ -130,18 +131,8 @@ def test_worker_answers_equal_predict_and_refusals_go_to_dead_letter(nats_url):
     assert "not JSON" in refused[0]["reason"] and "current_a" in refused[2]["reason"]
     assert "stream id 'a/b' is invalid" in refused[3]["reason"]
 
-    async def dead_letters() -> list[tuple[str, str]]:
-        nc = await connect(NatsTarget(nats_url), "test")
-        sub = await nc.jetstream().subscribe("bsoc.dead.*", stream=DEAD_STREAM)
-        out = []
-        for _ in range(4):
-            message = await sub.next_msg(timeout=5)
-            out.append((message.subject, message.headers["Bsoc-Error"]))
-        await nc.close()
-        return out
-
     # in order within a stream; streams of other partitions may come in between
-    letters = asyncio.run(dead_letters())
+    letters = [(d["subject"], d["error"]) for d in dead_letters(nats_url, 4)]
     assert [kind for subject, kind in letters if subject == "bsoc.dead.a~1"] == [
         "validation", "out_of_order"]  # fmt: skip
     assert sorted(letters) == sorted([

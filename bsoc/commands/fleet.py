@@ -24,6 +24,9 @@ fleet_app = typer.Typer(
 NATS_HELP = "NATS server URL(s), comma-separated for a cluster."
 USER_HELP = "NATS user name (its password from --nats-password-file or $BSOC_NATS_PASSWORD)."
 PASSWORD_FILE_HELP = "File holding the NATS user's password."
+STREAM_RATE_HELP = ("Most samples per second one stream may send, by the log's clock; "
+                    "beyond it messages are refused (429 rate_limited, to the dead-letter subject).")
+STREAM_BURST_HELP = "Samples one stream may send at once within --max-stream-rate."
 
 
 def _target(nats: str, user: str | None, password_file: Path | None):
@@ -72,6 +75,10 @@ def worker(
     max_streams_per_partition: int = typer.Option(
         20_000, min=1, help="Most streams one partition holds (the stream limit, per partition)."
     ),
+    max_stream_rate: float = typer.Option(
+        0.0, min=0.0, help=STREAM_RATE_HELP, show_default="0: no limit"
+    ),
+    stream_burst: int = typer.Option(60, min=1, help=STREAM_BURST_HELP),
     batch_wait_ms: float = typer.Option(3.0, min=0.0, max=100.0, help="As 'bsoc serve'."),
     retention_hours: float = typer.Option(
         24.0, min=0.01, help="How long the log keeps samples (when it is made)."
@@ -105,6 +112,8 @@ def worker(
         gap_limit_s=gap_limit,
         gap_policy=gap_policy,
         max_streams_per_partition=max_streams_per_partition,
+        max_stream_rate_hz=max_stream_rate,
+        stream_burst=stream_burst,
         batch_wait_s=batch_wait_ms / 1e3,
         retention_s=retention_hours * 3600.0,
         worker_id=worker_id,
@@ -196,6 +205,10 @@ def up(
     auth: bool = typer.Option(
         False, "--auth", help="Passwords for workers, gateway and clients (files in DIR/credentials)."
     ),
+    max_stream_rate: float = typer.Option(
+        0.0, min=0.0, help=STREAM_RATE_HELP, show_default="0: no limit"
+    ),
+    stream_burst: int = typer.Option(60, min=1, help=STREAM_BURST_HELP),
 ) -> None:
     """A local fleet on loopback (NATS nodes, workers, gateway) until Ctrl-C or SIGTERM."""
     import threading
@@ -210,6 +223,8 @@ def up(
         partitions=partitions,
         gateway_port=None if no_gateway else gateway_port,
         auth=auth,
+        worker_options=["--max-stream-rate", f"{max_stream_rate:g}",
+                        "--stream-burst", str(stream_burst)],  # fmt: skip
     )
     stopped = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

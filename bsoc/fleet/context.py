@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bsoc.estimator import SocEstimator
+from bsoc.fleet.answers import AnswerPublisher
 from bsoc.fleet.checkpoint import CheckpointStore
 from bsoc.fleet.connection import NatsTarget
 from bsoc.fleet.log import DAY_S, FleetSettings
@@ -33,6 +34,8 @@ class WorkerConfig:
     gap_limit_s: float = 300.0
     gap_policy: str = "reset"
     max_streams_per_partition: int = 20_000
+    max_stream_rate_hz: float = 0.0  # per stream, by the log's clock; 0: no limit
+    stream_burst: int = 60  # samples a stream may send at once within its rate
     batch_wait_s: float = 0.003
     max_batch: int = 4096
     history_len: int = 60
@@ -46,6 +49,8 @@ class WorkerConfig:
             gap_limit_s=self.gap_limit_s,
             gap_policy=self.gap_policy,
             max_streams_per_partition=self.max_streams_per_partition,
+            max_stream_rate_hz=self.max_stream_rate_hz,
+            stream_burst=self.stream_burst,
         )
 
 
@@ -80,3 +85,4 @@ class WorkerContext:
     checkpoints: CheckpointStore
     metrics: WorkerMetrics
     in_flight: InFlightLimit
+    answers: AnswerPublisher

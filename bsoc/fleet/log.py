@@ -15,7 +15,7 @@ transform, so changing it needs a new log.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from bsoc.errors import ConfigError
@@ -45,6 +45,8 @@ class FleetSettings:
     gap_limit_s: float
     gap_policy: str
     max_streams_per_partition: int
+    max_stream_rate_hz: float = 0.0  # defaults: what a fleet pinned before rate limits had
+    stream_burst: int = 60
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -113,8 +115,7 @@ async def pin_settings(js: Any, settings: FleetSettings) -> FleetSettings:
     if pinned != settings:
         differences = ", ".join(
             f"{name} {getattr(pinned, name)!r} (this worker: {getattr(settings, name)!r})"
-            for name in ("model", "partitions", "gap_limit_s", "gap_policy",
-                         "max_streams_per_partition")  # fmt: skip
+            for name in (f.name for f in fields(FleetSettings))
             if getattr(pinned, name) != getattr(settings, name)
         )
         raise FleetError(

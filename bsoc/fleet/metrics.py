@@ -31,6 +31,7 @@ class WorkerMetrics:
         self.checkpoint_seconds = Histogram(CHECKPOINT_BUCKETS_S)
         self.checkpoint_bytes = 0
         self.redeliveries = 0
+        self.answers_resent = 0
         self.recent: deque[tuple[float, int]] = deque(maxlen=4096)
 
     def observe(self, answer: dict[str, Any], latency_s: float) -> None:
@@ -69,6 +70,7 @@ class WorkerMetrics:
             "checkpoints_total": self.checkpoints_total,
             "checkpoint_bytes": self.checkpoint_bytes,
             "redeliveries": self.redeliveries,
+            "answers_resent": self.answers_resent,
         }
 
 
@@ -108,6 +110,9 @@ def render_worker_metrics(answers: list[dict], missing: list[int]) -> str:
     per_worker("bsoc_fleet_consumer_restarts_total", "counter",
                "Consumers started again after a missing delivery.",
                lambda a: a["metrics"]["redeliveries"])  # fmt: skip
+    per_worker("bsoc_fleet_answers_resent_total", "counter",
+               "Answers sent again after the worker's NATS connection dropped.",
+               lambda a: a["metrics"].get("answers_resent", 0))  # fmt: skip
     refused = [
         f'bsoc_fleet_refused_total{{worker="{a["worker"]}",kind="{kind}"}} {n}'
         for a in answers

@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from bsoc.errors import ConfigError
 from bsoc.estimator import SocEstimator
+from bsoc.fleet.answers import AnswerPublisher
 from bsoc.fleet.checkpoint import CheckpointStore
 from bsoc.fleet.connection import connect
 from bsoc.fleet.context import InFlightLimit, WorkerConfig, WorkerContext
@@ -62,7 +64,11 @@ class Worker:
     async def run(self, ready: asyncio.Event | None = None) -> None:
         """Join the fleet and work until :meth:`request_stop`; then hand everything back."""
         settle_heap()
-        self.nc = await connect(self.config.target, f"bsoc-worker-{self.id}")
+        self.answers = AnswerPublisher(self.metrics)
+        self.nc = await connect(self.config.target, f"bsoc-worker-{self.id}",
+                                disconnected_cb=self.answers.on_disconnected,
+                                reconnected_cb=self.answers.on_reconnected)  # fmt: skip
+        self.answers.nc = self.nc
         try:
             self.js = self.nc.jetstream(timeout=10.0)
             await ensure_log(self.js, self.config.partitions, self.config.replicas,
@@ -75,7 +81,8 @@ class Worker:
             )
             self.batcher.start()
             self.context = WorkerContext(self.config, self.estimator, self.batcher, self.nc,
-                                         self.js, checkpoints, self.metrics, self.in_flight)  # fmt: skip
+                                         self.js, checkpoints, self.metrics, self.in_flight,
+                                         self.answers)  # fmt: skip
             await self.nc.subscribe(FLEET_QUERY, cb=self._on_fleet_query)
             if ready is not None:
                 ready.set()
@@ -124,7 +131,7 @@ class Worker:
                 log.warning("partition %d: lease lost to another worker", index)
                 await self._drop(index)
                 continue
-            await self.partitions[index].check_consumer()
+            self.partitions[index].check_consumer_soon()
         take, give = self.view.plan(set(self.partitions), time.monotonic())
         await self._hand_back(give)
         for index in take:
@@ -168,12 +175,21 @@ class Worker:
         self._starts[index] = asyncio.get_running_loop().create_task(self._start(partition))
 
     async def _start(self, partition: Partition) -> None:
-        try:
-            await partition.start()
-        except Exception as error:
-            self.failure = error  # e.g. a damaged checkpoint: the worker stops with it
-            self._stopping.set()
-            return
+        """Start the partition; again while NATS cannot answer (a leader election), but stop
+        the worker for a checkpoint it cannot use (damaged, or another model's)."""
+        while True:
+            try:
+                await partition.start()
+                break
+            except ConfigError as error:
+                self.failure = error
+                self._stopping.set()
+                return
+            except Exception as error:
+                log.warning("partition %d: cannot start yet (%s: %s); retrying", partition.index,
+                            type(error).__name__, error)  # fmt: skip
+                if await self._sleep_or_stop(self.config.lease_s / 3) or partition.stopped:
+                    return
         self.query_subscriptions[partition.index] = await self.nc.subscribe(
             stream_query_subject(partition.index), cb=self._on_stream_query
         )

@@ -46,5 +46,9 @@ class TooManyStreams(Refused, kind="too_many_streams"):
     """The service already holds its maximum number of streams."""
 
 
+class StreamRateLimited(Refused, kind="rate_limited"):
+    """A stream sends more samples per second than its limit (the fleet's workers)."""
+
+
 class ModelFailed(Refused, kind="internal"):
     """The model raised while stepping a request's samples; nothing was committed."""

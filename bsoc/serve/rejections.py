@@ -16,6 +16,7 @@ from bsoc.serve.errors import (
     Refused,
     SamplesNotIncreasing,
     SamplesNotNewer,
+    StreamRateLimited,
     TooManyStreams,
     UnknownStream,
 )
@@ -27,6 +28,7 @@ HTTP_STATUS: dict[type[Refused], int] = {
     SamplesNotNewer: 409,
     UnknownStream: 404,
     TooManyStreams: 429,
+    StreamRateLimited: 429,
     ModelFailed: 500,
 }
 # Kinds for the refusals the framework itself makes before a route runs.
@@ -43,7 +45,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         413: "Request body larger than the configured limit.",
         422: "Malformed samples: wrong type, missing/extra field, NaN/inf, outside physical "
         "range, time not strictly increasing within the request.",
-        429: "The service holds its maximum number of streams.",
+        429: "The service holds its maximum number of streams, or (a fleet with "
+        "--max-stream-rate) the stream sends faster than its rate limit.",
     }.items()
 }
 

@@ -95,15 +95,17 @@ def _padded(n: int) -> int:
 
 
 def grouped_pairs(rows: np.ndarray) -> np.ndarray:
-    """``rows`` (out, in) as a full-integer factor's C loops read them: rows and columns
-    padded with zeros to multiples of four; per group of four rows, per pair of columns k,
-    k + 1, the bytes ``r0 k, r1 k, r0 k+1, r1 k+1, r2 k, r3 k, r2 k+1, r3 k+1``."""
-    padded = np.zeros((_padded(rows.shape[0]), _padded(rows.shape[1])), rows.dtype)
-    padded[: rows.shape[0], : rows.shape[1]] = rows
-    groups, cols = padded.shape[0] // GROUP_ROWS, padded.shape[1]
+    """``rows`` (out, in) as a full-integer factor's C loops read them: columns padded with
+    zeros to a multiple of four; per group of four rows, per pair of columns k, k + 1, the
+    bytes ``r0 k, r1 k, r0 k+1, r1 k+1, r2 k, r3 k, r2 k+1, r3 k+1``; then the ``out % 4``
+    rows left over, row by row."""
+    padded = np.pad(rows, ((0, 0), (0, _padded(rows.shape[1]) - rows.shape[1])))
+    grouped = GROUP_ROWS * (len(rows) // GROUP_ROWS)
+    groups, cols = grouped // GROUP_ROWS, padded.shape[1]
     # [group, row pair, row in pair, column pair, column in pair] -> group, column pair,
     # row pair, column in pair, row in pair
-    return padded.reshape(groups, 2, 2, cols // 2, 2).transpose(0, 3, 1, 4, 2).ravel()
+    pairs = padded[:grouped].reshape(groups, 2, 2, cols // 2, 2).transpose(0, 3, 1, 4, 2)
+    return np.concatenate([pairs.ravel(), padded[grouped:].ravel()])
 
 
 class _Tables:
@@ -129,16 +131,12 @@ class _Tables:
             scales = "NULL"
             if factor.scales is not None:
                 scales = f"{name}_{k}_scales"
-                row_scales = _take_rows(factor.scales, order) * gains
-                if self.integer:
-                    row_scales = np.pad(row_scales, (0, _padded(len(row_scales)) -
-                                                     len(row_scales)))
-                self.lines.append(_array("float", scales, row_scales))
+                self.lines.append(_array("float", scales, _take_rows(factor.scales, order) * gains))
             else:
                 values = values * gains[:, None]
             rows, cols = values.shape
             if self.integer:
-                table, rows, cols = grouped_pairs(values), _padded(rows), _padded(cols)
+                table, cols = grouped_pairs(values), _padded(cols)
             else:
                 table = blocked_rows(values)
             self.lines.append(_array("bsoc_weight", f"{name}_{k}", table))
@@ -159,14 +157,20 @@ def _scratch_sizes(arrays: NetworkArrays) -> tuple[int, int]:
 
 
 def _integer_scratch(arrays: NetworkArrays) -> list[str]:
-    """A full-integer model's scratch vectors: a first factor's float output, and two
-    int16 vectors (a layer's quantised input and h), each padded to a multiple of four."""
-    maps = [f for layer in arrays.lstm for f in (layer.input_factors, layer.recurrent_factors)]
-    maps.append(arrays.fc_factors)
-    firsts = [_padded(f[0].values.shape[1]) for f in maps if len(f) > 1]
-    widths = [_padded(f.values.shape[0]) for f in arrays.factors()]
-    return [f"static float scratch_input[{max(firsts, default=1)}];",
-            f"static int16_t q_input[{max(widths)}], q_recurrent[{max(widths)}];"]
+    """A full-integer model's scratch vectors: a first factor's float output, its int16
+    input (``q_wide``), and the int16 inputs of the last factors of the input maps (and the
+    FC's) and of the recurrent maps, each padded to a multiple of four."""
+    inputs = [layer.input_factors for layer in arrays.lstm] + [arrays.fc_factors]
+    recurrent = [layer.recurrent_factors for layer in arrays.lstm]
+    firsts = [f[0] for f in inputs + recurrent if len(f) > 1]
+
+    def widest(factors: list[Factor]) -> int:
+        return max((_padded(f.values.shape[0]) for f in factors), default=GROUP_ROWS)
+
+    return [f"static float scratch_input[{max((f.values.shape[1] for f in firsts), default=1)}];",
+            f"static int16_t q_wide[{widest(firsts)}];",
+            f"static int16_t q_input[{widest([f[-1] for f in inputs])}];",
+            f"static int16_t q_recurrent[{widest([f[-1] for f in recurrent])}];"]
 
 
 def tables(arrays: NetworkArrays) -> str:

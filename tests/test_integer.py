@@ -79,3 +79,17 @@ def test_c_library_equals_the_reference_bit_for_bit(
     run = subprocess.run(["./portable"], cwd=folder, input=measure.sample_lines(samples),
                          capture_output=True, text=True, check=True)
     np.testing.assert_array_equal(measure.parse_run(run.stdout)[0], soc)
+
+
+def test_cortex_m4_build_on_qemu_equals_the_reference(tmp_path: Path, toy_dataset: Path) -> None:
+    """The SMLAD/SXTB16 loops of the Cortex-M4 build compute the reference's integers."""
+    missing = measure.missing_tools("qemu")
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (Debian: make edge-tools)")
+    estimator = integer_estimator("projected-lstm", ODD)
+    estimator.save(tmp_path / "model")
+    export_model(tmp_path / "model", tmp_path / "c", "c")
+    samples = cycle_samples(toy_dataset, 200)
+    soc, _ = measure.qemu_run(tmp_path / "c", samples, timeout_s=120)
+    np.testing.assert_array_equal(soc.astype(np.float32),
+                                  estimator.predict(samples).astype(np.float32))

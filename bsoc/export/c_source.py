@@ -7,6 +7,8 @@ normalisation, and static scratch vectors sized for this model (so RAM is known 
 time and nothing is allocated). A float32 model gives float32 tables, an int8 model
 (``bsoc quantize``) int8 tables with their scales; the arithmetic is bsoc's own
 (:mod:`bsoc.compress.quantize`), with each row's scale applied once after its dot product.
+A full-integer model (``-w8a16``, :mod:`bsoc.compress.integer`) has int8 tables laid out
+for int16 x int8 multiply-adds in pairs (:func:`grouped_pairs`) and int16 scratch vectors.
 
 The tables are laid out for the step's loops (:func:`blocked_rows`): rows in blocks of
 sixteen interleaved column by column, so that one pass over the input vector computes
@@ -213,6 +215,7 @@ def write_c(arrays: NetworkArrays, folder: Path, record: dict[str, Any]) -> list
     fields = {"@VERSION@": __version__, "@NAME@": record["name"], "@KIND@": record["kind"],
               "@STATE_SIZE@": str(arrays.state_size), "@INT8@": str(int(arrays.int8)),
               "@INT16@": str(int(arrays.int16_activations)),
+              "@ACTIVATIONS@": record["activations"],
               "@STATE_BYTES@": str(4 * arrays.state_size), "@WEIGHTS@": record["weights"],
               "@WEIGHT_BYTES@": f"{record['weight_bytes']:,}",
               "@MACS@": f"{record['macs_per_sample']:,}",

@@ -47,6 +47,10 @@ ESTIMATOR_CLASSES: dict[str, str] = {
     "lstm-int8": "bsoc.nn.estimator:LstmSocEstimator",
     "projected-lstm-int8": "bsoc.nn.estimator:LstmSocEstimator",
     "svd-lstm-int8": "bsoc.nn.estimator:LstmSocEstimator",
+    # full integer: int8 weights, int16 activations (bsoc.compress.integer), the C's arithmetic
+    "lstm-w8a16": "bsoc.compress.integer:IntegerLstmEstimator",
+    "projected-lstm-w8a16": "bsoc.compress.integer:IntegerLstmEstimator",
+    "svd-lstm-w8a16": "bsoc.compress.integer:IntegerLstmEstimator",
     "ekf": "bsoc.ekf.estimator:EkfSocEstimator",
     # an LSTM of any kind above inside a Kalman filter with coulomb counting
     "fusion": "bsoc.fusion.estimator:FusionSocEstimator",

@@ -103,11 +103,11 @@ def _fusion(directory: Path) -> Path:
                               name="tiny-fusion").save(directory)
 
 
-def _int8(directory: Path, kind: str) -> Path:
+def _int8(directory: Path, kind: str, activations: str = "float32") -> Path:
     from bsoc.compress.quantize import quantize_model
 
     source = TINY_MODELS[kind](directory.with_name(f"{directory.name}-float"))
-    quantize_model(source, directory)
+    quantize_model(source, directory, activations=activations)
     return directory
 
 
@@ -118,6 +118,9 @@ TINY_MODELS: dict[str, Callable[[Path], Path]] = {
     "lstm-int8": lambda d: _int8(d, "lstm"),
     "projected-lstm-int8": lambda d: _int8(d, "projected-lstm"),
     "svd-lstm-int8": lambda d: _int8(d, "svd-lstm"),
+    "lstm-w8a16": lambda d: _int8(d, "lstm", "int16"),
+    "projected-lstm-w8a16": lambda d: _int8(d, "projected-lstm", "int16"),
+    "svd-lstm-w8a16": lambda d: _int8(d, "svd-lstm", "int16"),
     "ekf": _ekf,
     "fusion": _fusion,
     COULOMB_KIND: lambda d: CoulombEstimator().save(d),

@@ -20,14 +20,20 @@ def quantize(
     data: Path = typer.Option(None, "--data", help="Dataset folder: measure the float and the "
                               "int8 model on its val split and record both (optional; "
                               "weight-only int8 needs no calibration data)."),
+    activations: str = typer.Option("float32", "--activations", help="float32: weight-only "
+                                    "int8 (kind <kind>-int8); int16: full integer, int16 "
+                                    "activations scaled per vector and step (kind "
+                                    "<kind>-w8a16), the fastest C on a microcontroller."),
     force: bool = typer.Option(False, "--force", help="Replace the model bsoc wrote at --out "
                                "(other files there are kept)."),
     json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Quantise a network's weights to int8 (per output channel, symmetric; weight-only).
+    """Quantise a network's weights to int8 (per output channel, symmetric), weight-only or
+    with int16 activations (--activations int16: integer matrix products).
 
     Every weight-map factor (projectors included) becomes int8 values with one float32
-    scale per output neuron; biases, activations and state stay float32. The result is a
+    scale per output neuron; biases and state stay float32 (and the activations, unless
+    --activations int16). The result is a
     model folder like any other: benchmark, evaluate, serve and export take it.
     """
     from bsoc.compress.quantize import quantize_model
@@ -37,7 +43,7 @@ def quantize(
     prepare_model_dir(out, force=force, inputs=[model, data])
     dataset = Dataset.load(data) if data is not None else None
     estimator, record = quantize_model(model, out, data=dataset, command=running_command(ctx),
-                                       force=True)
+                                       force=True, activations=activations)
     summary = {"model": str(out), "kind": estimator.kind, "learnables": estimator.learnables(),
                **{k: record[k] for k in ("weight_bytes_float32", "weight_bytes", "int8_bytes",
                                          "scale_bytes", "float32_bias_bytes")},

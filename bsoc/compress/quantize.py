@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from bsoc.data.dataset import Dataset
-from bsoc.errors import ModelFileError
+from bsoc.errors import ConfigError, ModelFileError
 from bsoc.nn.estimator import LstmSocEstimator
 from bsoc.nn.layers import WeightMap
 from bsoc.nn.network import SocNetwork
@@ -135,19 +135,35 @@ def quantization_record(float_network: SocNetwork, quantized: SocNetwork) -> dic
     }
 
 
+ACTIVATIONS = ("float32", "int16")
+
+
 def quantize_model(model: Path, out: Path, *, data: Dataset | None = None, command: str = "",
-                   force: bool = False) -> tuple[LstmSocEstimator, dict[str, Any]]:
-    """Quantise the model folder ``model`` and write the int8 model folder ``out``.
+                   force: bool = False, activations: str = "float32"
+                   ) -> tuple[LstmSocEstimator, dict[str, Any]]:
+    """Quantise the model folder ``model`` and write the int8 model folder ``out``:
+    weight-only (``activations`` float32, kind ``<kind>-int8``) or full integer (int16,
+    kind ``<kind>-w8a16``, :mod:`bsoc.compress.integer`).
 
     With ``data``, the validation accuracy of the float and the int8 model is measured and
-    recorded (the weights need no data: no calibration in weight-only quantisation).
+    recorded (no calibration either way: the activations' scales are per vector and step).
     """
+    from bsoc.compress.integer import SCHEME as INTEGER_SCHEME
+    from bsoc.compress.integer import W8A16_SUFFIX, IntegerLstmEstimator
+
+    if activations not in ACTIVATIONS:
+        raise ConfigError(f"unknown activations {activations!r}",
+                          remedy=f"use one of {', '.join(ACTIVATIONS)}")
+    integer = activations == "int16"
     source = LstmSocEstimator.load(model)
-    if source.kind.endswith(INT8_SUFFIX):
+    if source.kind.endswith((INT8_SUFFIX, W8A16_SUFFIX)):
         raise ModelFileError(f"{model} is already an int8 model ({source.kind})",
                              remedy="quantise its float source model instead")
     quantized = quantize_network(source.network)
     record = quantization_record(source.network, quantized)
+    if integer:
+        record["scheme"] = INTEGER_SCHEME
+    make = IntegerLstmEstimator if integer else LstmSocEstimator
     record["source_model"] = {"path": str(model), "name": source.name, "kind": source.kind}
     carried = {k: v for k, v in source.metadata.items() if k != "validation"}  # float's
     metadata = {**carried, "quantization": record,
@@ -157,9 +173,9 @@ def quantize_model(model: Path, out: Path, *, data: Dataset | None = None, comma
 
         record["data"] = {"name": data.name, "fingerprint": data.fingerprint()}
         record["val_rmse_pct_float"] = validation_metrics(source.network, data)["rmse_pct"]
-        metadata["validation"] = validation_metrics(quantized, data)
+        metadata["validation"] = validation_metrics(quantized, data, make=make)
         record["val_rmse_pct_int8"] = metadata["validation"]["rmse_pct"]
-    estimator = LstmSocEstimator(quantized, kind=source.kind + INT8_SUFFIX, name=out.name,
-                                 metadata=metadata)
+    suffix = W8A16_SUFFIX if integer else INT8_SUFFIX
+    estimator = make(quantized, kind=source.kind + suffix, name=out.name, metadata=metadata)
     estimator.save(out, force=force)
     return estimator, record

@@ -26,6 +26,7 @@ from bsoc.compress.projection import MeanHandling, NeuronPCA
 from bsoc.compress.svd import compress_network_using_svd
 from bsoc.data.dataset import Dataset
 from bsoc.errors import ConfigError
+from bsoc.estimator import SocEstimator
 from bsoc.evaluate import evaluate
 from bsoc.nn.estimator import LstmSocEstimator
 from bsoc.nn.network import SocNetwork
@@ -37,13 +38,16 @@ Progress = Callable[[int, int], None]
 
 
 def validation_metrics(network: SocNetwork, data: Dataset,
-                       scenarios: tuple[str, ...] = ("from_start", "cold_start")) -> dict[str, Any]:
-    """Accuracy on the validation split's whole cycles (the same measure training keeps)."""
+                       scenarios: tuple[str, ...] = ("from_start", "cold_start"),
+                       make: Callable[[SocNetwork], SocEstimator] = LstmSocEstimator
+                       ) -> dict[str, Any]:
+    """Accuracy on the validation split's whole cycles (the same measure training keeps)
+    of the estimator ``make`` builds on ``network``."""
     cycles = data.split("val")
     if not cycles:
         raise ConfigError(f"dataset {data.name} has no val split to measure on",
                           remedy="re-split the dataset so that val holds at least one cycle")
-    return evaluate(LstmSocEstimator(network), cycles, scenarios=scenarios)
+    return evaluate(make(network), cycles, scenarios=scenarios)
 
 
 def fit_pca(network: SocNetwork, data: Dataset, mean_handling: MeanHandling = "fold-into-bias",

@@ -9,7 +9,7 @@ factor as the streaming path does), so an int8 first factor stays as it was quan
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from torch import Tensor
@@ -56,6 +56,7 @@ class NetworkArrays:
     lstm: list[LstmArrays]
     fc_factors: list[Factor]
     fc_bias: np.ndarray  # (1,) float32
+    int16_activations: bool = False  # full integer (bsoc.compress.integer), int8 weights
 
     @property
     def state_size(self) -> int:
@@ -76,7 +77,17 @@ class NetworkArrays:
         if not isinstance(network, SocNetwork):
             raise ModelFileError(f"a {estimator.kind!r} model has no network to export",
                                  remedy="export an lstm, projected-lstm or svd-lstm model "
-                                 "(or its -int8 version)")
+                                 "(or its -int8 or -w8a16 version)")
+        from bsoc.compress.integer import IntegerLstmEstimator
+
+        arrays = cls.of_network(network)
+        if isinstance(estimator, IntegerLstmEstimator):
+            return replace(arrays, int16_activations=True)
+        return arrays
+
+    @classmethod
+    def of_network(cls, network: SocNetwork) -> NetworkArrays:
+        """The arrays of a network (its activations float32)."""
         arrays = cls(
             mean=_float32(network.input_mean), std=_float32(network.input_std),
             lstm=[_lstm(network.get_submodule(name)) for name in network.lstm_names],

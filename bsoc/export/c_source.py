@@ -7,6 +7,8 @@ normalisation, and static scratch vectors sized for this model (so RAM is known 
 time and nothing is allocated). A float32 model gives float32 tables, an int8 model
 (``bsoc quantize``) int8 tables with their scales; the arithmetic is bsoc's own
 (:mod:`bsoc.compress.quantize`), with each row's scale applied once after its dot product.
+A full-integer model (``-w8a16``, :mod:`bsoc.compress.integer`) has int8 tables laid out
+for int16 x int8 multiply-adds in pairs (:func:`grouped_pairs`) and int16 scratch vectors.
 
 The tables are laid out for the step's loops (:func:`blocked_rows`): rows in blocks of
 sixteen interleaved column by column, so that one pass over the input vector computes
@@ -54,6 +56,7 @@ def _array(c_type: str, name: str, values: np.ndarray) -> str:
 
 
 BLOCK_ROWS = 16
+GROUP_ROWS = 4  # a full-integer factor's rows go in groups of four
 UNITS_PER_BLOCK = 4
 
 
@@ -89,11 +92,30 @@ def blocked_rows(rows: np.ndarray) -> np.ndarray:
     return np.concatenate([blocks.ravel(), rows[blocked:].ravel()])
 
 
+def _padded(n: int) -> int:
+    return -(-n // GROUP_ROWS) * GROUP_ROWS
+
+
+def grouped_pairs(rows: np.ndarray) -> np.ndarray:
+    """``rows`` (out, in) as a full-integer factor's C loops read them: columns padded with
+    zeros to a multiple of four; per group of four rows, per pair of columns k, k + 1, the
+    bytes ``r0 k, r1 k, r0 k+1, r1 k+1, r2 k, r3 k, r2 k+1, r3 k+1``; then the ``out % 4``
+    rows left over, row by row."""
+    padded = np.pad(rows, ((0, 0), (0, _padded(rows.shape[1]) - rows.shape[1])))
+    grouped = GROUP_ROWS * (len(rows) // GROUP_ROWS)
+    groups, cols = grouped // GROUP_ROWS, padded.shape[1]
+    # [group, row pair, row in pair, column pair, column in pair] -> group, column pair,
+    # row pair, column in pair, row in pair
+    pairs = padded[:grouped].reshape(groups, 2, 2, cols // 2, 2).transpose(0, 3, 1, 4, 2)
+    return np.concatenate([pairs.ravel(), padded[grouped:].ravel()])
+
+
 class _Tables:
     """The C declarations of one model's tables, in the order C needs them."""
 
-    def __init__(self) -> None:
+    def __init__(self, integer: bool = False) -> None:
         self.lines: list[str] = []
+        self.integer = integer
 
     def map(self, name: str, factors: list[Factor], hidden: int | None = None) -> str:
         """Declare a map's factors (rows = outputs, blocked; the last factor's rows in gate
@@ -114,8 +136,13 @@ class _Tables:
                 self.lines.append(_array("float", scales, _take_rows(factor.scales, order) * gains))
             else:
                 values = values * gains[:, None]
-            self.lines.append(_array("bsoc_weight", f"{name}_{k}", blocked_rows(values)))
-            entries.append(f"{{{name}_{k}, {scales}, {values.shape[0]}, {values.shape[1]}}}")
+            rows, cols = values.shape
+            if self.integer:
+                table, cols = grouped_pairs(values), _padded(cols)
+            else:
+                table = blocked_rows(values)
+            self.lines.append(_array("bsoc_weight", f"{name}_{k}", table))
+            entries.append(f"{{{name}_{k}, {scales}, {rows}, {cols}}}")
         self.lines.append(f"static const bsoc_factor {name}_factors[{len(factors)}] = "
                           f"{{{', '.join(entries)}}};")
         return f"{{{name}_factors, {len(factors)}}}"
@@ -131,18 +158,42 @@ def _scratch_sizes(arrays: NetworkArrays) -> tuple[int, int]:
     return max(inputs, default=1), max(recurrent)
 
 
+def _integer_scratch(arrays: NetworkArrays) -> list[str]:
+    """A full-integer model's scratch vectors: a first factor's float output, its int16
+    input (``q_wide``), and the int16 inputs of the last factors of the input maps (and the
+    FC's) and of the recurrent maps, each padded to a multiple of four."""
+    inputs = [layer.input_factors for layer in arrays.lstm] + [arrays.fc_factors]
+    recurrent = [layer.recurrent_factors for layer in arrays.lstm]
+    firsts = [f[0] for f in inputs + recurrent if len(f) > 1]
+
+    def widest(factors: list[Factor]) -> int:
+        return max((_padded(f.values.shape[0]) for f in factors), default=GROUP_ROWS)
+
+    return [f"static float scratch_input[{max((f.values.shape[1] for f in firsts), default=1)}];",
+            f"static int16_t q_wide[{widest(firsts)}];",
+            f"static int16_t q_input[{widest([f[-1] for f in inputs])}];",
+            f"static int16_t q_recurrent[{widest([f[-1] for f in recurrent])}];"]
+
+
 def tables(arrays: NetworkArrays) -> str:
     """Every generated declaration of ``bsoc_model.c``."""
-    out = _Tables()
+    out = _Tables(arrays.int16_activations)
     layers = []
+    width = len(arrays.mean)
     for k, layer in enumerate(arrays.lstm, start=1):
         input_map = out.map(f"lstm_{k}_input", layer.input_factors, layer.hidden)
         recurrent_map = out.map(f"lstm_{k}_recurrent", layer.recurrent_factors, layer.hidden)
         order, gains = gate_blocks(layer.hidden)
         out.lines.append(_array("float", f"lstm_{k}_bias", _take_rows(layer.bias, order) * gains))
-        layers.append(f"    {{{input_map}, {recurrent_map}, lstm_{k}_bias, {layer.hidden}}},")
+        layers.append(f"    {{{input_map}, {recurrent_map}, lstm_{k}_bias, {layer.hidden}, "
+                      f"{width}}},")
+        width = layer.hidden
     fc_map = out.map("fc", arrays.fc_factors)
-    scratch_input, scratch_recurrent = _scratch_sizes(arrays)
+    if arrays.int16_activations:
+        scratch = _integer_scratch(arrays)
+    else:
+        scratch = [f"static float scratch_input[{_scratch_sizes(arrays)[0]}];",
+                   f"static float scratch_recurrent[{_scratch_sizes(arrays)[1]}];"]
     return "\n".join([
         "/* ---- generated tables ---- */",
         f"#define BSOC_LAYERS {len(arrays.lstm)}",
@@ -153,8 +204,7 @@ def tables(arrays: NetworkArrays) -> str:
         f"static const bsoc_map fc_map = {fc_map};",
         f"static const float fc_bias = {float(arrays.fc_bias[0]):.8e}f;",
         "/* scratch vectors (RAM): projections of the layer inputs, copies of h */",
-        f"static float scratch_input[{scratch_input}];",
-        f"static float scratch_recurrent[{scratch_recurrent}];",
+        *scratch,
         "/* ---- end of generated tables ---- */",
     ])
 
@@ -164,6 +214,8 @@ def write_c(arrays: NetworkArrays, folder: Path, record: dict[str, Any]) -> list
     ``export.json`` says of the model); returns the file names."""
     fields = {"@VERSION@": __version__, "@NAME@": record["name"], "@KIND@": record["kind"],
               "@STATE_SIZE@": str(arrays.state_size), "@INT8@": str(int(arrays.int8)),
+              "@INT16@": str(int(arrays.int16_activations)),
+              "@ACTIVATIONS@": record["activations"],
               "@STATE_BYTES@": str(4 * arrays.state_size), "@WEIGHTS@": record["weights"],
               "@WEIGHT_BYTES@": f"{record['weight_bytes']:,}",
               "@MACS@": f"{record['macs_per_sample']:,}",

@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from bsoc.errors import ModelFileError
 from bsoc.export.arrays import Factor, NetworkArrays
 
 OPSET = 17
@@ -145,7 +146,11 @@ def sequence_model(arrays: NetworkArrays) -> onnx.ModelProto:
 
 def write_onnx(arrays: NetworkArrays, folder: Path, record: dict[str, Any]) -> list[str]:
     """Write both graphs into ``folder``; returns the file names (``record``, what
-    ``export.json`` says, goes into the graphs' metadata)."""
+    ``export.json`` says, goes into the graphs' metadata). A full-integer model is refused:
+    its int16 activations are the C target's arithmetic, not ONNX's."""
+    if arrays.int16_activations:
+        raise ModelFileError(f"{record['kind']} models (int16 activations) export as C only",
+                             remedy="export its weight-only -int8 version as ONNX")
     for model, file in ((step_model(arrays), STEP_FILE), (sequence_model(arrays), SEQUENCE_FILE)):
         helper.set_model_props(model, {"bsoc_model": record["name"], "bsoc_kind": record["kind"],
                                        "state_layout": ",".join(record["state_layout"])})

@@ -41,6 +41,7 @@ def export_model(model: Path, out: Path, fmt: str, *, force: bool = False,
     record: dict[str, Any] = {
         "format": fmt, "model": str(model), "name": estimator.name, "kind": estimator.kind,
         "weights": "int8" if arrays.int8 else "float32",
+        "activations": "int16" if arrays.int16_activations else "float32",
         "state_size": arrays.state_size,
         "state_layout": [f"{part}_{k}" for k in range(1, len(arrays.lstm) + 1)
                          for part in ("h", "c")],

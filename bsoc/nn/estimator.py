@@ -64,7 +64,12 @@ class LstmSocEstimator(SocEstimator):
         self.kind = kind
         self.name = name
         self.metadata = dict(metadata or {})
-        self._stepper = StreamingStepper(self.network)
+        self._stepper = self._make_stepper(self.network)
+
+    def _make_stepper(self, network: SocNetwork) -> Any:
+        """What steps and predicts the network: the compiled float kernels here; a
+        full-integer model has its own arithmetic (:mod:`bsoc.compress.integer`)."""
+        return StreamingStepper(network)
 
     def initial_state(self) -> np.ndarray:
         return np.zeros(self._stepper.state_size, dtype=np.float64)
@@ -114,7 +119,7 @@ class LstmSocEstimator(SocEstimator):
         padded = np.zeros((len(sequences), max(len(s) for s in sequences), 4))
         for row, samples in zip(padded, sequences):
             row[: len(samples)] = samples
-        soc = self._stepper.packed.predict(padded)  # (N, T_max)
+        soc = self._stepper.predict(padded)  # (N, T_max)
         return [soc[n, : len(s)] for n, s in enumerate(sequences)]
 
     def learnables(self) -> int:
@@ -156,7 +161,7 @@ class LstmSocEstimator(SocEstimator):
         """The network a ``config`` (as :meth:`config` writes it) and its weights file
         describe; ``where`` names the model in errors (a fusion model embeds one)."""
         kind = config.get("kind")
-        if ESTIMATOR_CLASSES.get(str(kind)) != "bsoc.nn.estimator:LstmSocEstimator":
+        if ESTIMATOR_CLASSES.get(str(kind)) != f"{cls.__module__}:{cls.__qualname__}":
             raise ModelFileError(
                 f"{where} holds a {kind!r} model, not a neural network",
                 remedy="load it with bsoc.estimator.load_estimator",

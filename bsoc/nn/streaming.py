@@ -67,3 +67,7 @@ class StreamingStepper:
     def step(self, samples: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``samples`` (B, 4) raw time, V, I, T; ``states`` (B, S) -> SOC (B,), new states."""
         return self.packed.step(samples, states)
+
+    def predict(self, samples: np.ndarray) -> np.ndarray:
+        """SOC (B, T) of whole sequences ``samples`` (B, T, 4) from the zero state."""
+        return self.packed.predict(samples)

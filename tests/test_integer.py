@@ -1,0 +1,95 @@
+"""Full-integer (-w8a16) models: bsoc's reference arithmetic and the exported C library
+compiled with the system compiler agree bit for bit over a test cycle, state carried."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from edge_models import cycle_samples, float_estimator
+from stream_set import StreamSet
+
+from bsoc.compress.integer import IntegerLstmEstimator, quantise
+from bsoc.compress.quantize import quantize_network
+from bsoc.estimator import load_estimator
+from bsoc.export import measure
+from bsoc.export.write import export_model
+
+CC = shutil.which("gcc") or shutil.which("cc")
+ODD = (42, 22)
+
+
+def integer_estimator(kind: str, hidden: tuple[int, ...] = (16, 8)) -> IntegerLstmEstimator:
+    source = float_estimator(kind, hidden)
+    return IntegerLstmEstimator(quantize_network(source.network), kind=f"{kind}-w8a16",
+                                name=kind)
+
+
+def test_quantise_puts_the_peak_in_the_top_octave_exactly() -> None:
+    x = np.array([[0.3, -1.7, 0.0, 1e-3], [0.0, 0.0, 0.0, 0.0], [40.0, -40.0, 2.0, 5.0]],
+                 np.float32)
+    q, down = quantise(x)
+    assert np.abs(q).max(axis=1).tolist() == [27853.0, 0.0, 20480.0]  # 1.7 2^14, 40 2^9
+    assert down.ravel().tolist() == [2.0**-14, 2.0**-126, 2.0**-9]
+    assert (np.abs(q * down - x) <= down / 2).all()
+
+
+def test_predict_streams_save_and_reload_agree(tmp_path: Path, toy_dataset: Path) -> None:
+    estimator = integer_estimator("projected-lstm")
+    samples = cycle_samples(toy_dataset, 300)
+    streams = StreamSet(estimator)
+    streamed = np.array([streams.step(row) for row in samples])
+    np.testing.assert_array_equal(streamed, estimator.predict(samples))
+    estimator.save(tmp_path / "model")
+    again = load_estimator(tmp_path / "model")
+    assert isinstance(again, IntegerLstmEstimator) and again.kind == "projected-lstm-w8a16"
+    np.testing.assert_array_equal(again.predict(samples), streamed)
+    # close to the float model it was quantised from (int16 steps are 1/32767 of the peak)
+    float_soc = float_estimator("projected-lstm").predict(samples)
+    assert np.abs(streamed - float_soc).max() < 0.05
+
+
+@pytest.mark.skipif(CC is None, reason="no C compiler (gcc or cc) on this machine")
+@pytest.mark.parametrize(("kind", "hidden"), [("lstm", (16, 8)), ("projected-lstm", ODD),
+                                              ("svd-lstm", (16, 8))])
+def test_c_library_equals_the_reference_bit_for_bit(
+    kind: str, hidden: tuple[int, ...], tmp_path: Path, toy_dataset: Path,
+) -> None:
+    estimator = integer_estimator(kind, hidden)
+    estimator.save(tmp_path / "model")
+    export_model(tmp_path / "model", tmp_path / "c", "c")
+    samples = cycle_samples(toy_dataset, 600)
+    soc, state = measure.host_run(tmp_path / "c", samples)  # SSE2 on x86
+    streams = StreamSet(estimator)
+    for row in samples:
+        streams.step(row)
+    # the C prints float32 values to nine digits, which round-trip exactly
+    np.testing.assert_array_equal(soc.astype(np.float32), estimator.predict(samples).astype(
+        np.float32))
+    np.testing.assert_array_equal(state.astype(np.float32), streams.states[0].astype(np.float32))
+    assert np.abs(state).max() > 0.1
+    # the portable loops (no SIMD) compute the same integers
+    folder = tmp_path / "c"
+    subprocess.run([CC, "-std=c99", "-O2", "-Wall", "-Wextra", "-pedantic", "-Werror",
+                    "-DBSOC_PORTABLE", "bsoc_model.c", "run_cycle.c", "-o",
+                    "portable"], cwd=folder, check=True)
+    run = subprocess.run(["./portable"], cwd=folder, input=measure.sample_lines(samples),
+                         capture_output=True, text=True, check=True)
+    np.testing.assert_array_equal(measure.parse_run(run.stdout)[0], soc)
+
+
+def test_cortex_m4_build_on_qemu_equals_the_reference(tmp_path: Path, toy_dataset: Path) -> None:
+    """The SMLAD/SXTB16 loops of the Cortex-M4 build compute the reference's integers."""
+    missing = measure.missing_tools("qemu")
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (Debian: make edge-tools)")
+    estimator = integer_estimator("projected-lstm", ODD)
+    estimator.save(tmp_path / "model")
+    export_model(tmp_path / "model", tmp_path / "c", "c")
+    samples = cycle_samples(toy_dataset, 200)
+    soc, _ = measure.qemu_run(tmp_path / "c", samples, timeout_s=120)
+    np.testing.assert_array_equal(soc.astype(np.float32),
+                                  estimator.predict(samples).astype(np.float32))

@@ -207,8 +207,8 @@ def ecm_voltage(
 
     Every argument is (T,): the parameters at each sample (``rc1``, ``rc2`` as (R, tau)), the
     current, and the step to each sample (``dt_s[0] = 0``). The one ECM voltage model: the
-    tables' :meth:`EcmTables.terminal_voltage` and the identification's least squares
-    (:mod:`bsoc.ekf.ecm_fit`) both compute it here.
+    tables' :meth:`EcmTables.terminal_voltage` compute it here, and the identification's
+    compiled pass (:mod:`bsoc.ekf.fit_kernel`) is tested equal to it.
     """
     ibar = 0.5 * (current_a + np.concatenate([current_a[:1], current_a[:-1]]))
     v = ocv + r0 * current_a

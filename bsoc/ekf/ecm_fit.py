@@ -3,7 +3,8 @@
 :class:`EcmLeastSquares` is the ECM voltage (:func:`bsoc.ekf.ecm.ecm_voltage`) of a set of
 uniformly resampled cycles as a function of one parameter vector, with the parameters
 interpolated to every sample exactly as :meth:`EcmTables.lookup` does for the filter, so
-identification and filter use the same model. ``scipy.optimize.least_squares`` fits it:
+identification and filter use the same model (evaluated in one compiled pass,
+:mod:`bsoc.ekf.fit_kernel`). ``scipy.optimize.least_squares`` fits it:
 
 * per ambient group, one temperature node: R0, R1, R2 on a coarse SOC grid (log-parameters,
   linear in SOC), tau1 and tau2 in disjoint bounded ranges, and the group's OCV terms
@@ -11,7 +12,7 @@ identification and filter use the same model. ``scipy.optimize.least_squares`` f
 * jointly, one node per ambient temperature: every parameter interpolated to *each
   sample's measured cell temperature* (log R and log tau linear in 1/T, Arrhenius), because
   a cell warms by 15 degC or more during a cold drive. The RC voltages then have
-  time-varying coefficients (:func:`~bsoc.ekf.ecm.linear_recursion`); the Jacobian uses
+  time-varying coefficients; the Jacobian uses
   grouped finite differences on the sparsity pattern of the parameters
   (:meth:`EcmLeastSquares.sparsity`).
 
@@ -28,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from bsoc.data.schema import Cycle
-from bsoc.ekf.ecm import ecm_voltage, temperature_weights
+from bsoc.ekf.ecm import temperature_weights
+from bsoc.ekf.fit_kernel import fit_voltage
 
 
 @dataclass
@@ -131,7 +133,7 @@ class EcmLeastSquares:
         smooth_t: float,
     ) -> None:
         self.nodes_c = np.asarray(nodes_c, dtype=np.float64)
-        self.ocv_ref = np.atleast_2d(ocv_ref)  # (N_T, N_ocv)
+        self.ocv_ref = np.ascontiguousarray(np.atleast_2d(ocv_ref), dtype=np.float64)  # (N_T, N_ocv)
         self.n_nodes, self.n_correction = n_nodes, n_correction
         self.free_scale = free_scale
         self.smooth_r, self.smooth_ocv, self.level_ocv = smoothness
@@ -164,27 +166,12 @@ class EcmLeastSquares:
         k = node[:, n + 2] if self.free_scale else np.ones(len(node))
         return log_r, log_tau, k, node[:, n + 2 + int(self.free_scale) :]
 
-    def _ocv_at_node(
-        self, p: Prepared, jj: np.ndarray, k: np.ndarray, correction: np.ndarray
-    ) -> np.ndarray:
-        mapped = np.clip(1.0 - k[jj] * (1.0 - p.series.soc), 0.0, 1.0)
-        i, f = grid_position(mapped, self.ocv_ref.shape[1])
-        row = np.minimum(jj, len(self.ocv_ref) - 1)  # (a single shared curve is allowed)
-        base = self.ocv_ref[row, i] * (1 - f) + self.ocv_ref[row, i + 1] * f
-        return base + correction[jj, p.ic] * (1 - p.fc) + correction[jj, p.ic + 1] * p.fc
-
     def voltage(self, theta: np.ndarray, p: Prepared) -> np.ndarray:
-        log_r, log_tau, k, correction = self.unpack(theta)
-        w = p.w[:, None]
-        at_soc = [log_r[jj, :, p.i] * (1 - p.f)[:, None] + log_r[jj, :, p.i + 1] * p.f[:, None]
-                  for jj in (p.j, p.j1)]  # (T, 3) each
-        r = np.exp(at_soc[0] * (1 - w) + at_soc[1] * w)
-        tau = np.exp(log_tau[p.j] * (1 - w) + log_tau[p.j1] * w)  # (T, 2)
-        ocv = self._ocv_at_node(p, p.j, k, correction) * (1 - p.w) + self._ocv_at_node(
-            p, p.j1, k, correction
-        ) * p.w
-        return ecm_voltage(ocv, r[:, 0], (r[:, 1], tau[:, 0]), (r[:, 2], tau[:, 1]),
-                           p.series.current, p.dt)
+        """Model voltage of one prepared series (compiled: :func:`bsoc.ekf.fit_kernel.fit_voltage`)."""
+        log_r, log_tau, k, correction = (np.ascontiguousarray(a, dtype=np.float64)
+                                         for a in self.unpack(theta))
+        return fit_voltage(log_r, log_tau, k, correction, self.ocv_ref, p.series.soc,
+                           p.series.current, p.dt, p.j, p.j1, p.w, p.i, p.f, p.ic, p.fc)
 
     def residuals(self, theta: np.ndarray) -> np.ndarray:
         """Voltage errors of every sample (scaled to an RMSE), then the regularisation rows."""

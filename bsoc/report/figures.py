@@ -156,6 +156,13 @@ RUNTIMES = {"bsoc": ("bsoc", "#1f77b4"), "onnxruntime": ("ONNX Runtime", "#ff7f0
             "torch_eager": ("eager torch", "#7f7f7f")}
 
 
+def percent(fraction: float | None) -> str:
+    """A fraction as a percentage, two significant digits below 1 %."""
+    if fraction is None:
+        return "–"
+    return f"{100 * fraction:.1f}" if fraction >= 0.01 else f"{100 * fraction:.2g}"
+
+
 def speed_of(model: dict[str, Any], runtime: str) -> dict[str, Any] | None:
     """A runtime's speed record of ``model``: the entry itself for bsoc, else its peer's."""
     return model if runtime == "bsoc" else model.get("peers", {}).get(runtime)
@@ -197,7 +204,7 @@ def speed_bars(models: list[dict[str, Any]], reference: str) -> Figure:
             values = (record["step_latency_us"], record["throughput_samples_per_s"],
                       None if fraction is None else 100 * fraction)
             for (ax, _), value, mark in zip(panels, values,
-                                            [*marks, f"{100 * (fraction or 0):.1f}%"],
+                                            [*marks, f"{percent(fraction)}%"],
                                             strict=True):
                 if value is None:
                     continue

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bsoc.report.figures import RUNTIMES, speed_of
+from bsoc.report.figures import RUNTIMES, percent, speed_of
 
 
 def _number(value: float | None, digits: int = 1) -> str:
@@ -21,10 +21,6 @@ def _number(value: float | None, digits: int = 1) -> str:
 
 def _ratio(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}x"
-
-
-def _percent(fraction: float | None) -> str:
-    return "–" if fraction is None else f"{100 * fraction:.1f}"
 
 
 def speed_table(bench: dict[str, Any]) -> tuple[str, list[str], list[list[str]], list[str]] | None:
@@ -57,8 +53,8 @@ def speed_table(bench: dict[str, Any]) -> tuple[str, list[str], list[list[str]],
                   for b in batches),
                 _ratio(speedup["by_batch"].get(largest)),
                 _number(None if batched is None else batched / 1e9, 2),
-                _percent(done.get("fraction_of_gemm_limit_batch_1")),
-                _percent(done.get("fraction_of_gemm_limit_batched")),
+                percent(done.get("fraction_of_gemm_limit_batch_1")),
+                percent(done.get("fraction_of_gemm_limit_batched")),
             ])
     return "Speed side by side: bsoc, ONNX Runtime and eager torch", header, rows, _notes(bench)
 

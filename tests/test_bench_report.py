@@ -57,6 +57,26 @@ def test_benchmark_json_follows_the_contract(bench_dir: Path, toy_dataset: Path)
     assert result["machine"]["logical_cores"] >= 1
 
 
+def test_benchmark_times_the_peers_beside_bsoc_against_the_gemm_limit(bench_dir: Path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is in the export extra")
+    result = json.loads((bench_dir / "benchmark.json").read_text())
+    limit = result["gemm_limit"]["macs_per_s"]
+    assert limit > 0 and result["peers"]["onnxruntime"]["intra_op_threads"] == 2
+    for model in result["models"]:
+        assert model["achieved"]["fraction_of_gemm_limit_batched"] == pytest.approx(
+            model["macs_per_sample"] * model["throughput_samples_per_s"] / limit)
+        assert set(model["peers"]) == {"onnxruntime", "torch_eager"}
+        for peer in model["peers"].values():
+            assert set(peer["throughput_by_batch"]) == {"8"}  # batch 1 is its step latency
+            assert peer["step_latency_us"] > 0 and peer["throughput_samples_per_s"] > 0
+            assert peer["bsoc_speedup"]["step"] == pytest.approx(
+                peer["step_latency_us"] / model["step_latency_us"])
+            assert peer["bsoc_speedup"]["by_batch"]["8"] == pytest.approx(
+                model["throughput_samples_per_s"] / peer["throughput_samples_per_s"])
+            assert 0 < peer["achieved"]["fraction_of_gemm_limit_batch_1"]
+        assert model["eager_step_latency_us"] == model["peers"]["torch_eager"]["step_latency_us"]
+
+
 def test_headline_rmse_matches_the_saved_traces(bench_dir: Path, toy_dataset: Path):
     result = json.loads((bench_dir / "benchmark.json").read_text())
     traces = np.load(bench_dir / "traces.npz")
@@ -79,6 +99,10 @@ def test_report_is_self_contained_with_decodable_figures(bench_dir: Path, tmp_pa
     html_path = write_report([bench_dir], tmp_path / "report")
     text = html_path.read_text()
     assert "<table class=\"summary\">" in text and "net0" in text and "net1" in text
+    speed = text[text.index("Speed side by side"):]
+    for runtime in ("bsoc", "ONNX Runtime", "eager torch"):
+        assert speed.count(f"<td>{runtime}</td>") == 2  # one row per model
+    assert "GEMM limit:" in speed and "2 intra-op threads" in speed
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
     assert len(images) >= 4
     for encoded in images:

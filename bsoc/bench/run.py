@@ -5,10 +5,12 @@ and ``<model>/<cycle>/soc_std`` for a model with an uncertainty). Such a model's
 has ``calibration`` (from start; every scenario has its own): the fractions of samples
 within 1 and 2 of its standard deviations, pooled and per temperature.
 Accuracy uses :mod:`bsoc.evaluate` (three scenarios); speed uses :mod:`bsoc.bench.speed`,
-all models interleaved in this one process. Ratios are against the reference model
-(the first uncompressed LSTM, else the first model). Every network model also gets a
-deployment record (:mod:`bsoc.export.deployment`): its C library exported and measured on
-the first test cycle.
+all models interleaved in this one process, every network model's peers (eager PyTorch and
+ONNX Runtime, :mod:`bsoc.bench.peers`) among them, then the machine's float32 GEMM limit
+(:mod:`bsoc.bench.limit`) that each one's achieved MAC/s is a fraction of. Ratios are
+against the reference model (the first uncompressed LSTM, else the first model). Every
+network model also gets a deployment record (:mod:`bsoc.export.deployment`): its C library
+exported and measured on the first test cycle.
 """
 
 from __future__ import annotations
@@ -133,24 +135,8 @@ def run_benchmark(
 
     plan = plan or (speed.SpeedPlan.quick() if quick else speed.SpeedPlan())
     samples = np.concatenate([c.samples() for c in cycles])
-    log(f"speed: {len(models)} models interleaved, {plan.repeats} repeats")
-    steppers: dict[str, Any] = dict(models)
-    eager_names = _add_eager_steppers(models, steppers)
-    latency = speed.step_latency_us(steppers, samples, plan)
-    throughput = speed.batched_throughput(models, samples, plan)
-    sequence = speed.sequence_throughput(models, samples, plan)
-    largest = max(plan.batch_sizes)
+    run_wide = _add_speed(models, entries, samples, plan, log)
     ref_entry = next(e for e in entries if e["name"] == reference)
-    for entry in entries:
-        name = entry["name"]
-        entry["step_latency_us"] = latency[name]["median"]
-        entry["step_latency_us_spread"] = latency[name]
-        if name in eager_names:
-            entry["eager_step_latency_us"] = latency[eager_names[name]]["median"]
-        entry["throughput_samples_per_s"] = throughput[name][largest]["median"]
-        entry["throughput_batch_size"] = largest
-        entry["throughput_by_batch"] = {str(b): v for b, v in throughput[name].items()}
-        entry["sequence_samples_per_s"] = sequence[name]["median"]
     for entry in entries:
         entry["ratios_to_reference"] = {
             "learnables": entry["learnables"] / ref_entry["learnables"],
@@ -176,8 +162,10 @@ def run_benchmark(
         "scenario_settings": settings.to_json(),
         "speed_plan": {"quick": quick, "repeats": plan.repeats,
                        "latency_steps": plan.latency_steps,
-                       "batch_sizes": list(plan.batch_sizes)},
+                       "batch_sizes": list(plan.batch_sizes),
+                       "gemm_shape_mkn": list(plan.gemm_shape)},
         "machine": machine_info(),
+        **run_wide,
         "bsoc_version": __version__,
         "command": command,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -204,17 +192,44 @@ def _add_deployment(models: dict[str, SocEstimator], directories: list[Path],
                 entry["deployment"] = deployment_record(directory, model, samples, Path(work))
 
 
-def _add_eager_steppers(models: dict[str, SocEstimator], steppers: dict[str, Any]) -> dict[str, str]:
-    """Add an eager-PyTorch stepper beside every neural model; returns model -> stepper name."""
-    from bsoc.bench.eager import EagerTorchStepper
-    from bsoc.nn.estimator import LstmSocEstimator
+def _add_speed(models: dict[str, SocEstimator], entries: list[dict[str, Any]],
+               samples: np.ndarray, plan: speed.SpeedPlan,
+               log: Callable[[str], None]) -> dict[str, Any]:
+    """Every model's speed, and its peers' (:mod:`bsoc.bench.peers`), measured interleaved,
+    into ``entries``; returns the run-wide records: the GEMM limit and the peers' settings."""
+    from bsoc.bench.limit import achieved, gemm_limit
+    from bsoc.bench.peers import peer_record, peer_steppers, stepper_name
 
-    eager = {}
-    for name, model in models.items():
-        if isinstance(model, LstmSocEstimator):
-            eager[name] = f"{name} (eager torch)"
-            steppers[eager[name]] = EagerTorchStepper(model)
-    return eager
+    peers, peer_settings = peer_steppers(models)
+    steppers: dict[str, Any] = dict(models)
+    for name, by_peer in peers.items():
+        steppers.update({stepper_name(name, peer): s for peer, s in by_peer.items()})
+    log(f"speed: {len(steppers)} steppers ({len(models)} models and their peers) interleaved, "
+        f"{plan.repeats} repeats")
+    latency = speed.step_latency_us(steppers, samples, plan)
+    throughput = speed.batched_throughput(steppers, samples, plan,
+                                          batched_only=set(steppers) - set(models))
+    sequence = speed.sequence_throughput(models, samples, plan)
+    log("speed: the machine's float32 GEMM limit")
+    limit = gemm_limit(plan.gemm_shape, plan.repeats)
+    largest = max(plan.batch_sizes)
+    for entry in entries:
+        name = entry["name"]
+        entry["step_latency_us"] = latency[name]["median"]
+        entry["step_latency_us_spread"] = latency[name]
+        entry["throughput_samples_per_s"] = throughput[name][largest]["median"]
+        entry["throughput_batch_size"] = largest
+        entry["throughput_by_batch"] = {str(b): v for b, v in throughput[name].items()}
+        entry["sequence_samples_per_s"] = sequence[name]["median"]
+        entry["achieved"] = achieved(entry["macs_per_sample"], entry["step_latency_us"],
+                                     entry["throughput_samples_per_s"], limit["macs_per_s"])
+        if name in peers:
+            entry["eager_step_latency_us"] = latency[stepper_name(name, "torch_eager")]["median"]
+            entry["peers"] = {peer: peer_record(entry, latency[stepper_name(name, peer)],
+                                                throughput[stepper_name(name, peer)],
+                                                limit["macs_per_s"])
+                              for peer in peers[name]}
+    return {"gemm_limit": limit, "peers": peer_settings}
 
 
 def summary_table(result: dict[str, Any]) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ when the absolute numbers wander. We report medians and the spread (p10..p90) of
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -38,6 +38,9 @@ class SpeedPlan:
     batch_sizes: tuple[int, ...] = (1, 16, 256, 4096)
     batch_samples: int = 200_000  # samples per (model, batch size, repeat), at least 3 steps
     sequence_samples: int = 20_000
+    # The machine's limit (bsoc.bench.limit): a float32 (M, K) @ (K, N) product shaped like
+    # the Table-1 network's recurrent map (K = 256, N = 4 x 256) over a large batch.
+    gemm_shape: tuple[int, int, int] = (4096, 256, 1024)
 
     @classmethod
     def quick(cls) -> SpeedPlan:
@@ -47,6 +50,7 @@ class SpeedPlan:
             batch_sizes=(1, 64, 1024),
             batch_samples=20_000,
             sequence_samples=3_000,
+            gemm_shape=(1024, 256, 1024),
         )
 
 
@@ -99,17 +103,23 @@ def step_latency_us(
 
 
 def batched_throughput(
-    models: dict[str, Steppable], samples: np.ndarray, plan: SpeedPlan
+    models: dict[str, Steppable], samples: np.ndarray, plan: SpeedPlan,
+    *, batched_only: Collection[str] = (),
 ) -> dict[str, dict[int, dict[str, float]]]:
-    """Many streams, one step each per call: samples/s as the service batches streams."""
-    names = list(models)
-    out: dict[str, dict[int, dict[str, float]]] = {name: {} for name in names}
+    """Many streams, one step each per call: samples/s as the service batches streams.
+
+    Models in ``batched_only`` skip batch 1: their one-stream figure is
+    :func:`step_latency_us` (a slow peer would spend minutes on the batch-1 samples).
+    """
+    out: dict[str, dict[int, dict[str, float]]] = {name: {} for name in models}
     for batch in plan.batch_sizes:
+        names = [name for name in models if batch > 1 or name not in batched_only]
         steps = max(3, plan.batch_samples // batch)
         rows = representative_samples(samples, batch * (steps + 1)).reshape(steps + 1, batch, -1)
         rows[:, :, 0] = np.arange(steps + 1, dtype=np.float64)[:, None]
 
-        def measure(index: int, rows: np.ndarray = rows, batch: int = batch) -> float:
+        def measure(index: int, rows: np.ndarray = rows, batch: int = batch,
+                    names: list[str] = names) -> float:
             model = models[names[index]]
             states = np.repeat(model.initial_state()[None, :], batch, axis=0)
             _, states = model.step_batch(rows[0], states)

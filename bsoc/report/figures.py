@@ -151,26 +151,74 @@ def explained_variance(layers: dict[str, dict[str, Any]]) -> Figure:
     return fig
 
 
+# bsoc's own path and its peers (benchmark.json's "peers"), each one colour in the speed figure
+RUNTIMES = {"bsoc": ("bsoc", "#1f77b4"), "onnxruntime": ("ONNX Runtime", "#ff7f0e"),
+            "torch_eager": ("eager torch", "#7f7f7f")}
+
+
+def percent(fraction: float | None) -> str:
+    """A fraction as a percentage, two significant digits below 1 %."""
+    if fraction is None:
+        return "–"
+    return f"{100 * fraction:.1f}" if fraction >= 0.01 else f"{100 * fraction:.2g}"
+
+
+def speed_of(model: dict[str, Any], runtime: str) -> dict[str, Any] | None:
+    """A runtime's speed record of ``model``: the entry itself for bsoc, else its peer's."""
+    return model if runtime == "bsoc" else model.get("peers", {}).get(runtime)
+
+
 def speed_bars(models: list[dict[str, Any]], reference: str) -> Figure:
-    """Streaming step latency and batched throughput, with ratios to the reference model."""
+    """Step latency (batch 1), throughput at the largest batch, and the fraction of the
+    machine's float32 GEMM limit reached there, per model for bsoc and its peers side by side.
+
+    A bsoc bar carries its ratio to the reference model's bsoc bar; a peer's bar carries
+    bsoc's speed-up over that peer on the same model (above 1: bsoc is faster).
+    """
     names = [m["name"] for m in models]
-    latency = np.array([m["step_latency_us"] for m in models])
-    throughput = np.array([m["throughput_samples_per_s"] for m in models])
-    ref = names.index(reference) if reference in names else 0
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, values, title, better in (
-        (axes[0], latency, "streaming step latency [µs] (batch 1)", "lower"),
-        (axes[1], throughput, "batched throughput [samples/s]", "higher"),
-    ):
-        bars = ax.bar(range(len(names)), values,
-                      color=[colour(i) for i in range(len(models))])
-        for bar, value in zip(bars, values, strict=True):
-            ratio = values[ref] / value if better == "lower" else value / values[ref]
-            ax.annotate(f"{ratio:.1f}x", (bar.get_x() + bar.get_width() / 2, value),
-                        ha="center", va="bottom", fontsize=8)
+    ref = models[names.index(reference) if reference in names else 0]
+    runtimes = [r for r in RUNTIMES if any(speed_of(m, r) for m in models)]
+    batch = models[0].get("throughput_batch_size", "N")
+    width = 0.8 / len(runtimes)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    panels = ((axes[0], "step latency [µs], batch 1 (lower is better)"),
+              (axes[1], f"throughput [samples/s], batch {batch}"),
+              (axes[2], f"% of the GEMM limit, batch {batch}"))
+    for k, runtime in enumerate(runtimes):
+        label, runtime_colour = RUNTIMES[runtime]
+        for i, model in enumerate(models):
+            record = speed_of(model, runtime)
+            if not record:
+                continue
+            legend = label if all(not speed_of(m, runtime) for m in models[:i]) else None
+            x = i + (k - (len(runtimes) - 1) / 2) * width
+            fraction = record.get("achieved", {}).get("fraction_of_gemm_limit_batched")
+            if runtime == "bsoc":
+                ratios = (ref["step_latency_us"] / record["step_latency_us"],
+                          record["throughput_samples_per_s"] / ref["throughput_samples_per_s"])
+                marks = [f"{r:.1f}x" for r in ratios]
+            else:
+                speedup = record["bsoc_speedup"]
+                marks = [f"bsoc {speedup['step']:.1f}x",
+                         f"bsoc {speedup['by_batch'].get(str(batch), float('nan')):.1f}x"]
+            values = (record["step_latency_us"], record["throughput_samples_per_s"],
+                      None if fraction is None else 100 * fraction)
+            for (ax, _), value, mark in zip(panels, values,
+                                            [*marks, f"{percent(fraction)}%"],
+                                            strict=True):
+                if value is None:
+                    continue
+                ax.bar(x, value, width, color=runtime_colour, label=legend)
+                ax.annotate(mark, (x, value), ha="center", va="bottom", fontsize=6,
+                            rotation=90)
+    for ax, title in panels:
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
-        ax.set_title(f"{title}; ratio vs {names[ref]}", fontsize=9)
+        ax.set_title(title, fontsize=9)
         ax.set_yscale("log")
+        ax.margins(y=0.3)  # room for the ratios above the bars
         ax.grid(alpha=0.3, axis="y")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"bsoc bars: ratio to {ref['name']}; peer bars: bsoc's speed-up over the peer "
+                 "on the same model", fontsize=9)
     fig.tight_layout()
     return fig

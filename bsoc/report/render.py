@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from bsoc.errors import BsocError
 from bsoc.outputs import OutputKind, check_output, write_output
 from bsoc.report import figures
+from bsoc.report.speed import speed_table
 
 SCENARIOS = ("from_start", "cold_start", "degraded_sensors")
 REPORT_FILE = "report.html"
@@ -238,6 +239,9 @@ def build_section(directory: Path, sweep_path: Path | None = None) -> Section:
         section.tables.append(Table("Uncertainty calibration: % of samples whose true SOC "
                                     "lies within ±1σ / ±2σ of the estimate (targets 68 / 95)",
                                     *calibrated))
+    speed = speed_table(bench)
+    if speed is not None:
+        section.tables.append(Table(*speed))
     slug = "".join(ch if ch.isalnum() else "-" for ch in bench["dataset"]).strip("-")
     models = bench["models"]
     if traces:
@@ -260,7 +264,9 @@ def build_section(directory: Path, sweep_path: Path | None = None) -> Section:
                                     f"Explained variance per layer, ranks of {m['name']} marked",
                                     figures.explained_variance(layers)))
             break
-    section.figures.append((f"{slug}-speed.png", "Speed: latency and throughput with ratios",
+    section.figures.append((f"{slug}-speed.png", "Speed: bsoc, ONNX Runtime and eager torch "
+                            "side by side, latency, throughput and the fraction of the "
+                            "machine's GEMM limit, with ratios",
                             figures.speed_bars(models, bench.get("reference", models[0]["name"]))))
     return section
 
@@ -269,14 +275,6 @@ def _png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     return buffer.getvalue()
-
-
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    return ('<table class="summary"><thead><tr>'
-            + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead><tbody>"
-            + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-                      for row in rows)
-            + "</tbody></table>")
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:

@@ -84,7 +84,7 @@ PROFILES: dict[str, RunProfile] = {
                          4 * 3600.0, 4 * 3600.0),
         network=NetworkConfig(),
         train=TrainConfig(epochs=60, samples_per_epoch=400_000,
-                          window=WindowPlan(length=500, warmup=50), patience=60,
+                          window=WindowPlan(length=500, warmup=50, cover_ends=True), patience=60,
                           learning_rate=2e-3, max_minutes=120.0),
         learnables_reduction=0.9,
         finetune_epochs=10,

@@ -267,16 +267,28 @@ def test_batch_of_streams_equals_individual_streams(ekf: EkfSocEstimator, truth:
         np.testing.assert_allclose(together[:, k], alone[k], rtol=0, atol=1e-12)
 
 
-def test_linear_recursion_equals_the_scalar_loop() -> None:
-    """The blocked closed form of x_k = a_k x_{k-1} + b_k (time-varying tau) equals the loop."""
-    from bsoc.ekf.ecm import linear_recursion
+def test_the_ecm_voltage_follows_the_model_equations_with_a_gap() -> None:
+    """ecm_voltage against the module docstring's equations written out, with time-varying
+    R and tau (a warming cell) and a gap far longer than tau, after which the RC pairs relax."""
+    from bsoc.ekf.ecm import ecm_voltage
 
     rng = np.random.default_rng(3)
-    a = np.exp(-rng.uniform(0.01, 0.6, 5000))
-    a[100] = 0.0  # a gap far longer than tau: the state resets
-    b = rng.normal(size=5000)
-    expected, x = np.empty(5000), 0.0
-    for k in range(5000):
-        x = a[k] * x + b[k]
-        expected[k] = x
-    np.testing.assert_allclose(linear_recursion(a, b), expected, rtol=0, atol=1e-9)
+    n = 2000
+    ocv, r0 = rng.uniform(3.3, 4.1, n), rng.uniform(0.01, 0.05, n)
+    r1, r2 = rng.uniform(0.005, 0.03, n), rng.uniform(0.005, 0.03, n)
+    tau1, tau2 = rng.uniform(5.0, 50.0, n), rng.uniform(200.0, 2000.0, n)
+    current = np.repeat(rng.normal(0.0, 3.0, n // 10), 10)
+    dt = np.ones(n)
+    dt[0], dt[700] = 0.0, 1e6
+    expected, v1, v2 = np.empty(n), 0.0, 0.0
+    for k in range(n):
+        p = max(k - 1, 0)
+        ibar = 0.5 * (current[k] + current[p])
+        a1, a2 = np.exp(-dt[k] / tau1[p]), np.exp(-dt[k] / tau2[p])
+        v1 = a1 * v1 + r1[p] * (1 - a1) * ibar
+        v2 = a2 * v2 + r2[p] * (1 - a2) * ibar
+        expected[k] = ocv[k] + r0[k] * current[k] + v1 + v2
+    got = ecm_voltage(ocv, r0, (r1, tau1), (r2, tau2), current, dt)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+    relaxed = 0.5 * (current[700] + current[699]) * (r1[699] + r2[699])
+    assert got[700] == pytest.approx(ocv[700] + r0[700] * current[700] + relaxed, abs=1e-12)

@@ -21,9 +21,11 @@ everywhere and every look-up is vectorised over any number of streams.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
+import numba
 import numpy as np
 
 from bsoc.data.schema import KELVIN, coulomb_soc
@@ -207,38 +209,37 @@ def ecm_voltage(
 
     Every argument is (T,): the parameters at each sample (``rc1``, ``rc2`` as (R, tau)), the
     current, and the step to each sample (``dt_s[0] = 0``). The one ECM voltage model: the
-    tables' :meth:`EcmTables.terminal_voltage` compute it here, and the identification's
-    compiled pass (:mod:`bsoc.ekf.fit_kernel`) is tested equal to it.
+    tables' :meth:`EcmTables.terminal_voltage` and the identification's least squares
+    (:mod:`bsoc.ekf.fit_kernel`) both compute it in :func:`rc_terminal_voltage`.
     """
-    ibar = 0.5 * (current_a + np.concatenate([current_a[:1], current_a[:-1]]))
-    v = ocv + r0 * current_a
-    for r, tau in (rc1, rc2):  # driven with R and tau at the previous sample
-        r_prev = np.concatenate([r[:1], r[:-1]])
-        tau_prev = np.concatenate([tau[:1], tau[:-1]])
-        a = np.exp(-dt_s / tau_prev)
-        v = v + linear_recursion(a, r_prev * (1 - a) * ibar)
-    return v
+    def column(x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(x, dtype=np.float64)
+
+    return rc_terminal_voltage(column(ocv), column(r0), column(rc1[0]), column(rc1[1]),
+                               column(rc2[0]), column(rc2[1]), column(current_a), column(dt_s))
 
 
-def linear_recursion(a: np.ndarray, b: np.ndarray, max_decay: float = 200.0) -> np.ndarray:
-    """``x_k = a_k x_{k-1} + b_k`` from ``x_{-1} = 0`` for ``a`` in (0, 1], vectorised.
+@numba.njit(cache=True)
+def rc_terminal_voltage(ocv: np.ndarray, r0: np.ndarray, r1: np.ndarray, tau1: np.ndarray,
+                        r2: np.ndarray, tau2: np.ndarray, current: np.ndarray,
+                        dt: np.ndarray) -> np.ndarray:
+    """The module docstring's equations, sample by sample (the RC pairs start relaxed).
 
-    The RC voltages with time-varying coefficients (tau follows the cell temperature), which
-    ``scipy.signal.lfilter`` cannot do. Closed form ``x_k = e^{L_k} sum_{j<=k} e^{-L_j} b_j``
-    with ``L = cumsum(log a)``, evaluated in blocks over which ``L`` falls by at most
-    ``max_decay`` so that ``e^{-L}`` never overflows; the state is carried between blocks.
+    A sequential loop rather than a vectorised closed form: the RC coefficients vary with
+    the cell temperature at every sample, and the loop is exact where ``exp(-cumsum)``
+    forms need blocking against overflow.
     """
-    with np.errstate(divide="ignore"):  # a = 0 (a long gap): log a = -inf, clamped
-        log_a = np.maximum(np.log(a), -max_decay)
-    level = np.cumsum(log_a)
-    out = np.empty(len(b), dtype=np.float64)
-    start, carry = 0, 0.0
-    while start < len(b):
-        base = level[start] - log_a[start]  # L_{start-1}
-        stop = max(start + 1, int(np.searchsorted(-level, max_decay - base, side="right")))
-        relative = level[start:stop] - base  # in [-max_decay, 0]
-        out[start:stop] = np.exp(relative) * (carry + np.cumsum(np.exp(-relative) * b[start:stop]))
-        carry, start = out[stop - 1], stop
+    out = np.empty(len(ocv))
+    v1 = 0.0
+    v2 = 0.0
+    for k in range(len(ocv)):
+        previous = max(k - 1, 0)  # driven with R and tau at the previous sample
+        ibar = 0.5 * (current[k] + current[previous])
+        a1 = math.exp(-dt[k] / tau1[previous])
+        a2 = math.exp(-dt[k] / tau2[previous])
+        v1 = a1 * v1 + r1[previous] * (1.0 - a1) * ibar
+        v2 = a2 * v2 + r2[previous] * (1.0 - a2) * ibar
+        out[k] = ocv[k] + r0[k] * current[k] + v1 + v2
     return out
 
 

@@ -1,15 +1,14 @@
 """The identification's ECM voltage in one compiled pass over a series.
 
 :class:`~bsoc.ekf.ecm_fit.EcmLeastSquares` evaluates its voltage tens of thousands of times
-per fit (finite-difference Jacobians), so the per-sample interpolation of the parameters and
-the two RC recursions run here in a single loop instead of a dozen numpy temporaries. The
-model is :func:`bsoc.ekf.ecm.ecm_voltage` with the parameters interpolated as
-:meth:`~bsoc.ekf.ecm.EcmTables.lookup` does: log R linear in SOC, then log R, log tau and OCV
-linear in the temperature weight ``w``; the OCV at a node is ``OCV_ref(1 - k (1 - s)) + D(s)``.
-The RC pairs are integrated by their sequential recursion (the exact form that
-:func:`~bsoc.ekf.ecm.linear_recursion` vectorises). ``tests/test_ekf_fit_kernel.py`` holds
-it equal to the numpy formulation. With ``w == 0`` the upper node is not read: its terms
-carry weight 0, so skipping them changes no bit.
+per fit (finite-difference Jacobians), so the per-sample interpolation of the parameters runs
+here in one compiled loop instead of a dozen numpy temporaries, as
+:meth:`~bsoc.ekf.ecm.EcmTables.lookup` interpolates: log R linear in SOC, then log R, log tau
+and OCV linear in the temperature weight ``w``; the OCV at a node is
+``OCV_ref(1 - k (1 - s)) + D(s)``. The voltage is then the one ECM model,
+:func:`~bsoc.ekf.ecm.rc_terminal_voltage`. ``tests/test_ekf_fit_kernel.py`` holds it equal to
+the numpy formulation. With ``w == 0`` the upper node is not read: its terms carry weight 0,
+so skipping them changes no bit.
 """
 
 from __future__ import annotations
@@ -18,6 +17,8 @@ import math
 
 import numba
 import numpy as np
+
+from bsoc.ekf.ecm import rc_terminal_voltage
 
 
 @numba.njit(cache=True)
@@ -58,13 +59,9 @@ def fit_voltage(
     the temperature nodes; ``ocv_ref`` (N_T or 1, N_ocv); ``dt[0] = 0`` (RC pairs start relaxed).
     """
     n = len(soc)
-    out = np.empty(n)
-    r = np.empty(3)
-    tau = np.empty(2)
-    r_prev = np.empty(3)
-    tau_prev = np.empty(2)
-    x1 = 0.0
-    x2 = 0.0
+    r = np.empty((3, n))
+    tau = np.empty((2, n))
+    ocv = np.empty(n)
     for t in range(n):
         lo, hi, wt, it, ft = j[t], j1[t], w[t], i[t], f[t]
         for q in range(3):
@@ -72,26 +69,14 @@ def fit_voltage(
             if wt != 0.0:
                 upper = log_r[hi, q, it] * (1 - ft) + log_r[hi, q, it + 1] * ft
                 value = value * (1 - wt) + upper * wt
-            r[q] = math.exp(value)
+            r[q, t] = math.exp(value)
         for q in range(2):
             value = log_tau[lo, q]
             if wt != 0.0:
                 value = value * (1 - wt) + log_tau[hi, q] * wt
-            tau[q] = math.exp(value)
-        ocv = _ocv_at(ocv_ref, correction, k, lo, soc[t], ic[t], fc[t])
+            tau[q, t] = math.exp(value)
+        ocv[t] = _ocv_at(ocv_ref, correction, k, lo, soc[t], ic[t], fc[t])
         if wt != 0.0:
-            ocv = ocv * (1 - wt) + _ocv_at(ocv_ref, correction, k, hi, soc[t], ic[t], fc[t]) * wt
-        if t == 0:
-            r_prev[:] = r
-            tau_prev[:] = tau
-            ibar = current[0]
-        else:
-            ibar = 0.5 * (current[t] + current[t - 1])
-        a1 = math.exp(-dt[t] / tau_prev[0])
-        a2 = math.exp(-dt[t] / tau_prev[1])
-        x1 = a1 * x1 + r_prev[1] * (1 - a1) * ibar  # driven with R and tau at the previous sample
-        x2 = a2 * x2 + r_prev[2] * (1 - a2) * ibar
-        out[t] = ocv + r[0] * current[t] + x1 + x2
-        r_prev[:] = r
-        tau_prev[:] = tau
-    return out
+            upper_ocv = _ocv_at(ocv_ref, correction, k, hi, soc[t], ic[t], fc[t])
+            ocv[t] = ocv[t] * (1 - wt) + upper_ocv * wt
+    return rc_terminal_voltage(ocv, r[0], r[1], tau[0], r[2], tau[1], current, dt)

@@ -73,7 +73,7 @@ def fuse(
     estimator.save(out, force=True, extra=lambda folder: noise_figure(
         evidence.train, evidence.validation, folder / NOISE_FIGURE))
     fit = estimator.metadata["fit"]
-    best = fit["tuning"]["best"]
+    best = fit["tuning"]["temperature_levels"]["best"]  # the chosen model's scores
     summary = {
         "model": str(out),
         "kind": estimator.kind,

@@ -289,30 +289,6 @@ def test_the_tuning_objective_sees_a_miscalibrated_scenario_and_temperature_cell
                      ) == pytest.approx(0.24)  # every cell outside the band counts
 
 
-def test_the_level_calibration_widens_the_band_only_where_the_lstm_errs_more() -> None:
-    from bsoc.fusion.tuning import FusionGrid, TuningRun, calibrate_levels, objective
-
-    rng = np.random.default_rng(5)
-    runs = []
-    for temperature, lstm_sigma in ((0.0, 0.02), (25.0, 0.06)):  # the model says 0.02
-        for seed in (1, 2, 3):
-            rows = rows_of(1200, seed=seed, soc0=0.9).copy()
-            rows[:, 3] = temperature
-            truth = coulomb_soc(rows[:, 0], rows[:, 2], CAPACITY, 0.9)
-            z = truth + lstm_sigma * rng.normal(size=len(rows))
-            runs.append(TuningRun(rows, truth, z, np.ones(len(rows), bool), temperature,
-                                  "from_start"))
-    grid = FusionGrid(level_factors=(0.25, 0.5, 2.0, 4.0, 8.0))
-    tuned = _fusion(FusionSettings(bias_fraction=0.0, noise_tau_s=1.0), sigma=0.02)
-    before = objective(tuned, runs, grid)["coverage_2_sigma"]["from_start"]
-    assert before[25.0] < 0.90  # too narrow where the LSTM errs more than the model says
-    noise, report = calibrate_levels(tuned, runs, grid, lambda stage, fraction: None)
-    assert report["factors"][25.0] > 1.0 and report["factors"][0.0] <= 2.0
-    after = report["best"]["coverage_2_sigma"]["from_start"]
-    assert grid.miss({"from_start": after}) < grid.miss({"from_start": before})
-    assert objective(tuned.with_settings(tuned.settings, noise), runs, grid) == report["best"]
-
-
 def test_the_ekf_reports_its_soc_covariance(toy_dataset: Path) -> None:
     from bsoc.ekf.estimator import EkfSocEstimator
     from bsoc.ekf.filter import P_SLICE, NoiseSettings

@@ -73,7 +73,7 @@ def fuse(
     estimator.save(out, force=True, extra=lambda folder: noise_figure(
         evidence.train, evidence.validation, folder / NOISE_FIGURE))
     fit = estimator.metadata["fit"]
-    best = fit["tuning"]["temperature_levels"]["best"]  # the chosen model's scores
+    best = fit["tuning"]["best"]
     summary = {
         "model": str(out),
         "kind": estimator.kind,

@@ -75,11 +75,10 @@ class FusionSocEstimator(SocEstimator):
         packed = lstm.packed
         self._weights, self._layout = packed.weights, packed.layout
 
-    def with_settings(self, settings: FusionSettings,
-                      noise: NoiseModel | None = None) -> FusionSocEstimator:
-        """The same LSTM and ECM with other settings (and noise model), for the tuning."""
-        return FusionSocEstimator(self.lstm, noise or self.noise, settings, self.capacity_ah,
-                                  ecm=self.ecm, voltage_std=self.voltage_std, name=self.name,
+    def with_settings(self, settings: FusionSettings) -> FusionSocEstimator:
+        """The same LSTM, noise model and ECM with other settings (for the tuning)."""
+        return FusionSocEstimator(self.lstm, self.noise, settings, self.capacity_ah, ecm=self.ecm,
+                                  voltage_std=self.voltage_std, name=self.name,
                                   metadata=self.metadata)
 
     # ----------------------------------------------------------------- streaming

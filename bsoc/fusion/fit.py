@@ -7,10 +7,9 @@
    LSTM's errors on its own training split are smaller than elsewhere, and not by the
    same factor at every temperature.
 4. The settings (:mod:`bsoc.fusion.tuning`) searched on the validation split in the three
-   evaluation scenarios, then the noise model's level at each temperature calibrated on
-   the same runs (the +-2 sigma coverage goal holds per scenario and temperature).
-   Without a validation split both 3 and 4 fall back to the training split (3 is then
-   skipped: it would re-fit on the data it was fitted on). Test cycles are never read.
+   evaluation scenarios. Without a validation split both 3 and 4 fall back to the training
+   split (3 is then skipped: it would re-fit on the data it was fitted on). Test cycles are
+   never read.
 """
 
 from __future__ import annotations
@@ -29,8 +28,7 @@ from bsoc.evaluate import SCENARIOS, ScenarioSettings
 from bsoc.fusion.estimator import FusionSocEstimator
 from bsoc.fusion.noise import NoiseModel, fit_noise_model, knots_for, relevel
 from bsoc.fusion.settings import FusionSettings
-from bsoc.fusion.tuning import (FusionGrid, Progress, TuningRun, calibrate_levels,
-                                search_settings, tuning_runs)
+from bsoc.fusion.tuning import FusionGrid, Progress, TuningRun, search_settings, tuning_runs
 from bsoc.nn.estimator import LstmSocEstimator
 
 NOISE_START_FRACTIONS = (0.0, 0.25, 0.5)
@@ -142,17 +140,14 @@ def fit_fusion(
 
     base = base_estimator(lstm, noise, capacity, ekf)
     search = search_settings(base, runs, grid, progress)
-    tuned = base.with_settings(base.settings.with_values(**search.chosen))
-    noise, levels = calibrate_levels(tuned, runs, grid, progress)
     report = {
         "capacity_ah": capacity,
         "noise_model": noise_report,
         "noise_relevel": relevel_report,
         "tuning": {"split": tuning_split, "cycles": [c.meta.name for c in tuning_cycles],
-                   "scenarios": list(SCENARIOS), **search.report(),
-                   "temperature_levels": levels},
+                   "scenarios": list(SCENARIOS), **search.report()},
         "with_ecm": ekf is not None,
     }
-    fused = tuned.with_settings(tuned.settings, noise)
+    fused = base.with_settings(base.settings.with_values(**search.chosen))
     fused.metadata = {**(metadata or {}), "fit": report}
     return fused, evidence

@@ -5,10 +5,10 @@ split cannot show, so the settings are chosen on the VALIDATION split in the thr
 evaluation scenarios (from start, cold start, degraded sensors). The LSTM runs once per
 cycle and scenario (:func:`tuning_runs`); every candidate only re-runs the filter over its
 outputs (:func:`score`). The objective is the mean SOC RMSE over cycles and scenarios plus
-a penalty for the +-2 sigma coverage of every (scenario, temperature) cell outside
-``FusionGrid.coverage``: the goal holds in every scenario at every temperature, and samples
-pooled over scenarios let a wide band in one scenario hide a narrow one in another. A last stage calibrates the noise model's level at each temperature
-(:func:`calibrate_levels`). Test cycles are never read.
+a penalty for the +-2 sigma coverage of the WORST (scenario, temperature) cell outside
+``FusionGrid.coverage``: the goal holds in every scenario at every temperature, and a mean
+over cells (or samples pooled over scenarios) lets a wide band in one cell hide a narrow
+one in another. Test cycles are never read.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import numpy as np
 from bsoc.data.schema import Cycle
 from bsoc.evaluate import SCENARIOS, ScenarioSettings, counted_samples, scenario_inputs
 from bsoc.fusion.estimator import FusionSocEstimator
-from bsoc.fusion.noise import NoiseModel
 from bsoc.nn.estimator import LstmSocEstimator
 
 Progress = Callable[[str, float], None]
@@ -47,8 +46,6 @@ class FusionGrid:
     offset_std_c: Sequence[float] = (0.0, 0.005, 0.01)
     voltage_factor: Sequence[float] = (16.0, 32.0, 64.0, 128.0, 256.0, 512.0)
     voltage_start: float = 128.0
-    # factors tried on the noise model's variance at one temperature knot at a time
-    level_factors: Sequence[float] = (0.35, 0.5, 0.7, 1.4, 2.0, 2.8)
     coverage: tuple[float, float] = (0.90, 0.98)  # wanted +-2 sigma coverage per temperature
     coverage_weight_pct: float = 5.0  # RMSE points one unit of coverage outside it costs
 
@@ -66,15 +63,11 @@ class FusionGrid:
         return {name: [float(v) for v in getattr(self, name)] for name in names}
 
     def miss(self, coverage: dict[str, dict[float, float]]) -> float:
-        """How far each (scenario, temperature) cell's +-2 sigma coverage lies outside the
-        wanted band, summed over the cells (0 only when every cell is inside it).
-
-        A sum, not the worst cell alone: with the worst cell only, a band wide enough to
-        hold 100 % everywhere costs no more than one cell at 88 %, and the search widens
-        every band to pay for one cell."""
+        """How far the worst (scenario, temperature) cell's +-2 sigma coverage lies outside
+        the wanted band (0 when every cell is inside it)."""
         low, high = self.coverage
-        return sum(max(low - c, c - high, 0.0) for cells in coverage.values()
-                   for c in cells.values())
+        return max((max(low - c, c - high, 0.0) for cells in coverage.values()
+                    for c in cells.values()), default=0.0)
 
 
 @dataclass
@@ -145,9 +138,9 @@ class SettingsSearch:
         with_ecm = "voltage_factor" in self.names
         return {
             "objective": "mean SOC RMSE over cycles x scenarios [pp] + "
-                         f"{self.grid.coverage_weight_pct:g} x how far each (scenario, "
+                         f"{self.grid.coverage_weight_pct:g} x how far the worst (scenario, "
                          "temperature) cell's +-2 sigma coverage lies outside "
-                         f"{low:.0%}-{high:.0%}, summed over the cells",
+                         f"{low:.0%}-{high:.0%}",
             "grid": self.grid.searched(with_ecm),
             "search": "full grid of the LSTM's settings"
                       + (f" (voltage factor {self.grid.voltage_start:g}), then the voltage "
@@ -165,48 +158,12 @@ def score_candidates(base: FusionSocEstimator, runs: list[TuningRun], grid: Fusi
     """Each candidate's settings with its RMSE, coverage and objective."""
     rows = []
     for index, values in enumerate(candidates):
-        estimator = base.with_settings(base.settings.with_values(**values))
-        rows.append({**values, **objective(estimator, runs, grid)})
+        row = {**values, **score(base.with_settings(base.settings.with_values(**values)), runs)}
+        row["objective_pct"] = (row["rmse_pct"]
+                                + grid.coverage_weight_pct * grid.miss(row["coverage_2_sigma"]))
+        rows.append(row)
         progress(stage, (index + 1) / len(candidates))
     return rows
-
-
-def objective(estimator: FusionSocEstimator, runs: list[TuningRun],
-              grid: FusionGrid) -> dict[str, Any]:
-    """:func:`score` with the objective: RMSE plus the cells' coverage miss, weighted."""
-    row = score(estimator, runs)
-    row["objective_pct"] = (row["rmse_pct"]
-                            + grid.coverage_weight_pct * grid.miss(row["coverage_2_sigma"]))
-    return row
-
-
-def calibrate_levels(tuned: FusionSocEstimator, runs: list[TuningRun], grid: FusionGrid,
-                     progress: Progress) -> tuple[NoiseModel, dict[str, Any]]:
-    """The noise model's variance at each temperature knot scaled, one knot at a time, by
-    the factor of ``grid.level_factors`` (or 1) that lowers the objective most.
-
-    The re-levelling on the validation split sizes each temperature's variance by maximum
-    likelihood of single samples, but the filter's +-2 sigma band also depends on how the
-    LSTM's error is correlated in time, which differs with temperature (one slow error
-    over a whole cold drive, fast jitter at 25 degC); one variance scale for all
-    temperatures then leaves some too wide and others too narrow. Returns the noise model
-    and a report of the factors and the objective before and after."""
-    noise, current = tuned.noise, objective(tuned, runs, grid)
-    start, factors = current, {}
-    for index, knot in enumerate(noise.knots_c):
-        chosen = noise
-        for factor in grid.level_factors:
-            coef = noise.coef.copy()
-            coef[index] += np.log(factor)
-            trial = NoiseModel(noise.knots_c, coef, noise.constants)
-            row = objective(tuned.with_settings(tuned.settings, trial), runs, grid)
-            if row["objective_pct"] < current["objective_pct"]:
-                chosen, current, factors[float(knot)] = trial, row, float(factor)
-        noise = chosen
-        progress("temperature levels", (index + 1) / len(noise.knots_c))
-    return noise, {"factors": {k: factors.get(float(k), 1.0) for k in noise.knots_c},
-                   "tried": [float(f) for f in grid.level_factors],
-                   "objective_before_pct": start["objective_pct"], "best": current}
 
 
 def search_settings(base: FusionSocEstimator, runs: list[TuningRun], grid: FusionGrid,

@@ -325,6 +325,13 @@ def test_bsoc_fuse_fits_a_model_and_refuses_bad_input(toy_dataset: Path, tmp_pat
         c.meta.name for c in Dataset.load(toy_dataset).split("val")}
     again = fuse("--lstm", str(lstm_dir), "--data", str(toy_dataset), "--out", str(out))
     assert again.returncode == 2 and "--force" in again.stderr
+    printed = fuse("--lstm", str(lstm_dir), "--data", str(toy_dataset), "--out", str(out),
+                   "--force")
+    assert printed.returncode == 0, printed.stderr
+    for scenario in ("from_start", "cold_start", "degraded_sensors"):  # coverage per cell
+        assert f"{scenario}: " in printed.stderr
+    assert set(summary["tuning_coverage_2_sigma"]) == {"from_start", "cold_start",
+                                                       "degraded_sensors"}
     wrong = fuse("--lstm", str(out), "--data", str(toy_dataset), "--out", str(tmp_path / "x"))
     missing = fuse("--lstm", str(tmp_path / "none"), "--data", str(toy_dataset),
                    "--out", str(tmp_path / "y"))

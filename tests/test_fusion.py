@@ -249,6 +249,44 @@ def test_calibration_is_exact_on_a_constructed_example() -> None:
                                  counted=np.ones(4, bool))]) is None
 
 
+class _FixedBand:
+    """A stand-in filter: the LSTM's SOC passed through with a constant std."""
+
+    def __init__(self, std: float) -> None:
+        self.std = std
+
+    def filter_outputs(self, samples: np.ndarray, lstm_soc: np.ndarray):
+        return lstm_soc, np.full(len(lstm_soc), self.std)
+
+
+def _tuning_run(scenario: str, temperature_c: float, errors: np.ndarray):
+    from bsoc.fusion.tuning import TuningRun
+
+    truth = np.full(len(errors), 0.5)
+    return TuningRun(np.zeros((len(errors), 4)), truth, truth + errors,
+                     np.ones(len(errors), bool), temperature_c, scenario)
+
+
+def test_the_tuning_objective_sees_a_miscalibrated_scenario_and_temperature_cell() -> None:
+    from bsoc.fusion.tuning import FusionGrid, score
+
+    grid = FusionGrid(coverage=(0.90, 0.98))
+    inside, outside = np.full(50, 0.01), np.full(50, 0.05)  # std 0.01: within 2 sigma or not
+    wide = _tuning_run("from_start", 25.0, inside[:50])  # 100 % inside: too wide
+    narrow = _tuning_run("cold_start", 25.0, np.concatenate([inside[:44], outside[:6]]))  # 88 %
+    calibrated = [_tuning_run(scenario, 0.0, np.concatenate([inside[:47], outside[:3]]))
+                  for scenario in ("from_start", "cold_start")]  # 94 % each
+    result = score(_FixedBand(0.01), [wide, narrow, *calibrated])
+    assert result["coverage_2_sigma"] == {"cold_start": {0.0: 0.94, 25.0: 0.88},
+                                          "from_start": {0.0: 0.94, 25.0: 1.0}}
+    # pooled over the scenarios 25 degC holds 94 %, inside the band: only the cells show it
+    assert grid.miss(result["coverage_2_sigma"]) == pytest.approx(0.02)
+    assert grid.miss(score(_FixedBand(0.01), calibrated)["coverage_2_sigma"]) == 0.0
+    too_narrow = _tuning_run("degraded", 0.0, np.concatenate([inside[:35], outside[:15]]))
+    assert grid.miss(score(_FixedBand(0.01), [*calibrated, too_narrow])["coverage_2_sigma"]
+                     ) == pytest.approx(0.20)  # the worst cell (70 %) sets the penalty
+
+
 def test_the_ekf_reports_its_soc_covariance(toy_dataset: Path) -> None:
     from bsoc.ekf.estimator import EkfSocEstimator
     from bsoc.ekf.filter import P_SLICE, NoiseSettings
@@ -287,6 +325,13 @@ def test_bsoc_fuse_fits_a_model_and_refuses_bad_input(toy_dataset: Path, tmp_pat
         c.meta.name for c in Dataset.load(toy_dataset).split("val")}
     again = fuse("--lstm", str(lstm_dir), "--data", str(toy_dataset), "--out", str(out))
     assert again.returncode == 2 and "--force" in again.stderr
+    printed = fuse("--lstm", str(lstm_dir), "--data", str(toy_dataset), "--out", str(out),
+                   "--force")
+    assert printed.returncode == 0, printed.stderr
+    for scenario in ("from_start", "cold_start", "degraded_sensors"):  # coverage per cell
+        assert f"{scenario}: " in printed.stderr
+    assert set(summary["tuning_coverage_2_sigma"]) == {"from_start", "cold_start",
+                                                       "degraded_sensors"}
     wrong = fuse("--lstm", str(out), "--data", str(toy_dataset), "--out", str(tmp_path / "x"))
     missing = fuse("--lstm", str(tmp_path / "none"), "--data", str(toy_dataset),
                    "--out", str(tmp_path / "y"))

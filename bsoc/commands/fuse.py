@@ -103,10 +103,11 @@ def fuse(
         f"{settings.bias_tau_s:g} s, fast error correlated over {settings.noise_tau_s:g} s, "
         f"current offset prior {settings.offset_std_c:g} C"
         + (f", voltage noise x{settings.voltage_factor:g}" if circuit is not None else ""))
-    coverage = ", ".join(f"{float(t):g} degC {100 * c:.0f} %"
-                         for t, c in best["coverage_2_sigma"].items())
     err_console.print(f"  {summary['tuning_split']} split: SOC RMSE {best['rmse_pct']:.2f} % "
-                      f"(mean over cycles x scenarios); within 2 sigma: {coverage}")
+                      "(mean over cycles x scenarios); within 2 sigma:")
+    for scenario, cells in best["coverage_2_sigma"].items():
+        coverage = ", ".join(f"{float(t):g} degC {100 * c:.1f} %" for t, c in cells.items())
+        err_console.print(f"    {scenario}: {coverage}")
 
 
 def register(app: typer.Typer) -> None:

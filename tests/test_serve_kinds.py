@@ -104,7 +104,7 @@ def _fusion(directory: Path) -> Path:
 
 
 def _int8(directory: Path, kind: str, activations: str = "float32") -> Path:
-    from bsoc.compress.quantize import quantize_model
+    from bsoc.compress.quantize_model import quantize_model
 
     source = TINY_MODELS[kind](directory.with_name(f"{directory.name}-float"))
     quantize_model(source, directory, activations=activations)

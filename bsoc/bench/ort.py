@@ -55,7 +55,7 @@ class OrtStepper:
     def __init__(self, estimator: LstmSocEstimator) -> None:
         import onnxruntime
 
-        from bsoc.export.arrays import NetworkArrays
+        from bsoc.compress.arrays import NetworkArrays
         from bsoc.export.onnx_graph import step_model
 
         options = onnxruntime.SessionOptions()

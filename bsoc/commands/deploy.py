@@ -36,7 +36,7 @@ def quantize(
     --activations int16). The result is a
     model folder like any other: benchmark, evaluate, serve and export take it.
     """
-    from bsoc.compress.quantize import quantize_model
+    from bsoc.compress.quantize_model import quantize_model
     from bsoc.data.dataset import Dataset
     from bsoc.estimator import prepare_model_dir
 

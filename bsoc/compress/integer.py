@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from bsoc.errors import ModelFileError
-from bsoc.export.arrays import Factor, NetworkArrays
+from bsoc.compress.arrays import Factor, NetworkArrays
 from bsoc.nn.estimator import LstmSocEstimator
 from bsoc.nn.network import SocNetwork
 
@@ -163,6 +163,8 @@ class IntegerStepper:
 
 class IntegerLstmEstimator(LstmSocEstimator):
     """A full-integer network (``<kind>-w8a16``) behind the common estimator interface."""
+
+    int16_activations = True  # what NetworkArrays.of reads: its vectors are int16
 
     def _make_stepper(self, network: SocNetwork) -> IntegerStepper:
         return IntegerStepper(network)

@@ -28,7 +28,7 @@ import numpy as np
 
 from bsoc import __version__
 from bsoc.errors import ModelFileError
-from bsoc.export.arrays import Factor, NetworkArrays
+from bsoc.compress.arrays import Factor, NetworkArrays
 
 HEADER_FILE = "bsoc_model.h"
 SOURCE_FILE = "bsoc_model.c"

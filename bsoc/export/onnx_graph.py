@@ -26,7 +26,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from bsoc.errors import ModelFileError
-from bsoc.export.arrays import Factor, NetworkArrays
+from bsoc.compress.arrays import Factor, NetworkArrays
 
 OPSET = 17
 IR_VERSION = 8  # the IR of opset 17: runtimes that know this opset read it

@@ -13,7 +13,7 @@ from typing import Any
 from bsoc import __version__
 from bsoc.errors import ConfigError
 from bsoc.estimator import load_estimator
-from bsoc.export.arrays import NetworkArrays
+from bsoc.compress.arrays import NetworkArrays
 from bsoc.lazy import import_target
 from bsoc.outputs import OutputKind, check_output, write_output
 

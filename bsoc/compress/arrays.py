@@ -78,10 +78,8 @@ class NetworkArrays:
             raise ModelFileError(f"a {estimator.kind!r} model has no network to export",
                                  remedy="export an lstm, projected-lstm or svd-lstm model "
                                  "(or its -int8 or -w8a16 version)")
-        from bsoc.compress.integer import IntegerLstmEstimator
-
         arrays = cls.of_network(network)
-        if isinstance(estimator, IntegerLstmEstimator):
+        if getattr(estimator, "int16_activations", False):  # a full-integer (-w8a16) model
             return replace(arrays, int16_activations=True)
         return arrays
 

@@ -9,6 +9,7 @@ registered) and keep this process's ``PYTHONPATH``, so they run the code under t
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
@@ -95,7 +96,11 @@ class ThreadWorker:
             self.loop = asyncio.get_running_loop()
             started = asyncio.Event()
             task = asyncio.create_task(self.worker.run(started))
-            await started.wait()
+            waiting = asyncio.create_task(started.wait())
+            await asyncio.wait([task, waiting], return_when=asyncio.FIRST_COMPLETED)
+            waiting.cancel()
+            if task.done():
+                task.result()  # raises what stopped the worker before it started
             self.ready.set()
             await task
 
@@ -107,10 +112,21 @@ class ThreadWorker:
 
     def __enter__(self) -> ThreadWorker:
         self.thread.start()
-        assert self.ready.wait(60), "worker did not start"
+        if not self.ready.wait(90):
+            raise AssertionError(f"worker did not start in 90 s; it waits in:\n{self._where()}")
         if self.error is not None:
             raise self.error
         return self
+
+    def _where(self) -> str:
+        """The stacks of the worker's tasks (read from outside its loop: a diagnostic only)."""
+        loop = getattr(self, "loop", None)
+        if loop is None:
+            return "its event loop never started"
+        lines = io.StringIO()
+        for task in list(asyncio.all_tasks(loop)):
+            task.print_stack(file=lines)
+        return lines.getvalue()
 
     def __exit__(self, *_: Any) -> None:
         self.loop.call_soon_threadsafe(self.worker.request_stop)

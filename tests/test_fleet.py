@@ -89,6 +89,45 @@ def test_lease_view_shares_partitions_and_takes_over_stale_ones():
     assert view.owner(3, 3.5) is None and view.revision(3) == 14
 
 
+def test_joining_waits_while_jetstream_cannot_answer_and_then_says_so():
+    """A cluster electing its leaders answers 503 or times out for a few seconds: a worker
+    started with it retries; after the wait it stops with one line; other errors at once."""
+    from nats.errors import NoRespondersError
+    from nats.js.errors import ServiceUnavailableError
+
+    from bsoc.fleet.log import FleetError, when_jetstream_answers
+
+    calls: list[int] = []
+
+    async def electing() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise NoRespondersError
+        if len(calls) == 2:
+            raise ServiceUnavailableError(code=503, description="JetStream not ready")
+        return "joined"
+
+    assert asyncio.run(when_jetstream_answers(electing, "nats://x")) == "joined"
+    assert len(calls) == 3
+
+    async def never() -> None:
+        calls.append(1)
+        raise NoRespondersError
+
+    with pytest.raises(FleetError, match="did not answer within 0.6 s") as refused:
+        asyncio.run(when_jetstream_answers(never, "nats://x", wait_s=0.6))
+    assert "nats.log" in refused.value.remedy
+
+    async def wrong() -> None:
+        calls.append(1)
+        raise FleetError("another model", remedy="-")
+
+    calls.clear()
+    with pytest.raises(FleetError, match="another model"):
+        asyncio.run(when_jetstream_answers(wrong, "nats://x"))
+    assert len(calls) == 1
+
+
 def test_every_partition_has_exactly_one_owner(nats_url, tmp_path):
     model = CoulombEstimator().save(tmp_path / "model")
     options = ("--partitions", "6", "--lease-seconds", "1", "--checkpoint-interval", "0")

@@ -14,9 +14,13 @@ transform, so changing it needs a new log.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, TypeVar
 
 from bsoc.errors import ConfigError
 from bsoc.fleet.leases import SETTINGS_KEY
@@ -30,6 +34,9 @@ from bsoc.fleet.subjects import (
 )
 
 DAY_S = 86_400.0
+JETSTREAM_WAIT_S = 60.0
+T = TypeVar("T")
+log = logging.getLogger("bsoc.fleet")
 
 
 class FleetError(ConfigError):
@@ -99,6 +106,35 @@ async def ensure_log(js: Any, partitions: int, replicas: int, retention_s: float
     )
     await js.create_key_value(bucket=LEASES_BUCKET, history=1, replicas=replicas)
     await js.create_object_store(bucket=CHECKPOINTS_BUCKET, replicas=replicas)
+
+
+async def when_jetstream_answers(request: Callable[[], Awaitable[T]], url: str,
+                                 wait_s: float = JETSTREAM_WAIT_S) -> T:  # fmt: skip
+    """``request()``, repeated while JetStream cannot answer yet; a FleetError after ``wait_s``.
+
+    A cluster that has just started, or has just lost a node, elects its leaders for a few
+    seconds, during which its API times out or answers 503: workers started together with
+    their NATS must wait for it, not die. ``request`` must be safe to repeat.
+    """
+    from nats.errors import NoRespondersError
+    from nats.errors import TimeoutError as NatsTimeoutError
+    from nats.js.errors import ServiceUnavailableError
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return await request()
+        except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as error:
+            why = f"{type(error).__name__}: {error}"
+            if time.monotonic() > deadline:
+                raise FleetError(
+                    f"the JetStream of the NATS at {url} did not answer within {wait_s:g} s "
+                    f"({why})",
+                    remedy="check that its nodes are up and a majority of them can reach "
+                    "each other (their nats.log)",
+                ) from None
+            log.warning("JetStream not answering yet (%s); retrying", why)
+            await asyncio.sleep(0.5)
 
 
 async def pin_settings(js: Any, settings: FleetSettings) -> FleetSettings:

@@ -27,7 +27,7 @@ from bsoc.fleet.checkpoint import CheckpointStore
 from bsoc.fleet.connection import connect
 from bsoc.fleet.context import InFlightLimit, WorkerConfig, WorkerContext
 from bsoc.fleet.leases import WORKER_PREFIX, LeaseView, lease_key, lease_value, worker_key
-from bsoc.fleet.log import ensure_log, pin_settings
+from bsoc.fleet.log import ensure_log, pin_settings, when_jetstream_answers
 from bsoc.fleet.metrics import WorkerMetrics
 from bsoc.fleet.partition import Partition
 from bsoc.fleet.queries import FLEET_QUERY, fleet_answer, stream_answer, stream_query_subject
@@ -71,11 +71,7 @@ class Worker:
         self.answers.nc = self.nc
         try:
             self.js = self.nc.jetstream(timeout=10.0)
-            await ensure_log(self.js, self.config.partitions, self.config.replicas,
-                             self.config.retention_s)  # fmt: skip
-            await pin_settings(self.js, self.config.settings(self.model))
-            self.kv = await self.js.key_value(LEASES_BUCKET)
-            checkpoints = CheckpointStore(await self.js.object_store(CHECKPOINTS_BUCKET), self.model)
+            checkpoints = await when_jetstream_answers(self._join_log, self.config.target.url)
             self.batcher = MicroBatcher(
                 self.estimator, max_wait_s=self.config.batch_wait_s, max_jobs=self.config.max_batch
             )
@@ -95,6 +91,14 @@ class Worker:
             await self.nc.close()
         if self.failure is not None:
             raise self.failure
+
+    async def _join_log(self) -> CheckpointStore:
+        """Create or check the log and pin the settings; safe to repeat."""
+        await ensure_log(self.js, self.config.partitions, self.config.replicas,
+                         self.config.retention_s)  # fmt: skip
+        await pin_settings(self.js, self.config.settings(self.model))
+        self.kv = await self.js.key_value(LEASES_BUCKET)
+        return CheckpointStore(await self.js.object_store(CHECKPOINTS_BUCKET), self.model)
 
     def request_stop(self) -> None:
         self._stopping.set()

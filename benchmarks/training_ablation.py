@@ -50,8 +50,12 @@ BASES: dict[str, dict[str, Any]] = {"windows": WINDOWS, "long": LONG_WINDOWS,
                                     "stateful": WHOLE_CYCLES}
 # The SOC change over 10 s must match the charge moved, weighted like the level error.
 COULOMB = {"coulomb_weight": 1.0, "coulomb_lag": 10}
+# Validation judges, and training keeps, the average of about the last 100 steps (4 epochs).
+AVERAGED = {"average_decay": 0.99}
+# Twice the optimiser steps on the same samples: 50 an epoch instead of 25.
+HALF_BATCH = {"batch_size": 16}
 # a variant is a base and any of these, joined by "+": "stateful+augmented+pretrained"
-MODIFIERS = ("augmented", "pretrained", "coulomb", "ends")
+MODIFIERS = ("augmented", "pretrained", "coulomb", "ends", "averaged", "batch16")
 
 
 def parse_variant(variant: str) -> tuple[dict[str, Any], bool]:
@@ -65,6 +69,10 @@ def parse_variant(variant: str) -> tuple[dict[str, Any], bool]:
         overrides["augmentation"] = SENSOR_ERRORS
     if "coulomb" in modifiers:
         overrides.update(COULOMB)
+    if "averaged" in modifiers:
+        overrides.update(AVERAGED)
+    if "batch16" in modifiers:
+        overrides.update(HALF_BATCH)
     if "ends" in modifiers:  # random windows also cover each cycle's last samples
         overrides["window"] = replace(overrides["window"], cover_ends=True)
     return overrides, "pretrained" in modifiers

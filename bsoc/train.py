@@ -13,7 +13,8 @@ can be augmented with sensor offsets and noise (:mod:`bsoc.data.augment`); the t
 never are. Each epoch
 it validates on the validation split's *whole* cycles, both from the first sample and
 from a cold start 25 % in (:class:`bsoc.evaluate.ScenarioSettings`), and keeps the weights
-with the best mean of the two RMSEs (early stopping).
+with the best mean of the two RMSEs (early stopping); with ``average_decay`` it judges and
+keeps a moving average of the weights instead (:mod:`bsoc.weight_average`).
 
 Reproducible and resumable: epoch ``e`` draws its windows and dropout masks from seeds
 ``(seed, e)``, and the learning rate is a pure function of the step, so a checkpoint
@@ -27,6 +28,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -51,6 +53,7 @@ from bsoc.evaluate import ScenarioSettings
 from bsoc.nn.layers import LstmState
 from bsoc.nn.network import NetworkConfig, SocNetwork
 from bsoc.train_checkpoint import Checkpoint
+from bsoc.weight_average import WeightAverage
 
 if TYPE_CHECKING:
     from bsoc.nn.estimator import LstmSocEstimator
@@ -76,6 +79,9 @@ class TrainConfig:
     # weight of the coulomb-consistency term (0: plain MSE) and its lag in samples
     coulomb_weight: float = 0.0
     coulomb_lag: int = 10
+    # decay per optimiser step of the weight average validation judges and training keeps
+    # (bsoc.weight_average); 0: the weights themselves
+    average_decay: float = 0.0
     patience: int = 8  # epochs without validation improvement before stopping
     max_minutes: float | None = None
     seed: int = 0
@@ -92,6 +98,9 @@ class TrainConfig:
             raise ConfigError(f"coulomb term weight {self.coulomb_weight} and lag "
                               f"{self.coulomb_lag} must be >= 0 and >= 1",
                               remedy="e.g. weight 1.0 and a lag of 10 samples")
+        if not 0.0 <= self.average_decay < 1.0:
+            raise ConfigError(f"weight-average decay {self.average_decay} must be in [0, 1)",
+                              remedy="e.g. 0.99 (about the last 100 steps), or 0 for none")
         if self.chunk is not None and self.chunk < 1:
             raise ConfigError(f"chunk {self.chunk} must be a positive number of samples",
                               remedy="e.g. 1000, or None to train whole windows")
@@ -257,6 +266,7 @@ def _fit(
     checkpoint = Checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
     history: list[dict[str, Any]] = []
     best_state = copy.deepcopy(network.state_dict())
+    average = WeightAverage(network, config.average_decay) if config.average_decay else None
     initial = validate(network, val, settings)
     best: dict[str, Any] = {"epoch": 0, "validation": initial}
     start_epoch, bad_epochs = 0, 0
@@ -264,8 +274,10 @@ def _fit(
         if checkpoint is None or not checkpoint.exists():
             raise ModelFileError(f"no checkpoint to resume from in {checkpoint_dir}",
                                  remedy="train without --resume first")
-        best_state, saved = checkpoint.load(network, optimizer, config.to_json(),
-                                            lambda c: TrainConfig.from_json(c).to_json())
+        best_state, saved, averaged = checkpoint.load(network, optimizer, config.to_json(),
+                                                      lambda c: TrainConfig.from_json(c).to_json())
+        if average is not None:
+            average.weights, average.steps = averaged, saved["average_steps"]
         history, best, bad_epochs = saved["history"], saved["best"], saved["bad_epochs"]
         initial = saved["initial_validation"]
         start_epoch = saved["next_epoch"]
@@ -308,6 +320,8 @@ def _fit(
                 objective.backward()
                 torch.nn.utils.clip_grad_norm_(network.parameters(), config.grad_clip)
                 optimizer.step()
+                if average is not None:
+                    average.update(network)
             state = [(h.detach(), c.detach()) for h, c in final]
             losses.append(loss.item())
             steps_done += 1
@@ -318,14 +332,17 @@ def _fit(
             if config.max_minutes is not None and elapsed > 60 * config.max_minutes:
                 out_of_time = True
                 break
-        validation = validate(network, val, settings)
+        with average.applied(network) if average is not None else nullcontext():
+            validation = validate(network, val, settings)
+            improved = validation["score"] < best["validation"]["score"]
+            if improved:
+                best_state = copy.deepcopy(network.state_dict())
         last_val = validation["score"]
         history.append({"epoch": epoch + 1, "train_rmse_pct": 100 * math.sqrt(np.mean(losses)),
                         "val": validation, "lr": optimizer.param_groups[0]["lr"],
                         "batches": len(losses), "seconds": round(time.monotonic() - started, 1)})
-        if validation["score"] < best["validation"]["score"]:
+        if improved:
             best = {"epoch": epoch + 1, "validation": validation}
-            best_state = copy.deepcopy(network.state_dict())
             bad_epochs = 0
         else:
             bad_epochs += 1
@@ -335,7 +352,8 @@ def _fit(
                 "next_epoch": epoch + 1, "history": history, "best": best,
                 "initial_validation": initial,
                 "bad_epochs": bad_epochs,
-            })
+                "average_steps": average.steps if average is not None else 0,
+            }, average.weights if average is not None else {})
         if out_of_time:
             stopped = f"time budget of {config.max_minutes:g} min reached"
             break

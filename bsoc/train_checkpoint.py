@@ -1,6 +1,7 @@
 """The checkpoint of a training run: everything :func:`bsoc.train.fit` needs to resume.
 
-Safetensors (weights, best weights, AdamW moments) plus JSON (everything else); no pickle.
+Safetensors (weights, best weights, AdamW moments, the weight average if any) plus JSON
+(everything else); no pickle.
 Both files are written completely before either replaces its predecessor, so a run killed
 while saving resumes from the previous epoch.
 """
@@ -30,7 +31,7 @@ def _resumable(config: dict[str, Any]) -> dict[str, Any]:
 
 
 class Checkpoint:
-    """Safetensors (weights, best weights, AdamW moments) + JSON (everything else)."""
+    """Safetensors (weights, best weights, AdamW moments, weight average) + JSON (the rest)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -39,10 +40,12 @@ class Checkpoint:
         return (self.directory / CHECKPOINT_STATE).is_file()
 
     def save(self, network: SocNetwork, best: dict[str, torch.Tensor],
-             optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+             optimizer: torch.optim.Optimizer, state: dict[str, Any],
+             average: dict[str, torch.Tensor]) -> None:  # fmt: skip
         self.directory.mkdir(parents=True, exist_ok=True)
         tensors = {f"model.{k}": v.detach().clone() for k, v in network.state_dict().items()}
         tensors.update({f"best.{k}": v.clone() for k, v in best.items()})
+        tensors.update({f"average.{k}": v.clone() for k, v in average.items()})
         optim_state = optimizer.state_dict()
         for index, moments in optim_state["state"].items():
             for key, value in moments.items():
@@ -55,8 +58,9 @@ class Checkpoint:
 
     def load(self, network: SocNetwork, optimizer: torch.optim.Optimizer,
              config: dict[str, Any], as_recorded: Callable[[dict[str, Any]], dict[str, Any]],
-             ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Restore ``network`` and ``optimizer``; return the best weights and the saved state.
+             ) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, torch.Tensor]]:
+        """Restore ``network`` and ``optimizer``; return the best weights, the saved state and
+        the weight average (empty if the run keeps none).
 
         ``config`` (the run's ``TrainConfig.to_json()``) must match the checkpoint's in all
         but time and threads; ``as_recorded`` reads the checkpoint's config as the run's
@@ -73,6 +77,7 @@ class Checkpoint:
         tensors = load_file(str(self.directory / CHECKPOINT_WEIGHTS))
         network.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+        average = {k[8:]: v for k, v in tensors.items() if k.startswith("average.")}
         moments: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in tensors.items():
             if key.startswith("optim."):
@@ -86,4 +91,4 @@ class Checkpoint:
                       for i, m in moments.items()},
             "param_groups": state["param_groups"],
         })
-        return best, state
+        return best, state, average

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -132,11 +133,12 @@ def test_fit_improves_validation_and_keeps_the_best_epoch(toy: Dataset) -> None:
     assert result.history[result.best_epoch - 1]["val"]["score"] == min(scores)
 
 
+@pytest.mark.parametrize("average_decay", [0.0, 0.9])
 def test_interrupted_then_resumed_training_equals_an_uninterrupted_run(
-    toy: Dataset, tmp_path: Path
+    toy: Dataset, tmp_path: Path, average_decay: float
 ) -> None:
     train, val = toy.split("train"), toy.split("val")
-    config = _tiny(3)
+    config = replace(_tiny(3), average_decay=average_decay)
     straight = new_network(PROFILES["tiny"].network, train, seed=3)
     fit(straight, train, val, config)
 
@@ -242,6 +244,53 @@ def test_a_chunk_gradient_is_the_long_sequence_gradient_of_that_chunk_loss(toy: 
     for a, b in zip(cut, grads(((again - target[:, 40:]) ** 2).mean())):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
     assert any(g.abs().sum() > 0 for g in cut)
+
+
+def test_weight_average_is_the_debiased_moving_average_of_the_steps(toy: Dataset) -> None:
+    from bsoc.weight_average import WeightAverage
+
+    network = new_network(PROFILES["tiny"].network, toy.split("train"), seed=0)
+    name, first = next(iter(network.named_parameters()))
+    average = WeightAverage(network, decay=0.9)
+    expected = first.detach().double().clone()
+    for step in range(1, 40):
+        with torch.no_grad():
+            for p in network.parameters():
+                p.add_(0.01 * step)
+        average.update(network)
+        keep = min(0.9, (1 + step) / (10 + step))
+        expected = keep * expected + (1 - keep) * first.detach().double()
+    assert average.decay_at(1) == 2 / 11 and average.decay_at(100) == 0.9
+    torch.testing.assert_close(average.weights[name].double(), expected, atol=1e-6, rtol=1e-6)
+    own = copy.deepcopy(network.state_dict())
+    with average.applied(network):
+        torch.testing.assert_close(dict(network.named_parameters())[name].detach(),
+                                   average.weights[name], atol=0, rtol=0)  # fmt: skip
+    for key, value in own.items():  # its own weights back, buffers never averaged
+        torch.testing.assert_close(network.state_dict()[key], value, atol=0, rtol=0)
+
+
+def test_training_with_a_weight_average_judges_and_keeps_the_average(
+    toy: Dataset, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    from bsoc.train import validate
+
+    train, val = toy.split("train"), toy.split("val")
+    config = replace(_tiny(2), average_decay=0.8, learning_rate=1e-2)
+    network = new_network(PROFILES["tiny"].network, train, seed=5)
+    result = fit(network, train, val, config, checkpoint_dir=tmp_path)
+    assert result.best_epoch == 2  # both epochs improved on the toy data at this rate
+    saved = load_file(str(tmp_path / "checkpoint.safetensors"))
+    for name, p in network.named_parameters():  # kept: the average, not the last step
+        torch.testing.assert_close(p.detach(), saved[f"average.{name}"], atol=0, rtol=0)
+    assert any(not torch.equal(saved[f"average.{n}"], saved[f"model.{n}"])
+               for n, _ in network.named_parameters())  # fmt: skip
+    assert validate(network, SequenceSet.from_cycles(val), ScenarioSettings()) == (
+        result.best_validation)
+    with pytest.raises(ConfigError, match="decay"):
+        replace(config, average_decay=1.0)
 
 
 def test_chunked_training_steps_once_per_chunk_and_resumes_identically(

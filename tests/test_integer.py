@@ -12,7 +12,7 @@ import pytest
 from edge_models import cycle_samples, float_estimator
 from stream_set import StreamSet
 
-from bsoc.compress.integer import IntegerLstmEstimator, quantise
+from bsoc.compress.integer import IntegerLstmEstimator, quantise, sigmoid
 from bsoc.compress.quantize import quantize_network
 from bsoc.estimator import load_estimator
 from bsoc.export import measure
@@ -35,6 +35,16 @@ def test_quantise_puts_the_peak_in_the_top_octave_exactly() -> None:
     assert np.abs(q).max(axis=1).tolist() == [27853.0, 0.0, 20480.0]  # 1.7 2^14, 40 2^9
     assert down.ravel().tolist() == [2.0**-14, 2.0**-126, 2.0**-9]
     assert (np.abs(q * down - x) <= down / 2).all()
+
+
+def test_sigmoid_and_tanh_stay_within_their_stated_error() -> None:
+    """The degree-3 exp2 of the full-integer sigmoid (the C's, bit for bit, by the tests
+    below): within 2e-5 of sigmoid and, as 2 sigmoid(2 x) - 1, 4e-5 of tanh, clamp included."""
+    x = np.linspace(-30.0, 30.0, 1_200_001).astype(np.float32)
+    exact = 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+    assert np.abs(sigmoid(x) - exact).max() <= 2e-5
+    tanh = 2.0 * sigmoid(2.0 * x).astype(np.float64) - 1.0
+    assert np.abs(tanh - np.tanh(x.astype(np.float64))).max() <= 4e-5
 
 
 def test_predict_streams_save_and_reload_agree(tmp_path: Path, toy_dataset: Path) -> None:

@@ -98,16 +98,15 @@ def _padded(n: int) -> int:
 
 def grouped_pairs(rows: np.ndarray) -> np.ndarray:
     """``rows`` (out, in) as a full-integer factor's C loops read them: columns padded with
-    zeros to a multiple of four; per group of four rows, per pair of columns k, k + 1, the
-    bytes ``r0 k, r1 k, r0 k+1, r1 k+1, r2 k, r3 k, r2 k+1, r3 k+1``; then the ``out % 4``
-    rows left over, row by row."""
+    zeros to a multiple of four; per group of four rows, per column quad k..k+3, each row's
+    four bytes in the order ``k, k+2, k+1, k+3`` (row 0's, then rows 1, 2, 3's); then the
+    ``out % 4`` rows left over, row by row."""
     padded = np.pad(rows, ((0, 0), (0, _padded(rows.shape[1]) - rows.shape[1])))
     grouped = GROUP_ROWS * (len(rows) // GROUP_ROWS)
     groups, cols = grouped // GROUP_ROWS, padded.shape[1]
-    # [group, row pair, row in pair, column pair, column in pair] -> group, column pair,
-    # row pair, column in pair, row in pair
-    pairs = padded[:grouped].reshape(groups, 2, 2, cols // 2, 2).transpose(0, 3, 1, 4, 2)
-    return np.concatenate([pairs.ravel(), padded[grouped:].ravel()])
+    # [group, row, column quad, column in quad] -> group, column quad, row, k k+2 k+1 k+3
+    quads = padded[:grouped].reshape(groups, GROUP_ROWS, cols // 4, 4).transpose(0, 2, 1, 3)
+    return np.concatenate([quads[..., [0, 2, 1, 3]].ravel(), padded[grouped:].ravel()])
 
 
 class _Tables:

@@ -51,7 +51,7 @@ SCHEME = ("full integer: int8 weights (symmetric, one float32 scale per output c
 QMIN, QMAX = -32768, 32767
 MAX_COLUMNS = (2**31 - 1) // (-QMIN * 127)  # 516: no int32 sum of int16 x int8 can overflow
 _F = np.float32
-_HALF, _ONE, _TWO = _F(0.5), _F(1.0), _F(2.0)
+_ONE, _TWO = _F(1.0), _F(2.0)
 _GATE_CLAMP = _F(20.0)
 _ROUND_SHIFT = _F(12582912.0)  # 1.5 * 2^23, as in bsoc_exp2
 # 2^f on [-0.5, 0.5], degree 3 (relative error below 8e-5): the C's BSOC_EXP2_POLY for int16

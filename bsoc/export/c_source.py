@@ -162,7 +162,9 @@ def _scratch_sizes(arrays: NetworkArrays) -> tuple[int, int]:
 def _integer_scratch(arrays: NetworkArrays) -> list[str]:
     """A full-integer model's scratch vectors: a first factor's float output, its int16
     input (``q_wide``), and the int16 inputs of the last factors of the input maps (and the
-    FC's) and of the recurrent maps, each padded to a multiple of four."""
+    FC's) and of the recurrent maps, each padded to a multiple of four, the int16 ones
+    8-byte aligned (``BSOC_ALIGNED``: the Cortex-M4 loop loads them by LDRD, as it does the
+    int8 tables)."""
     inputs = [layer.input_factors for layer in arrays.lstm] + [arrays.fc_factors]
     recurrent = [layer.recurrent_factors for layer in arrays.lstm]
     firsts = [f[0] for f in inputs + recurrent if len(f) > 1]

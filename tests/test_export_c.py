@@ -92,12 +92,12 @@ def test_weights_are_read_only_and_ram_is_the_scratch_vectors(kind: str, tmp_pat
     assert sections[".bss"] == 4 * scratch
 
 
-def _probe(folder: Path, body: str, data: str = "") -> np.ndarray:
+def _probe(folder: Path, body: str, data: str = "", flags: tuple[str, ...] = ()) -> np.ndarray:
     """Run ``body`` (C statements printing numbers) against the library's own functions,
-    after ``data`` (C declarations)."""
+    after ``data`` (C declarations), compiled with ``flags`` too."""
     (folder / "probe.c").write_text(f'#include <stdio.h>\n#include "bsoc_model.c"\n{data}\n'
                                     f"int main(void) {{ {body} return 0; }}\n")
-    subprocess.run([CC, *STRICT, "probe.c", "-o", "probe"], cwd=folder, check=True)
+    subprocess.run([CC, *STRICT, *flags, "probe.c", "-o", "probe"], cwd=folder, check=True)
     out = subprocess.run(["./probe"], cwd=folder, capture_output=True, text=True, check=True)
     return np.loadtxt(out.stdout.splitlines())
 
@@ -113,6 +113,22 @@ def test_exp2_and_sigmoid_error_bounds(tmp_path: Path) -> None:
     assert np.abs(exp2 / np.exp2(x) - 1).max() < 3e-7
     assert np.abs(sigmoid - 1 / (1 + np.exp(-x))).max() < 2e-7
     assert bool(np.all(np.diff(sigmoid) >= 0))  # monotonic: no step where round(t) changes
+
+
+def test_portable_sigmoid_clamps_only_where_it_must_yet_equals_the_clamped_one(
+    tmp_path: Path,
+) -> None:
+    """Off x86 a gate's sigmoid skips the clamp where 2^t's rounded exponent says |x| < 20;
+    it must still be bsoc_sigmoid bit for bit, at the band's edges (|x| near 19.75 and 20)
+    and beyond, and tanh_cell 2 bsoc_sigmoid(2 c) - 1."""
+    folder = _export(estimator_of_kind("lstm"), tmp_path)
+    out = _probe(folder, (
+        "for (int k = -400000; k <= 400000; ++k) { float x = k * 1e-4f;"
+        ' printf("%.9e %.9e %.9e %.9e\\n", (double)sigmoid_gate(x), (double)bsoc_sigmoid(x),'
+        " (double)tanh_cell(x), (double)(2.0f * bsoc_sigmoid(2.0f * x) - 1.0f)); }"),
+        flags=("-DBSOC_PORTABLE",))
+    np.testing.assert_array_equal(out[:, 0], out[:, 1])
+    np.testing.assert_array_equal(out[:, 2], out[:, 3])
 
 
 def test_cell_update_error_bound(tmp_path: Path) -> None:

@@ -37,6 +37,48 @@ def test_quantise_puts_the_peak_in_the_top_octave_exactly() -> None:
     assert (np.abs(q * down - x) <= down / 2).all()
 
 
+def test_quantise_rounds_ties_to_even_and_saturates_only_32768() -> None:
+    ties = np.array([[1.0, 2.5 / 2**14, 3.5 / 2**14, -2.5 / 2**14]], np.float32)  # 2^e = 2^14
+    assert quantise(ties)[0].tolist() == [[16384.0, 2.0, 4.0, -2.0]]
+    top = np.array([[1.99999, -1.99999]], np.float32)  # x 2^14 = +-32767.8
+    assert quantise(top)[0].tolist() == [[32767.0, -32768.0]]
+
+
+def _quantise_cases() -> np.ndarray:
+    """Rows of seven (a SIMD loop's four, then a scalar tail of three) with ties, the top
+    of the octave, zeros and random values over many scales."""
+    rng = np.random.default_rng(1)
+    rows = [[1.0, 2.5 / 2**14, 3.5 / 2**14, -2.5 / 2**14, -1.5 / 2**14, 0.5 / 2**14, 0.0],
+            [1.99999, -1.99999, 0.0, 1.0, -1.99999, 1.99999, -0.5], [0.0] * 7]
+    rows += list(rng.normal(size=(40, 7)) * 10.0 ** rng.integers(-6, 6, (40, 1)))
+    return np.array(rows, np.float32)
+
+
+@pytest.mark.skipif(CC is None, reason="no C compiler (gcc or cc) on this machine")
+@pytest.mark.parametrize("flags", [[], ["-DBSOC_PORTABLE"]])
+def test_c_quantise_equals_the_reference(flags: list[str], tmp_path: Path) -> None:
+    integer_estimator("projected-lstm").save(tmp_path / "model")
+    export_model(tmp_path / "model", tmp_path / "c", "c")
+    cases = _quantise_cases()
+    rows = ",\n".join("{" + ", ".join(f"{v:.9e}f" for v in row) + "}" for row in cases)
+    (tmp_path / "c" / "probe.c").write_text(
+        '#include <stdio.h>\n#include "bsoc_model.c"\n'
+        f"static const float cases[][7] = {{\n{rows}}};\n"
+        "int main(void) { for (unsigned k = 0; k < sizeof cases / sizeof cases[0]; ++k) {"
+        " int16_t q[8]; float down = quantise(cases[k], 7, q);"
+        ' for (unsigned m = 0; m < 8; ++m) printf("%d ", q[m]);'
+        ' printf("%.9e\\n", (double)down); } return 0; }\n')
+    subprocess.run([CC, "-std=c99", "-O2", "-Wall", "-Wextra", "-pedantic", "-Werror", *flags,
+                    "probe.c", "-o", "probe"], cwd=tmp_path / "c", check=True)
+    out = subprocess.run(["./probe"], cwd=tmp_path / "c", capture_output=True, text=True,
+                         check=True).stdout
+    got = np.loadtxt(out.splitlines())
+    q, down = quantise(cases)
+    np.testing.assert_array_equal(got[:, :7], q)
+    assert (got[:, 7] == 0).all()  # the padding to four
+    np.testing.assert_array_equal(got[:, 8].astype(np.float32), down[:, 0])
+
+
 def test_sigmoid_and_tanh_stay_within_their_stated_error() -> None:
     """The degree-3 exp2 of the full-integer sigmoid (the C's, bit for bit, by the tests
     below): within 2e-5 of sigmoid and, as 2 sigmoid(2 x) - 1, 4e-5 of tanh, clamp included."""

@@ -51,8 +51,9 @@ def _numbers(values: np.ndarray) -> str:
     return "\n".join(f"    {line}," for line in lines)
 
 
-def _array(c_type: str, name: str, values: np.ndarray) -> str:
-    return f"static const {c_type} {name}[{values.size}] = {{\n{_numbers(values)}\n}};"
+def _array(c_type: str, name: str, values: np.ndarray, attribute: str = "") -> str:
+    return (f"static const {c_type} {name}[{values.size}]{attribute} = "
+            f"{{\n{_numbers(values)}\n}};")
 
 
 BLOCK_ROWS = 16
@@ -140,7 +141,8 @@ class _Tables:
                 table, cols = grouped_pairs(values), _padded(cols)
             else:
                 table = blocked_rows(values)
-            self.lines.append(_array("bsoc_weight", f"{name}_{k}", table))
+            self.lines.append(_array("bsoc_weight", f"{name}_{k}", table,
+                                     " BSOC_ALIGNED" if self.integer else ""))
             entries.append(f"{{{name}_{k}, {scales}, {rows}, {cols}}}")
         self.lines.append(f"static const bsoc_factor {name}_factors[{len(factors)}] = "
                           f"{{{', '.join(entries)}}};")
@@ -160,7 +162,9 @@ def _scratch_sizes(arrays: NetworkArrays) -> tuple[int, int]:
 def _integer_scratch(arrays: NetworkArrays) -> list[str]:
     """A full-integer model's scratch vectors: a first factor's float output, its int16
     input (``q_wide``), and the int16 inputs of the last factors of the input maps (and the
-    FC's) and of the recurrent maps, each padded to a multiple of four."""
+    FC's) and of the recurrent maps, each padded to a multiple of four, the int16 ones
+    8-byte aligned (``BSOC_ALIGNED``: the Cortex-M4 loop loads them by LDRD, as it does the
+    int8 tables)."""
     inputs = [layer.input_factors for layer in arrays.lstm] + [arrays.fc_factors]
     recurrent = [layer.recurrent_factors for layer in arrays.lstm]
     firsts = [f[0] for f in inputs + recurrent if len(f) > 1]
@@ -169,9 +173,9 @@ def _integer_scratch(arrays: NetworkArrays) -> list[str]:
         return max((_padded(f.values.shape[0]) for f in factors), default=GROUP_ROWS)
 
     return [f"static float scratch_input[{max((f.values.shape[1] for f in firsts), default=1)}];",
-            f"static int16_t q_wide[{widest(firsts)}];",
-            f"static int16_t q_input[{widest([f[-1] for f in inputs])}];",
-            f"static int16_t q_recurrent[{widest([f[-1] for f in recurrent])}];"]
+            f"static int16_t q_wide[{widest(firsts)}] BSOC_ALIGNED;",
+            f"static int16_t q_input[{widest([f[-1] for f in inputs])}] BSOC_ALIGNED;",
+            f"static int16_t q_recurrent[{widest([f[-1] for f in recurrent])}] BSOC_ALIGNED;"]
 
 
 def tables(arrays: NetworkArrays) -> str:

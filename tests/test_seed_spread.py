@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "seed_spread.py"
+from benchmark_scripts import load
 
 
 @pytest.fixture(scope="module")
 def seed_spread():
-    spec = importlib.util.spec_from_file_location("seed_spread", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("seed_spread")
 
 
 def _benchmark(rmse: float, not_converged: list[str]) -> dict:

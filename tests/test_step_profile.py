@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
+from benchmark_scripts import load
 from bsoc.compress.maps import ProjectedMap
 from bsoc.nn.estimator import LstmSocEstimator
 from bsoc.nn.network import NetworkConfig, SocNetwork
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "step_profile.py"
-
 
 @pytest.fixture(scope="module")
 def step_profile():
-    spec = importlib.util.spec_from_file_location("step_profile", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("step_profile")
 
 
 def _networks() -> dict[str, LstmSocEstimator]:

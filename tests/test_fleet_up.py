@@ -35,6 +35,8 @@ def test_fleet_up_with_passwords_serves_the_gateway_and_replay(tmp_path, toy_dat
             assert up.poll() is None and time.monotonic() < deadline, text
             time.sleep(0.3)
         url = re.search(r"NATS\s+(nats://\S+)", text).group(1)
+        # each line whole, however long its paths (a wrapped path cannot be copied)
+        assert f"password in {state / 'credentials' / 'client'})" in text
         gateway = f"http://127.0.0.1:{port}"
         posted = httpx.post(f"{gateway}/v1/streams/up.cell/samples", json=as_json(rows_of(4)),
                             timeout=30)  # fmt: skip

@@ -232,11 +232,12 @@ def up(
     try:
         fleet.start()
         login = f"  (user 'client', password in {folder / 'credentials' / 'client'})" if auth else ""
-        err_console.print(f"fleet up: NATS {fleet.nats.url}{login}", highlight=False)
+        # one unwrapped line each, printed literally: the URLs and paths are to be copied
+        plain = {"highlight": False, "markup": False, "soft_wrap": True}
+        err_console.print(f"fleet up: NATS {fleet.nats.url}{login}", **plain)
         if fleet.gateway_url:
-            err_console.print(f"gateway {fleet.gateway_url}  dashboard /  docs /docs",
-                              highlight=False)  # fmt: skip
-        err_console.print(f"{workers} workers, logs in {folder}; Ctrl-C stops", highlight=False)
+            err_console.print(f"gateway {fleet.gateway_url}  dashboard /  docs /docs", **plain)
+        err_console.print(f"{workers} workers, logs in {folder}; Ctrl-C stops", **plain)
         while not stopped.wait(1.0):
             fleet.check_children()
     finally:

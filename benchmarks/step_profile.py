@@ -29,6 +29,7 @@ from threadpoolctl import threadpool_limits
 from bsoc.estimator import load_estimator
 from bsoc.nn import batched
 from bsoc.nn.blas import matmul, single_threaded_blas
+from bsoc.nn.estimator import LstmSocEstimator
 from bsoc.nn.gates import lstm_cell
 
 SECONDS_PER_ROUND = 0.02  # per part: enough calls that the timer's resolution does not count
@@ -68,7 +69,7 @@ def _parts(layout: np.ndarray, weights: np.ndarray, block: int
         parts.append((f"{name}: gate product (K = {z_width})", z_width * 4 * hidden, True,
                       lambda z=z, outer=outer, gates=gates, k=z_width, n=4 * hidden: matmul(
                           block, n, k, z, k, outer, n, gates, n)))
-        # the cell writes h and c: a copy keeps every call's input the same
+        # the cell updates h and c in place: on copies, so the other parts' inputs stay put
         parts.append((f"{name}: gates and cell update", 3 * hidden, False,
                       lambda g=gates, b=bias, c=c.copy(), h=h.copy(): lstm_cell(g, b, c, h)))
         x = h
@@ -90,7 +91,7 @@ def _parts(layout: np.ndarray, weights: np.ndarray, block: int
     return parts
 
 
-def _whole_step(estimator, block: int) -> tuple[Callable[[], None], Callable[[], None]]:
+def _whole_step(estimator: LstmSocEstimator, block: int) -> tuple[Callable[[], None], Callable[[], None]]:
     """One block through the batched kernel with and without the float64 state in and out."""
     packed = estimator.packed
     state_size = len(estimator.initial_state())
@@ -133,7 +134,7 @@ def _calls(run: Callable[[], None]) -> int:
     return max(1, round(SECONDS_PER_ROUND / _time(run, 3)))
 
 
-def profile(models: dict[str, object], *, block: int, rounds: int) -> dict[str, object]:
+def profile(models: dict[str, LstmSocEstimator], *, block: int, rounds: int) -> dict[str, object]:
     """Every part of every model and the GEMM, interleaved; per model its parts' costs, its
     whole step and its ceiling."""
     jobs: dict[tuple[str, str], Callable[[], None]] = {("gemm", "gemm"): _gemm()}

@@ -5,8 +5,8 @@ Instruction counts depend on the shapes, not on the weights, so an untrained net
 Table 1's size (hidden (256, 128)) serves: its maps projected onto random orthonormal bases
 of the ranks of ``make demo``'s projected model ((3, 16), (16, 12): 45,194 learnables), then
 quantised as ``bsoc quantize --activations int16`` does. Both are exported as C and
-measured as ``bsoc benchmark`` measures (:mod:`bsoc.export.measure`): callgrind inside
-``bsoc_step`` on x86, QEMU's instruction clock on the MPS2 AN386 Cortex-M4, over the first
+measured as ``bsoc benchmark`` measures
+(:func:`bsoc.export.deployment.deployment_record`): callgrind inside ``bsoc_step`` on x86, QEMU's instruction clock on the MPS2 AN386 Cortex-M4, over the first
 ``--count-samples`` of the dataset's first test cycle; plus Cortex-M4 flash and RAM, and
 the full-integer C's SOCs against bsoc's reference (they must be equal).
 
@@ -27,7 +27,7 @@ from bsoc.compress.projection import absorb
 from bsoc.compress.quantize import quantize_network
 from bsoc.data.dataset import Dataset
 from bsoc.export import measure
-from bsoc.export.write import export_model
+from bsoc.export.deployment import deployment_record
 from bsoc.nn.estimator import LstmSocEstimator
 from bsoc.nn.network import NetworkConfig, SocNetwork
 
@@ -59,32 +59,24 @@ def main() -> None:
     parser.add_argument("--count-samples", type=int, default=100)
     args = parser.parse_args()
     cycle = Dataset.load(args.data).split("test")[0]
-    samples = cycle.frame[["time_s", "voltage_v", "current_a", "temperature_c"]].to_numpy()
+    samples = cycle.samples()
     dense, projected = networks(samples)
     models = {"lstm": LstmSocEstimator(dense, kind="lstm", name="lstm"),
               "projected-w8a16": IntegerLstmEstimator(quantize_network(projected),
                                                       kind="projected-lstm-w8a16",
                                                       name="projected-w8a16")}
-    counted = samples[: args.count_samples]
     rows = {}
-    for name, estimator in models.items():
-        estimator.save(args.out / name / "model", force=True)
-        folder = args.out / name / "c"
-        export = export_model(args.out / name / "model", folder, "c", force=True)
-        soc, _ = measure.host_run(folder, counted)
-        rows[name] = {
-            "kind": estimator.kind, "macs_per_step": export["macs_per_sample"],
-            "c_vs_python_max_abs_float32": float(np.abs(  # 0: equal, for the -w8a16 model
-                soc.astype(np.float32) - estimator.predict(counted).astype(np.float32)).max()),
-            "x86": round(measure.instructions_per_step(folder, counted)),
-            "cortex_m4": round(measure.cortex_m4_instructions_per_step(folder, counted)),
-            **{f"m4_{k}": v for k, v in measure.cortex_m4_sizes(
-                folder, export["state_size"]).items() if k in ("flash", "ram")}}
-    for name, row in rows.items():
-        row["x86_ratio"] = rows["lstm"]["x86"] / row["x86"]
-        row["cortex_m4_ratio"] = rows["lstm"]["cortex_m4"] / row["cortex_m4"]
-    record = {"cycle": cycle.meta.name, "count_samples": len(counted), "rows": rows,
-              "compilers": measure.compiler_versions()}
+    for name, estimator in models.items():  # measured as bsoc benchmark measures a model
+        folder = args.out / name / "model"
+        estimator.save(folder, force=True)
+        rows[name] = {"kind": estimator.kind, **deployment_record(
+            folder, estimator, samples, args.out / name, count_samples=args.count_samples)}
+    for row in rows.values():
+        for key in ("x86_instructions_per_step", "cortex_m4_instructions_per_step"):
+            if key in row and key in rows["lstm"]:
+                row[key.replace("instructions_per_step", "ratio")] = rows["lstm"][key] / row[key]
+    record = {"cycle": cycle.meta.name, "count_samples": min(len(samples), args.count_samples),
+              "rows": rows, "compilers": measure.compiler_versions()}
     (args.out / "instructions.json").write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
 

@@ -2,13 +2,14 @@
 against its projected, full-integer (``-w8a16``) version, on x86 and the Cortex-M4.
 
 Instruction counts depend on the shapes, not on the weights, so an untrained network of
-Table 1's size (hidden (256, 128)) serves: its maps projected onto random orthonormal bases
-of the ranks of ``make demo``'s projected model ((3, 16), (16, 12): 45,194 learnables), then
-quantised as ``bsoc quantize --activations int16`` does. Both are exported as C and
-measured as ``bsoc benchmark`` measures
-(:func:`bsoc.export.deployment.deployment_record`): callgrind inside ``bsoc_step`` on x86, QEMU's instruction clock on the MPS2 AN386 Cortex-M4, over the first
-``--count-samples`` of the dataset's first test cycle; plus Cortex-M4 flash and RAM, and
-the full-integer C's SOCs against bsoc's reference (they must be equal).
+Table 1's size (hidden (256, 128)) serves: its maps projected onto random orthonormal
+bases of the ranks of ``make demo``'s projected model ((3, 16), (16, 12): 45,194
+learnables), then quantised as ``bsoc quantize --activations int16`` does. Both are
+exported as C and measured as ``bsoc benchmark`` measures
+(:func:`bsoc.export.deployment.deployment_record`): callgrind inside ``bsoc_step`` on x86,
+QEMU's instruction clock on the MPS2 AN386 Cortex-M4, over the first ``--count-samples``
+of the dataset's first test cycle; plus Cortex-M4 flash and RAM, and the full-integer C's
+SOCs against bsoc's reference (they must be equal).
 
     .venv/bin/python benchmarks/edge_instructions_table1.py --data data/panasonic --out /tmp/t1
 """

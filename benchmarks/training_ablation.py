@@ -98,8 +98,11 @@ def figures(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_variant(data: Dataset, variant: str, seed: int, base: TrainConfig,
-                pretrained: Path | None, models: Path | None) -> dict[str, Any]:
+                pretrained: Path | None, models: Path | None,
+                learning_rate: float | None = None) -> dict[str, Any]:
     overrides, from_pretrained = parse_variant(variant)
+    if learning_rate is not None:  # the command line's rate beats a base's own
+        overrides["learning_rate"] = learning_rate
     config = replace(base, seed=seed, **overrides)
     train, val = data.split("train"), data.split("val")
     if from_pretrained:
@@ -159,8 +162,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--patience", type=int, default=1000, help="default: no early stop")
-    parser.add_argument("--lr", type=float, help="peak learning rate (default: the full "
-                        "profile's; lower it to compare variants as fine-tuning)")
+    parser.add_argument("--lr", type=float, help="peak learning rate of every variant "
+                        "(default: the full profile's, or the base's own for long and "
+                        "stateful); lower it to compare variants as fine-tuning")
     parser.add_argument("--variants", default="windows,stateful,windows+augmented,"
                         "stateful+augmented")
     parser.add_argument("--pretrained", type=Path, help="model the +pretrained variants start "
@@ -172,8 +176,7 @@ def main() -> None:
     args = parser.parse_args()
     data = Dataset.load(args.data)
     base = replace(PROFILES["full"].train, epochs=args.epochs, patience=args.patience,
-                   max_minutes=None, threads=args.threads,
-                   learning_rate=args.lr or PROFILES["full"].train.learning_rate)
+                   max_minutes=None, threads=args.threads)
     runs = json.loads(args.out.read_text())["runs"] if args.out.exists() else []
     done = {(run["variant"], run["seed"]) for run in runs}
     for variant in args.variants.split(","):
@@ -185,7 +188,8 @@ def main() -> None:
             if (variant, seed) in done:
                 continue
             started = time.monotonic()
-            runs.append(run_variant(data, variant, seed, base, args.pretrained, args.models))
+            runs.append(run_variant(data, variant, seed, base, args.pretrained, args.models,
+                                    args.lr))
             print(f"{variant} seed {seed}: test RMSE {runs[-1]['test']['rmse_pct']:.2f} % "
                   f"({time.monotonic() - started:.0f} s)", flush=True)
             args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""The compiled streaming kernel: its tanh, its two matmul paths, its packing errors."""
+"""The compiled streaming kernel: its tanh, its two matmul paths, its threads, its packing
+errors."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 
 from bsoc.errors import ModelFileError
+from bsoc.nn import batched
 from bsoc.nn.gates import fast_tanh
 from bsoc.nn.kernel import _BIAS, _FIELDS, _INPUT, _RECURRENT, PackedNetwork
 
@@ -68,6 +70,21 @@ def test_kernel_step_matches_the_equations_in_float64(batch: int) -> None:
         np.testing.assert_allclose(soc, want_soc, atol=2e-6)
         np.testing.assert_allclose(new, want_new, atol=2e-5)
         states = new
+
+
+def test_a_batch_with_work_for_every_core_is_split_over_threads_and_still_exact() -> None:
+    rng = np.random.default_rng(11)
+    packed = _random_network(rng)
+    # 3x2 + 2x40 and 10x40; 10x24 and 6x3 + 3x24; the FC's 6x1 (no rank here saves nothing)
+    assert batched.macs_per_stream(packed.batch_layout) == 822
+    assert packed.streams_per_thread == -(-batched.MACS_PER_THREAD // 822)
+    batch = 2 * packed.streams_per_thread + 3  # two threads' worth (where there are two)
+    samples = np.column_stack([np.zeros(batch), rng.normal(0, 1, (batch, 3))])
+    states = rng.normal(0, 0.5, (batch, 2 * (10 + 6)))
+    soc, new = packed.step(samples, states)
+    want_soc, want_new = _reference_step(samples, states, packed)
+    np.testing.assert_allclose(soc, want_soc, atol=2e-6)
+    np.testing.assert_allclose(new, want_new, atol=2e-5)
 
 
 def test_maps_of_more_than_two_factors_are_refused() -> None:

@@ -23,6 +23,8 @@ def machine_info() -> dict[str, Any]:
     import numpy
     import torch
 
+    from bsoc.nn.blas import blas
+
     return {
         "cpu": cpu_model(),
         "logical_cores": os.cpu_count(),
@@ -33,4 +35,5 @@ def machine_info() -> dict[str, Any]:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "step_blas": blas().name,  # the batched LSTM step's products (bsoc.nn.blas)
     }

@@ -13,9 +13,10 @@ peak, if they are shaped for it. Per layer and block of streams:
    (:func:`bsoc.nn.kernel.lstm_cell`, the same code as the single-stream step).
 
 Buffers are allocated once per call and reused block by block (``BLOCK`` streams, whose
-gates stay in the core's L2 cache); no Python runs per stream or per layer. Batches of at
-least ``STREAMS_PER_THREAD`` per core are split over one thread per core (the kernels
-release the GIL), with SciPy's BLAS kept on one thread under them (:mod:`bsoc.nn.blas`).
+gates stay in the core's L2 cache); no Python runs per stream or per layer. Batches with
+enough work per core (:func:`streams_per_thread`) are split over one thread per core
+(the kernels release the GIL), with the BLAS kept on one thread under each
+(:mod:`bsoc.nn.blas`).
 
 Whole sequences (:func:`run_sequences`) keep each block's state in the float32 buffers
 from step to step, so an offline pass over many cycles pays no state conversion at all.
@@ -31,7 +32,7 @@ from functools import cache
 import numba
 import numpy as np
 
-from bsoc.nn.blas import matmul, single_threaded_blas
+from bsoc.nn.blas import matmul, one_blas_thread, pin_blas_thread
 from bsoc.nn.gates import lstm_cell, sigmoid
 from bsoc.nn.packing import WeightBuffer
 
@@ -41,7 +42,12 @@ from bsoc.nn.packing import WeightBuffer
 # then the width of z, the offset of the stacked outer factors (z width, 4H), of the bias.
 _HIDDEN, _WIDTH, _IN_RANK, _IN_INNER, _REC_RANK, _REC_INNER, _Z, _OUTER, _BIAS = range(9)
 BLOCK = 256  # streams stepped together: 64 x 4H gates of a 256-unit layer are 256 KiB
-STREAMS_PER_THREAD = 256  # below this a thread's start-up costs more than it saves
+# A thread pays for its hand-off only with enough work of its own. Measured on 2 cores with
+# nothing else running: shares of 32 uncompressed streams (15 M multiply-accumulates) or of
+# 128 compressed ones (6 M) gain 1.1-1.6x, shares of 8 uncompressed (3.7 M: each thread
+# reads all the weights for few products) or 32 compressed (1.4 M) lose.
+MACS_PER_THREAD = 5_000_000
+MIN_STREAMS_PER_THREAD = 16
 _F = np.float32
 
 
@@ -183,24 +189,36 @@ def threads() -> int:
 
 @cache
 def _pool() -> ThreadPoolExecutor:
-    single_threaded_blas()
-    return ThreadPoolExecutor(max_workers=threads() - 1, thread_name_prefix="bsoc-step")
+    return ThreadPoolExecutor(max_workers=threads() - 1, thread_name_prefix="bsoc-step",
+                              initializer=pin_blas_thread)
 
 
-def split_over_threads(count: int, work: Callable[[int, int], None],
-                       least: int = STREAMS_PER_THREAD) -> None:
+def macs_per_stream(layout: np.ndarray) -> int:
+    """Multiply-accumulates of one stream's step, from the :func:`pack` layout."""
+    inner = layout[:, _WIDTH] * layout[:, _IN_RANK] + layout[:, _HIDDEN] * layout[:, _REC_RANK]
+    outer = layout[:, _Z] * 4 * layout[:, _HIDDEN]
+    outer[-1] = layout[-1, _Z]  # the FC layer: one output, no gates
+    return int(inner.sum() + outer.sum())
+
+
+def streams_per_thread(layout: np.ndarray) -> int:
+    """The fewest streams a thread of the step should take."""
+    return max(MIN_STREAMS_PER_THREAD, -(-MACS_PER_THREAD // macs_per_stream(layout)))
+
+
+def split_over_threads(count: int, work: Callable[[int, int], None], least: int) -> None:
     """``work(lo, hi)`` over contiguous ranges of ``count`` rows, one range per thread (the
     calling thread takes the first), each of at least ``least`` rows."""
-    single_threaded_blas()
     parts = min(threads(), count // least)
-    if parts <= 1:
-        work(0, count)
-        return
-    bounds = np.linspace(0, count, parts + 1).round().astype(int)
-    futures = [_pool().submit(work, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
-    work(bounds[0], bounds[1])
-    for future in futures:
-        future.result()
+    with one_blas_thread():
+        if parts <= 1:
+            work(0, count)
+            return
+        bounds = np.linspace(0, count, parts + 1).round().astype(int)
+        futures = [_pool().submit(work, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+        work(bounds[0], bounds[1])
+        for future in futures:
+            future.result()
 
 
 def pack(lstm_layers: list[tuple[list[np.ndarray], list[np.ndarray], np.ndarray]],

@@ -173,6 +173,7 @@ class PackedNetwork:
     layout: np.ndarray  # (layers + 1, 18) int64
     batch_weights: np.ndarray  # (M,) float32
     batch_layout: np.ndarray  # (layers + 1, 9) int64
+    streams_per_thread: int  # the batched step's least share of a thread
 
     @classmethod
     def pack(cls, lstm_layers: list[tuple[list[np.ndarray], list[np.ndarray], np.ndarray]],
@@ -201,8 +202,9 @@ class PackedNetwork:
                          buffer.place(bias)])
         factors, bias = fc
         rows.append([1, *factor_fields(factors), *factor_fields([]), buffer.place(bias)])
-        return cls(buffer.array(), np.asarray(rows, dtype=np.int64),
-                   *batched.pack(lstm_layers, fc))
+        batch_weights, batch_layout = batched.pack(lstm_layers, fc)
+        return cls(buffer.array(), np.asarray(rows, dtype=np.int64), batch_weights,
+                   batch_layout, batched.streams_per_thread(batch_layout))
 
     def step(self, samples: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``samples`` (B, 4) rows of time_s, voltage_v, current_a, temperature_c, and
@@ -217,7 +219,7 @@ class PackedNetwork:
             batched.step_streams(samples[lo:hi], states[lo:hi], self.batch_weights,
                                  self.batch_layout, soc[lo:hi], new_states[lo:hi])
 
-        batched.split_over_threads(len(samples), work)
+        batched.split_over_threads(len(samples), work, self.streams_per_thread)
         return soc, new_states
 
     def predict(self, samples: np.ndarray) -> np.ndarray:

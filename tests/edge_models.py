@@ -4,6 +4,7 @@ their linear range and a wrong equation or rounding shows."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 from bsoc.cli import main
 from bsoc.compress.goals import Goal
 from bsoc.compress.projection import absorb
-from bsoc.compress.quantize import quantize_network
+from bsoc.compress.quantize import Int8Map, quantize_factor, quantize_network
 from bsoc.compress.svd import compress_network_using_svd
 from bsoc.data.dataset import Dataset
 from bsoc.nn.estimator import LstmSocEstimator
@@ -60,6 +61,22 @@ def estimator_of_kind(kind: str) -> LstmSocEstimator:
     if not kind.endswith("-int8"):
         return source
     return LstmSocEstimator(quantize_network(source.network), kind=kind, name=kind)
+
+
+def per_output_network(network: SocNetwork) -> SocNetwork:
+    """``network`` quantised as bsoc stored int8 maps before it folded a chain's last scales:
+    every factor per output channel, with its own scales (the format of older int8 folders)."""
+    quantized = copy.deepcopy(network)
+    for address, layer_map in network.weight_maps().items():
+        factors = layer_map.factors()
+        old = Int8Map(layer_map.spec(), [tuple(f.shape) for f in factors])
+        with torch.no_grad():
+            for k, factor in enumerate(factors):
+                values, scales = quantize_factor(factor)
+                getattr(old, f"values_{k}").copy_(values)
+                getattr(old, f"scales_{k}").copy_(scales)
+        quantized.set_map(address, old)
+    return quantized.eval()
 
 
 def cycle_samples(toy_dataset: Path, n: int | None = None) -> np.ndarray:

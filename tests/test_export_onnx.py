@@ -80,9 +80,15 @@ def test_projected_graph_keeps_thin_factors_and_int8_keeps_int8(tmp_path: Path) 
     # H = 16, rank 8: the projector (16, 8) then the weights (8, 64), never a dense (16, 64)
     assert sorted(shape for shape, _ in float_weights.values()) == [(8, 64), (16, 8)]
     int8_weights = _matmul_weights(tmp_path / "int8" / "onnx" / "bsoc_step.onnx")
+    # the weights' scales folded into the projector's (8,): they have none of their own
     assert {shape: kind for shape, kind in int8_weights.values()} == {
         (16, 8): onnx.TensorProto.INT8, (8, 64): onnx.TensorProto.INT8,
-        (8,): onnx.TensorProto.FLOAT, (64,): onnx.TensorProto.FLOAT}
+        (8,): onnx.TensorProto.FLOAT}
+    nodes = onnx.load(str(tmp_path / "int8" / "onnx" / "bsoc_step.onnx")).graph.node
+    (weights,) = [name for name, (shape, _) in int8_weights.items() if shape == (8, 64)]
+    (cast,) = [node.output[0] for node in nodes if node.op_type == "Cast"
+               and node.input[0] == weights]
+    assert [node.op_type for node in nodes if cast in node.input] == ["MatMul"]  # no Mul
 
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from edge_models import cycle_samples, float_estimator
+from edge_models import cycle_samples, float_estimator, per_output_network
 from stream_set import StreamSet
 
 from bsoc.compress.integer import IntegerLstmEstimator, quantise, sigmoid
@@ -22,10 +22,13 @@ CC = shutil.which("gcc") or shutil.which("cc")
 ODD = (42, 22)
 
 
-def integer_estimator(kind: str, hidden: tuple[int, ...] = (16, 8)) -> IntegerLstmEstimator:
+def integer_estimator(kind: str, hidden: tuple[int, ...] = (16, 8), *,
+                      per_output: bool = False) -> IntegerLstmEstimator:
+    """A -w8a16 model of ``kind``; with ``per_output``, in the format of older folders (every
+    factor with its own per-output scales)."""
     source = float_estimator(kind, hidden)
-    return IntegerLstmEstimator(quantize_network(source.network), kind=f"{kind}-w8a16",
-                                name=kind)
+    quantize = per_output_network if per_output else quantize_network
+    return IntegerLstmEstimator(quantize(source.network), kind=f"{kind}-w8a16", name=kind)
 
 
 def test_quantise_puts_the_peak_in_the_top_octave_exactly() -> None:
@@ -105,12 +108,13 @@ def test_predict_streams_save_and_reload_agree(tmp_path: Path, toy_dataset: Path
 
 
 @pytest.mark.skipif(CC is None, reason="no C compiler (gcc or cc) on this machine")
-@pytest.mark.parametrize(("kind", "hidden"), [("lstm", (16, 8)), ("projected-lstm", ODD),
-                                              ("svd-lstm", (16, 8))])
+@pytest.mark.parametrize(("kind", "hidden", "per_output"), [
+    ("lstm", (16, 8), False), ("projected-lstm", ODD, False), ("svd-lstm", (16, 8), False),
+    ("projected-lstm", ODD, True)])
 def test_c_library_equals_the_reference_bit_for_bit(
-    kind: str, hidden: tuple[int, ...], tmp_path: Path, toy_dataset: Path,
+    kind: str, hidden: tuple[int, ...], per_output: bool, tmp_path: Path, toy_dataset: Path,
 ) -> None:
-    estimator = integer_estimator(kind, hidden)
+    estimator = integer_estimator(kind, hidden, per_output=per_output)
     estimator.save(tmp_path / "model")
     export_model(tmp_path / "model", tmp_path / "c", "c")
     samples = cycle_samples(toy_dataset, 600)

@@ -1,9 +1,10 @@
 """A SOC network as plain arrays: what every exporter writes, whatever the map types.
 
 Each weight map is its chain of factors ``x @ F_1 @ F_2`` (:class:`~bsoc.nn.layers.WeightMap`),
-each factor float32, or int8 values with one float32 scale per column for a quantised map
-(:class:`~bsoc.compress.quantize.Int8Map`), kept as stored so that an exporter can compute
-with the int8 values themselves. Normalisation is kept apart (not folded into the first
+each factor float32, or for a quantised map (:class:`~bsoc.compress.quantize.Int8Map`) int8
+values with one float32 scale per column, or none (a chain's last factor, its scales folded
+into the factor before), kept as stored so that an exporter can compute with the int8
+values themselves. Normalisation is kept apart (not folded into the first
 factor as the streaming path does), so an int8 first factor stays as it was quantised.
 """
 
@@ -23,20 +24,22 @@ from bsoc.nn.network import SocNetwork
 
 @dataclass(frozen=True)
 class Factor:
-    """``F`` (in, out): float32 ``values``, or int8 ``values`` and float32 ``scales`` (out,)."""
+    """``F`` (in, out): float32 ``values``, or int8 ``values`` with float32 ``scales`` (out,)
+    or without (``None``: unit scales, the values are the factor)."""
 
     values: np.ndarray
     scales: np.ndarray | None = None
 
     @property
     def int8(self) -> bool:
-        return self.scales is not None
+        return self.values.dtype == np.int8
 
     def dequantised(self) -> np.ndarray:
         """The float32 factor the model computes with (``q * s`` for int8, as bsoc defines it)."""
-        if self.scales is None:
+        if not self.int8:
             return self.values
-        return self.values.astype(np.float32) * self.scales
+        values = self.values.astype(np.float32)
+        return values if self.scales is None else values * self.scales
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,8 @@ def _float32(tensor: Tensor) -> np.ndarray:
 
 def _factors(layer_map: WeightMap) -> list[Factor]:
     if isinstance(layer_map, Int8Map):
-        return [Factor(values.detach().cpu().numpy().copy(), _float32(scales))
+        return [Factor(values.detach().cpu().numpy().copy(),
+                       None if scales is None else _float32(scales))
                 for values, scales in layer_map.int8_factors()]
     return [Factor(_float32(f)) for f in layer_map.factors()]
 

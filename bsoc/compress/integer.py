@@ -15,11 +15,12 @@ costs about twice a float MAC. Here every matrix-vector product is integer:
   this reference quantise identically. int16, not int8, activations: the products are the same
   instructions (x86 ``pmaddwd`` and the Cortex-M4's ``SMLAD`` multiply 16-bit pairs), so int8
   activations would buy no speed, only 1/127 steps in h;
-* the weights are the int8 values and per-output-channel scales of ``bsoc quantize``
-  (the same model folder weights as the weight-only variant); the dot product is an int32
-  sum of int16 x int8 products, exact (a factor takes at most :data:`MAX_COLUMNS` inputs so
-  that no sum can overflow);
-* one float rescale per output: ``y_r = (float(acc_r) * s_r) * 2^-e`` in float32;
+* the weights are the int8 values and scales of ``bsoc quantize`` (the same model folder
+  weights as the weight-only variant: a chain's last factor without scales); the dot
+  product is an int32 sum of int16 x int8 products, exact (a factor takes at most
+  :data:`MAX_COLUMNS` inputs so that no sum can overflow);
+* one float rescale per output: ``y_r = (float(acc_r) * s_r) * 2^-e`` in float32, or
+  ``float(acc_r) * 2^-e`` for a factor without scales (the power of two alone);
 * gates, cell state, normalisation and biases stay float32, with the C library's own
   exp2-based sigmoid (``bsoc/export/c/bsoc_model.c.in``), its 2^f a degree-3 polynomial
   here (the float kinds' is of degree 5): within 2e-5 of the exact sigmoid (:func:`sigmoid`),
@@ -40,14 +41,14 @@ import numpy as np
 
 from bsoc.errors import ModelFileError
 from bsoc.compress.arrays import Factor, NetworkArrays
+from bsoc.compress.quantize import WEIGHT_SCHEME
 from bsoc.nn.estimator import LstmSocEstimator
 from bsoc.nn.network import SocNetwork
 
 W8A16_SUFFIX = "-w8a16"
-SCHEME = ("full integer: int8 weights (symmetric, one float32 scale per output channel of "
-          "every weight-map factor), int16 activations (one power-of-two scale per vector and "
-          "step, from the vector: no calibration), int32 sums, one float32 rescale per "
-          "output; gates, biases and state float32")
+SCHEME = (f"full integer: {WEIGHT_SCHEME}; int16 activations (one power-of-two scale per "
+          "vector and step, from the vector: no calibration), int32 sums, one float32 rescale "
+          "per output; gates, biases and state float32")
 QMIN, QMAX = -32768, 32767
 MAX_COLUMNS = (2**31 - 1) // (-QMIN * 127)  # 516: no int32 sum of int16 x int8 can overflow
 _F = np.float32
@@ -73,8 +74,8 @@ def quantise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _apply(factor: Factor, x: np.ndarray) -> np.ndarray:
     """``x @ F`` (B, out) float32 the integer way: quantise x, int32 sums, rescale."""
     q, down = quantise(x)
-    acc = q @ factor.values.astype(np.float64)  # integers below 2^31: exact
-    return (acc.astype(_F) * factor.scales) * down
+    acc = (q @ factor.values.astype(np.float64)).astype(_F)  # integers below 2^31: exact
+    return (acc if factor.scales is None else acc * factor.scales) * down
 
 
 def apply_map(factors: list[Factor], x: np.ndarray) -> np.ndarray:

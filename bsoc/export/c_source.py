@@ -59,6 +59,7 @@ def _array(c_type: str, name: str, values: np.ndarray, attribute: str = "") -> s
 BLOCK_ROWS = 16
 GROUP_ROWS = 4  # a full-integer factor's rows go in groups of four
 UNITS_PER_BLOCK = 4
+GATE_GAINS = "gate_gains"  # one block's gains: the scales of a gate map's unscaled last factor
 
 
 def gate_blocks(hidden: int) -> tuple[np.ndarray, np.ndarray]:
@@ -116,6 +117,21 @@ class _Tables:
     def __init__(self, integer: bool = False) -> None:
         self.lines: list[str] = []
         self.integer = integer
+        self._gate_gains = False
+
+    def _scales(self, name: str, factor: Factor, order: np.ndarray, gains: np.ndarray,
+                gated: bool) -> tuple[str, int]:
+        """An int8 factor's scales table (per C row, gains folded in) and whether it repeats
+        every block of sixteen rows: the one :data:`GATE_GAINS` table for an LSTM map's last
+        factor without scales; a table of ones for another factor without scales."""
+        if factor.scales is None and gated:
+            if not self._gate_gains:
+                self.lines.append(_array("float", GATE_GAINS, gains[:BLOCK_ROWS]))
+                self._gate_gains = True
+            return GATE_GAINS, 1
+        scales = np.ones(len(order), np.float32) if factor.scales is None else factor.scales
+        self.lines.append(_array("float", f"{name}_scales", _take_rows(scales, order) * gains))
+        return f"{name}_scales", 0
 
     def map(self, name: str, factors: list[Factor], hidden: int | None = None) -> str:
         """Declare a map's factors (rows = outputs, blocked; the last factor's rows in gate
@@ -127,13 +143,13 @@ class _Tables:
         for k, factor in enumerate(factors):
             order = np.arange(factor.values.shape[1])
             gains = np.ones(len(order), np.float32)
-            if hidden is not None and k == len(factors) - 1:
+            gated = hidden is not None and k == len(factors) - 1
+            if gated:
                 order, gains = gate_blocks(hidden)
             values = _take_rows(factor.values.T, order)  # (out, in): one row per output
-            scales = "NULL"
-            if factor.scales is not None:
-                scales = f"{name}_{k}_scales"
-                self.lines.append(_array("float", scales, _take_rows(factor.scales, order) * gains))
+            scales, repeats = "NULL", 0
+            if factor.int8:
+                scales, repeats = self._scales(f"{name}_{k}", factor, order, gains, gated)
             else:
                 values = values * gains[:, None]
             rows, cols = values.shape
@@ -143,7 +159,7 @@ class _Tables:
                 table = blocked_rows(values)
             self.lines.append(_array("bsoc_weight", f"{name}_{k}", table,
                                      " BSOC_ALIGNED" if self.integer else ""))
-            entries.append(f"{{{name}_{k}, {scales}, {rows}, {cols}}}")
+            entries.append(f"{{{name}_{k}, {scales}, {rows}, {cols}, {repeats}}}")
         self.lines.append(f"static const bsoc_factor {name}_factors[{len(factors)}] = "
                           f"{{{', '.join(entries)}}};")
         return f"{{{name}_factors, {len(factors)}}}"

@@ -28,11 +28,13 @@ def quantize(
                                "(other files there are kept)."),
     json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Quantise a network's weights to int8 (per output channel, symmetric), weight-only or
-    with int16 activations (--activations int16: integer matrix products).
+    """Quantise a network's weights to int8 (symmetric), weight-only or with int16
+    activations (--activations int16: integer matrix products).
 
     Every weight-map factor (projectors included) becomes int8 values with one float32
-    scale per output neuron; biases and state stay float32 (and the activations, unless
+    scale per output neuron, except a projected map's last factor: scaled per input (per
+    rank component), its scales folded into the projector's, so it is stored without
+    scales. Biases and state stay float32 (and the activations, unless
     --activations int16). The result is a
     model folder like any other: benchmark, evaluate, serve and export take it.
     """

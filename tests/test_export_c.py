@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from edge_models import ALL_KINDS, cycle_samples, estimator_of_kind, float_estimator, run_cli
+from edge_models import (ALL_KINDS, cycle_samples, estimator_of_kind, float_estimator,
+                         per_output_network, run_cli)
 from stream_set import StreamSet
 
 from bsoc.compress.quantize import quantize_network
@@ -67,6 +68,27 @@ def test_odd_widths_pad_the_last_block_and_leave_rows_over(
     np.testing.assert_allclose(soc, estimator.predict(samples), atol=1e-5, rtol=0)
     np.testing.assert_allclose(state, streams.states[0], atol=5e-5, rtol=0)
     assert state.shape == (2 * sum(ODD),)
+
+
+def test_unscaled_last_factors_share_one_gate_gain_table(tmp_path: Path) -> None:
+    """A chain's last factor has no scales: an LSTM map's points at the one table of a
+    block's gains (repeated by every block), the FC's at ones; a folder with scales on every
+    factor keeps a table per factor, per row."""
+    source = (_export(estimator_of_kind("projected-lstm-int8"), tmp_path / "new")
+              / "bsoc_model.c").read_text()
+    assert source.count("static const float gate_gains[16] = {") == 1
+    table = source.split("static const float gate_gains[16] = {")[1].split("}")[0]
+    gains = [float(v.strip().rstrip("f")) for v in table.split(",") if v.strip()]
+    assert gains == [1.0] * 8 + [2.0] * 4 + [1.0] * 4  # gates i, f, g (doubled), o
+    for name in ("lstm_1_input", "lstm_1_recurrent", "lstm_2_input", "lstm_2_recurrent"):
+        assert f"{name}_1_scales" not in source
+        assert f"{{{name}_1, gate_gains, " in source and f"{name}_0_scales, " in source
+    assert "static const float fc_1_scales[1] = {\n    1.00000000e+00f,\n};" in source
+    old = LstmSocEstimator(per_output_network(float_estimator("projected-lstm").network),
+                           kind="projected-lstm-int8")
+    source = (_export(old, tmp_path / "old") / "bsoc_model.c").read_text()
+    assert "float gate_gains" not in source
+    assert "static const float lstm_1_recurrent_1_scales[64]" in source
 
 
 def _sections(obj: Path) -> dict[str, int]:

@@ -15,10 +15,11 @@ needed. The scheme, the same for every weight map (dense, projected, SVD):
   folded into the output scales of the factor before it, which has one per output channel:
   ``x @ (Q_1 s_1) @ (s_2 Q_2) = x @ (Q_1 (s_1 s_2)) @ Q_2``. The last factor is then int8
   values alone (unit scales). Its rows are the rank, a few, and its columns the gate rows,
-  a thousand: per column it would store as many float32 scales as int8 weights per row
-  (12 kB of a 62 kB Panasonic model) and cost a multiply per gate; per row, folded, it
-  stores none and costs none, at the same accuracy (measured on the Panasonic model:
-  test RMSE within 0.02 points of per-column scales);
+  up to a thousand: per column it would store a float32 scale for every 9 to 17 int8
+  weights (12,288 of the Panasonic model's 62,409 bytes) and rescale every gate; per row,
+  folded, it stores none and rescales only F_1's few outputs, at the same accuracy
+  (Panasonic test RMSE from start / cold start / degraded sensors 1.43 / 1.51 / 1.45 %,
+  per column 1.42 / 1.51 / 1.47 %);
 * the dequantised weight is the float32 product ``q * s`` (``q`` itself for a factor
   without scales): that is the model (:meth:`Int8Map.factors`), in the batched, streaming
   and exported paths alike;

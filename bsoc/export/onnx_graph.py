@@ -11,9 +11,10 @@ The graphs are written with standard operators only (opset 17), not with ONNX's 
 operator, which has no place for a projected layer's factors: each weight map is its chain
 of ``MatMul`` (``x @ F_1 @ F_2``), so a projected model keeps its thin factors. An int8
 factor is stored as int8 with its per-column scales and dequantised by ``Cast`` and ``Mul``:
-the float32 ``q * s`` bsoc defines (``Cast`` alone for a factor without scales). Not by ``DequantizeLinear``, which computes the same,
-but which ONNX Runtime's optimiser fuses with the ``MatMul`` into a kernel that also
-quantises the activations (measured: 2e-3 off in SOC).
+the float32 ``q * s`` bsoc defines (``Cast`` alone for a factor without scales). Not by
+``DequantizeLinear``, which computes the same, but which ONNX Runtime's optimiser fuses
+with the ``MatMul`` into a kernel that also quantises the activations (measured: 2e-3 off
+in SOC).
 """
 
 from __future__ import annotations

@@ -31,6 +31,10 @@ from bsoc.outputs import check_inputs
 from bsoc.pipeline_steps import STEP_FILE, fingerprint_path, run_step
 from bsoc.profiles import RunProfile, run_profile
 
+# The compressed model is exported to int8 C, whose step reads weights by quads of columns
+# (bsoc.export.c_source.grouped_pairs): ranks that are multiples of four waste no padding.
+RANK_MULTIPLE = 4
+
 @dataclass(frozen=True)
 class PipelinePlan:
     """Where everything goes and how hard each step works."""
@@ -134,11 +138,13 @@ def plan_steps(plan: PipelinePlan, lines: CommandLines) -> list[Step]:
         step("train", lstm, "train", reads=[plan.data, *init_from.values()], data=plan.data,
              out=lstm, **training, **init_from),
         step("compress (projection)", projected, "compress", lstm, reads=[plan.data, lstm],
-             data=plan.data, out=projected, learnables_reduction=plan.reduction),
+             data=plan.data, out=projected, learnables_reduction=plan.reduction,
+             rank_multiple=RANK_MULTIPLE),
         step("fine-tune (projection)", projected_ft, "finetune", projected,
              reads=[plan.data, projected], data=plan.data, out=projected_ft, **finetune),
         step("compress (SVD, same learnables)", svd, "compress", lstm, reads=[plan.data, lstm],
-             data=plan.data, out=svd, method="svd", learnables_reduction=plan.reduction),
+             data=plan.data, out=svd, method="svd", learnables_reduction=plan.reduction,
+             rank_multiple=RANK_MULTIPLE),
         step("fine-tune (SVD)", svd_ft, "finetune", svd, reads=[plan.data, svd],
              data=plan.data, out=svd_ft, **finetune),
         step("sweep (projection vs SVD)", sweep, "compress", lstm, reads=[plan.data, lstm],

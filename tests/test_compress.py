@@ -190,6 +190,30 @@ def test_learnables_reduction_goal_is_met_with_the_highest_level_that_fits() -> 
     assert above.learnables_after > budget
 
 
+def test_a_rank_multiple_rounds_searched_ranks_up_never_past_the_neurons() -> None:
+    curve = np.array([0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99, 1.0])  # eight neurons
+    assert [rank_for_level(curve, level, 4) for level in (0.5, 0.8, 0.9, 0.95, 0.995)] == \
+        [4, 4, 4, 8, 8]
+    assert rank_for_level(curve, 0.7, 3) == 3 and rank_for_level(curve, 0.9, 3) == 6
+    assert rank_for_level(curve[:3], 0.75, 4) == 3  # all of three neurons, not four
+
+    network, data = _network(), _sequences()
+    pca = NeuronPCA().fit(network, data)
+    plain = compress_network_using_projection(network, pca, Goal(learnables_reduction=0.5))[1]
+    goal = Goal(learnables_reduction=0.5, rank_multiple=4)
+    _, record = compress_network_using_projection(network, pca, goal)
+    assert record.learnables_after <= 0.5 * network.learnables()
+    for layer, plan in record.plans.items():
+        widths = {reads: pca.curve(f"{layer}.{reads}").size for reads in plan.ranks}
+        assert all(rank % 4 == 0 or rank == widths[reads] for reads, rank in plan.ranks.items())
+    assert plain.ranks != record.ranks  # the toy's plain ranks are not all multiples of four
+    assert goal.to_json() == {"learnables_reduction": 0.5, "rank_multiple": 4}
+    with pytest.raises(ConfigError, match="explicit"):
+        Goal(ranks={"lstm_1": (4, 4)}, rank_multiple=4)
+    with pytest.raises(ConfigError, match="at least 1"):
+        Goal(explained_variance=0.9, rank_multiple=0)
+
+
 def test_layers_that_would_not_shrink_are_left_alone_and_reported() -> None:
     network, data = _network(), _sequences()
     pca = NeuronPCA().fit(network, data)

@@ -73,6 +73,20 @@ def test_compress_then_finetune_records_everything(
                          str(tmp_path / "x"), "--explained-variance", "0.9", "--ranks",
                          "lstm_1=2,3"], capsys)
     assert code == 2 and "exactly one" in err
+    code, _, err = _run(["compress", str(tiny_model), "--data", str(toy_dataset), "--out",
+                         str(tmp_path / "x"), "--ranks", "lstm_1=2,3", "--rank-multiple", "4"],
+                        capsys)
+    assert code == 2 and "explicit" in err and not (tmp_path / "x").exists()
+
+    rounded = tmp_path / "rounded"
+    code, out, _ = _run(["compress", str(tiny_model), "--data", str(toy_dataset), "--out",
+                         str(rounded), "--learnables-reduction", "0.5", "--rank-multiple", "4",
+                         "--json"], capsys)
+    assert code == 0, out
+    goal = json.loads((rounded / "config.json").read_text())["compression"]["goal"]
+    assert goal == {"learnables_reduction": 0.5, "rank_multiple": 4}
+    assert all(rank % 4 == 0 or rank == 3  # lstm_1's input: all of its 3 features
+               for ranks in json.loads(out)["ranks"].values() for rank in ranks)
 
 
 def test_svd_baseline_matches_projection_learnables_and_unpack_keeps_outputs(

@@ -32,12 +32,12 @@ def _pca_progress(bar: Any, description: str) -> Any:
 
 
 def _goal(explained_variance: float | None, learnables_reduction: float | None,
-          ranks: list[str] | None) -> Any:
+          ranks: list[str] | None, rank_multiple: int = 1) -> Any:
     from bsoc.compress.goals import Goal
 
     parsed = Goal.parse_ranks(ranks).ranks if ranks else None
     return Goal(explained_variance=explained_variance, learnables_reduction=learnables_reduction,
-                ranks=parsed)
+                ranks=parsed, rank_multiple=rank_multiple)
 
 
 def compress(
@@ -57,6 +57,10 @@ def compress(
     ranks: list[str] = typer.Option(None, "--ranks", help="Goal: explicit ranks per layer, "
                                     "LAYER=B_IN,B_OUT (fc: one rank); repeat the option or "
                                     "quote a list: --ranks 'lstm_1=3,11 lstm_2=11,8'."),
+    rank_multiple: int = typer.Option(1, "--rank-multiple", help="With --explained-variance "
+                                      "or --learnables-reduction: round every rank up to a "
+                                      "multiple of this (4 suits the exported int8 C step, "
+                                      "whose weights go by quads of columns)."),
     layers: str = typer.Option(None, "--layers", help="Comma-separated layers to project "
                                "[default: lstm_1,lstm_2,fc]; a layer whose ranks would not "
                                "reduce its learnables is left as it is (and reported)."),
@@ -103,9 +107,10 @@ def compress(
         return
     from bsoc.estimator import prepare_model_dir
 
+    goal = _goal(explained_variance, learnables_reduction, ranks, rank_multiple)
     prepare_model_dir(out, force=force, inputs=[model, data])  # refuse early, before the PCA
-    _compress(model, dataset, out, _goal(explained_variance, learnables_reduction, ranks),
-              method, chosen, mean_handling, svd_ranks, json_output, running_command(ctx))
+    _compress(model, dataset, out, goal, method, chosen, mean_handling, svd_ranks, json_output,
+              running_command(ctx))
 
 
 def _compress(model: Path, dataset: Any, out: Path, goal: Any, method: str,

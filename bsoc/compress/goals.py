@@ -8,6 +8,10 @@ Ranks come from a :class:`Goal`, as MATLAB's ``compressNetworkUsingProjection`` 
 * explicit ranks per layer, e.g. ``lstm_1=(3, 11)`` (one rank per map, in the order of
   the layer's ``map_reads``: input, then output).
 
+A searched goal (level or reduction) may round every rank up to a multiple
+(``rank_multiple``): the exported C step stores weights in column quads, so a rank that is
+a multiple of four costs no padding columns (measured: README, "Edge deployment").
+
 The ranks' projectors come from a :class:`Basis`: neuron PCA (the product,
 :mod:`bsoc.compress.projection`, which also applies them) or the weights' own SVD
 (:mod:`bsoc.compress.svd`, the data-free baseline). A layer whose ranks would not reduce
@@ -53,6 +57,7 @@ class Goal:
     explained_variance: float | None = None
     learnables_reduction: float | None = None
     ranks: dict[str, tuple[int, ...]] | None = None
+    rank_multiple: int = 1  # searched goals: every rank rounded up to a multiple of this
 
     def __post_init__(self) -> None:
         goals = (self.explained_variance, self.learnables_reduction, self.ranks)
@@ -66,6 +71,13 @@ class Goal:
         if self.learnables_reduction is not None and not 0 < self.learnables_reduction < 1:
             raise ConfigError(f"learnables reduction {self.learnables_reduction} must be in (0, 1)",
                               remedy="e.g. --learnables-reduction 0.9 for 90 % fewer learnables")
+        if self.rank_multiple < 1:
+            raise ConfigError(f"rank multiple {self.rank_multiple} must be at least 1",
+                              remedy="e.g. --rank-multiple 4")
+        if self.ranks is not None and self.rank_multiple != 1:
+            raise ConfigError("a rank multiple rounds the ranks a goal searches for, not "
+                              "explicit ones", remedy="give --ranks as you want them, without "
+                              "--rank-multiple")
 
     @classmethod
     def parse_ranks(cls, texts: list[str]) -> Goal:
@@ -86,16 +98,18 @@ class Goal:
     def to_json(self) -> dict[str, Any]:
         if self.ranks is not None:
             return {"ranks": {k: list(v) for k, v in self.ranks.items()}}
+        multiple = {"rank_multiple": self.rank_multiple} if self.rank_multiple != 1 else {}
         if self.explained_variance is not None:
-            return {"explained_variance": self.explained_variance}
-        return {"learnables_reduction": self.learnables_reduction}
+            return {"explained_variance": self.explained_variance, **multiple}
+        return {"learnables_reduction": self.learnables_reduction, **multiple}
 
     def describe(self) -> str:
         if self.ranks is not None:
             return " ".join(f"{k}={','.join(map(str, v))}" for k, v in self.ranks.items())
+        multiple = f", ranks multiples of {self.rank_multiple}" if self.rank_multiple != 1 else ""
         if self.explained_variance is not None:
-            return f"explained variance {self.explained_variance:g}"
-        return f"learnables reduction {self.learnables_reduction:g}"
+            return f"explained variance {self.explained_variance:g}{multiple}"
+        return f"learnables reduction {self.learnables_reduction:g}{multiple}"
 
 
 @dataclass
@@ -185,11 +199,13 @@ def layer_sites(network: SocNetwork, layer: str) -> list[str]:
     return [f"{layer}.{reads}" for reads in layer_maps(network, layer).values()]
 
 
-def rank_for_level(curve: np.ndarray, level: float) -> int:
-    """The smallest rank whose cumulative explained variance meets ``level`` (all at level >= 1)."""
+def rank_for_level(curve: np.ndarray, level: float, multiple: int = 1) -> int:
+    """The smallest rank whose cumulative explained variance meets ``level`` (all at level >= 1),
+    rounded up to a multiple of ``multiple`` but never past all of the neurons."""
     if level >= 1.0:
         return len(curve)
-    return int(np.searchsorted(curve, level, side="left")) + 1
+    rank = int(np.searchsorted(curve, level, side="left")) + 1
+    return min(len(curve), -(-rank // multiple) * multiple)
 
 
 def _learnables(module: nn.Module) -> int:
@@ -216,9 +232,9 @@ def plan_layer(network: SocNetwork, layer: str, ranks: dict[str, int], *,
 
 
 def _plans_at_level(network: SocNetwork, basis: Basis, layers: list[str], level: float,
-                    only_if_smaller: bool) -> dict[str, LayerPlan]:
+                    only_if_smaller: bool, multiple: int = 1) -> dict[str, LayerPlan]:
     return {layer: plan_layer(network, layer, {
-        reads: rank_for_level(basis.curve(f"{layer}.{reads}"), level)
+        reads: rank_for_level(basis.curve(f"{layer}.{reads}"), level, multiple)
         for reads in layer_maps(network, layer).values()}, only_if_smaller=only_if_smaller)
         for layer in layers}
 
@@ -247,19 +263,23 @@ def choose_plans(network: SocNetwork, basis: Basis, goal: Goal, layers: list[str
         return plans, None
     if goal.explained_variance is not None:
         level = goal.explained_variance
-        return _plans_at_level(network, basis, layers, level, only_if_smaller), level
+        return _plans_at_level(network, basis, layers, level, only_if_smaller,
+                               goal.rank_multiple), level
     budget = math.floor((1.0 - goal.learnables_reduction) * network.learnables())
     sites = [site for layer in layers for site in layer_sites(network, layer)]
     levels = sorted({1.0, *(float(v) for site in sites for v in basis.curve(site))}, reverse=True)
     for level in levels:  # learnables fall as the level falls: the first that fits keeps most
-        plans = _plans_at_level(network, basis, layers, level, only_if_smaller)
+        plans = _plans_at_level(network, basis, layers, level, only_if_smaller,
+                                goal.rank_multiple)
         if _total(network, plans) <= budget:
             return plans, level
-    smallest = _total(network, _plans_at_level(network, basis, layers, 0.0, True))
+    smallest = _total(network, _plans_at_level(network, basis, layers, 0.0, True,
+                                               goal.rank_multiple))
     raise ConfigError(
         f"a {goal.learnables_reduction:.1%} reduction is out of reach: projecting {layers} at "
-        f"rank 1 leaves {smallest:,} of {network.learnables():,} learnables",
-        remedy="ask for a smaller reduction or project more layers (--layers)")
+        f"rank {goal.rank_multiple} leaves {smallest:,} of {network.learnables():,} learnables",
+        remedy="ask for a smaller reduction, a smaller --rank-multiple or project more layers "
+               "(--layers)")
 
 
 def apply_plans(network: SocNetwork, basis: Basis, plans: dict[str, LayerPlan],

@@ -35,6 +35,7 @@ from bsoc.profiles import RunProfile, run_profile
 # (bsoc.export.c_source.grouped_pairs): ranks that are multiples of four waste no padding.
 RANK_MULTIPLE = 4
 
+
 @dataclass(frozen=True)
 class PipelinePlan:
     """Where everything goes and how hard each step works."""

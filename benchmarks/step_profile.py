@@ -28,7 +28,7 @@ from threadpoolctl import threadpool_limits
 
 from bsoc.estimator import load_estimator
 from bsoc.nn import batched
-from bsoc.nn.blas import matmul, one_blas_thread
+from bsoc.nn.blas import blas_threads, matmul
 from bsoc.nn.estimator import LstmSocEstimator
 from bsoc.nn.gates import lstm_cell
 
@@ -147,7 +147,7 @@ def profile(models: dict[str, LstmSocEstimator], *, block: int, rounds: int) -> 
             parts[model_name].append((part, macs, product))
         jobs[(model_name, "whole step")], jobs[(model_name, "without state")] = (
             _whole_step(estimator, block))
-    with threadpool_limits(1), one_blas_thread():
+    with threadpool_limits(1), blas_threads(1):
         calls = {key: _calls(run) for key, run in jobs.items()}  # compiled and warm, too
         seconds: dict[tuple[str, str], list[float]] = {key: [] for key in jobs}
         for _ in range(rounds):

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from bsoc.nn.blas import blas, matmul, one_blas_thread
+from bsoc.nn.blas import blas, blas_threads, matmul
 
 STEP = """
 import json, sys
@@ -46,15 +46,18 @@ def test_matmul_writes_a_row_major_product_into_strided_slices() -> None:
     assert np.all(c[:, :2] == 7.0) and np.all(c[:, 6:] == 7.0)  # nothing else written
 
 
-def test_one_blas_thread_restores_the_threads_limit_of_the_caller() -> None:
+def test_blas_threads_restores_the_threads_limit_of_the_caller() -> None:
     chosen = blas()
     if chosen.thread_local is None:
         pytest.skip("SciPy's OpenBLAS is limited process-wide, not per thread")
     previous = chosen.thread_local(3)
     try:
-        with one_blas_thread():
+        with blas_threads(1):
             assert chosen.thread_local(1) == 1  # inside: one thread
         assert chosen.thread_local(3) == 3  # after: what the caller had
+        with blas_threads(2):
+            assert chosen.thread_local(2) == 2
+        assert chosen.thread_local(3) == 3
     finally:
         chosen.thread_local(previous)
 

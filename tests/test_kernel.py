@@ -8,6 +8,7 @@ import pytest
 
 from bsoc.errors import ModelFileError
 from bsoc.nn import batched
+from bsoc.nn.blas import blas
 from bsoc.nn.gates import fast_tanh
 from bsoc.nn.kernel import _BIAS, _FIELDS, _INPUT, _RECURRENT, PackedNetwork
 
@@ -85,6 +86,23 @@ def test_a_batch_with_work_for_every_core_is_split_over_threads_and_still_exact(
     want_soc, want_new = _reference_step(samples, states, packed)
     np.testing.assert_allclose(soc, want_soc, atol=2e-6)
     np.testing.assert_allclose(new, want_new, atol=2e-5)
+
+
+def test_a_batch_on_one_thread_gives_its_blas_every_core_only_with_work_enough() -> None:
+    chosen = blas()
+    if chosen.thread_local is None:
+        pytest.skip("SciPy's OpenBLAS is limited process-wide, not per thread")
+    seen = []
+
+    def work(lo: int, hi: int) -> None:
+        limit = chosen.thread_local(1)  # returns the limit the step set for this thread
+        chosen.thread_local(limit)
+        seen.append((lo, hi, limit))
+
+    enough = batched.MACS_PER_BLAS_SHARE // 5
+    batched.split_over_threads(5, work, 10, enough)  # 5 rows, fewer than a thread's 10
+    batched.split_over_threads(5, work, 10, enough - 1)
+    assert seen == [(0, 5, batched.threads()), (0, 5, 1)]
 
 
 def test_maps_of_more_than_two_factors_are_refused() -> None:

@@ -16,7 +16,8 @@ Buffers are allocated once per call and reused block by block (``BLOCK`` streams
 gates stay in the core's L2 cache); no Python runs per stream or per layer. Batches with
 enough work per core (:func:`streams_per_thread`) are split over one thread per core
 (the kernels release the GIL), with the BLAS kept on one thread under each
-(:mod:`bsoc.nn.blas`).
+(:mod:`bsoc.nn.blas`); a smaller batch with enough work a step runs on one thread whose
+BLAS uses every core (:func:`split_over_threads`).
 
 Whole sequences (:func:`run_sequences`) keep each block's state in the float32 buffers
 from step to step, so an offline pass over many cycles pays no state conversion at all.
@@ -32,7 +33,7 @@ from functools import cache
 import numba
 import numpy as np
 
-from bsoc.nn.blas import matmul, one_blas_thread, pin_blas_thread
+from bsoc.nn.blas import blas_threads, matmul, pin_blas_thread
 from bsoc.nn.gates import lstm_cell, sigmoid
 from bsoc.nn.packing import WeightBuffer
 
@@ -48,6 +49,10 @@ BLOCK = 256  # streams stepped together: 64 x 4H gates of a 256-unit layer are 2
 # reads all the weights for few products) or 32 compressed (1.4 M) lose.
 MACS_PER_THREAD = 5_000_000
 MIN_STREAMS_PER_THREAD = 16
+# A batch that stays on one thread lets BLAS split its products over every core from this
+# much work a step: measured on 2 cores, the uncompressed network's 8 streams (3.7 M) gain
+# 1.5x, the compressed one's 128 (5.8 M) a few %, its 32 (1.4 M) lose 20 %, 64 (2.9 M) even.
+MACS_PER_BLAS_SHARE = 3_000_000
 _F = np.float32
 
 
@@ -206,14 +211,23 @@ def streams_per_thread(layout: np.ndarray) -> int:
     return max(MIN_STREAMS_PER_THREAD, -(-MACS_PER_THREAD // macs_per_stream(layout)))
 
 
-def split_over_threads(count: int, work: Callable[[int, int], None], least: int) -> None:
+def split_over_threads(count: int, work: Callable[[int, int], None], least: int,
+                       row_macs: int) -> None:
     """``work(lo, hi)`` over contiguous ranges of ``count`` rows, one range per thread (the
-    calling thread takes the first), each of at least ``least`` rows."""
+    calling thread takes the first), each of at least ``least`` rows, each thread's products
+    on one BLAS thread. Fewer than ``2 least`` rows run on the calling thread alone, and its
+    products on every core if a step of them (``row_macs`` each) is work enough
+    (:data:`MACS_PER_BLAS_SHARE`): the weights are then read once, by BLAS threads that
+    split each product's columns (measured on 2 cores, the uncompressed network at 16
+    streams: 102k samples/s with one BLAS thread, 141-161k with two; split into two
+    threads of 8 streams, 61k)."""
     parts = min(threads(), count // least)
-    with one_blas_thread():
-        if parts <= 1:
+    if parts <= 1:
+        shared = count * row_macs >= MACS_PER_BLAS_SHARE
+        with blas_threads(threads() if shared else 1):
             work(0, count)
-            return
+        return
+    with blas_threads(1):
         bounds = np.linspace(0, count, parts + 1).round().astype(int)
         futures = [_pool().submit(work, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
         work(bounds[0], bounds[1])

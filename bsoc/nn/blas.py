@@ -17,11 +17,13 @@ it allocates its result and needs contiguous operands. :func:`matmul` calls a Fo
   benchmark records which one ran.
 
 The step runs its own threads, one per core, each over its share of the streams, so the
-BLAS under them must stay on one thread, or the products would fight over the same cores.
-MKL is shared with PyTorch, so it is limited per calling thread
-(``MKL_Set_Num_Threads_Local``, undone when the step returns: :func:`one_blas_thread`);
-SciPy's OpenBLAS, which numpy, torch and ONNX Runtime do not use, is set to one thread
-process-wide (its thread count is process-wide only).
+BLAS under them must stay on one thread, or the products would fight over the same cores;
+a batch too small to share (see :func:`bsoc.nn.batched.split_over_threads`) runs on the
+calling thread alone, and there MKL may use every core for its products. MKL is shared
+with PyTorch, so it is limited per calling thread (``MKL_Set_Num_Threads_Local``, undone
+when the step returns: :func:`blas_threads`); SciPy's OpenBLAS, which numpy, torch and
+ONNX Runtime do not use, is set to one thread process-wide (its thread count is
+process-wide only) and stays there.
 """
 
 from __future__ import annotations
@@ -151,15 +153,16 @@ def pin_blas_thread() -> None:
 
 
 @contextmanager
-def one_blas_thread() -> Iterator[None]:
-    """This thread's products on one BLAS thread while the block runs; then MKL's limit
-    for the thread is what it was (PyTorch in the same thread may use more)."""
+def blas_threads(count: int = 1) -> Iterator[None]:
+    """This thread's products on ``count`` BLAS threads while the block runs (on MKL; SciPy's
+    OpenBLAS stays on one); then MKL's limit for the thread is what it was (PyTorch in the
+    same thread may use another)."""
     chosen = blas()
     if chosen.thread_local is None:
         _openblas_single_threaded()
         yield
         return
-    previous = chosen.thread_local(1)
+    previous = chosen.thread_local(count)
     try:
         yield
     finally:

@@ -174,6 +174,7 @@ class PackedNetwork:
     batch_weights: np.ndarray  # (M,) float32
     batch_layout: np.ndarray  # (layers + 1, 9) int64
     streams_per_thread: int  # the batched step's least share of a thread
+    stream_macs: int  # multiply-accumulates of one stream's step
 
     @classmethod
     def pack(cls, lstm_layers: list[tuple[list[np.ndarray], list[np.ndarray], np.ndarray]],
@@ -204,7 +205,8 @@ class PackedNetwork:
         rows.append([1, *factor_fields(factors), *factor_fields([]), buffer.place(bias)])
         batch_weights, batch_layout = batched.pack(lstm_layers, fc)
         return cls(buffer.array(), np.asarray(rows, dtype=np.int64), batch_weights,
-                   batch_layout, batched.streams_per_thread(batch_layout))
+                   batch_layout, batched.streams_per_thread(batch_layout),
+                   batched.macs_per_stream(batch_layout))
 
     def step(self, samples: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``samples`` (B, 4) rows of time_s, voltage_v, current_a, temperature_c, and
@@ -219,7 +221,7 @@ class PackedNetwork:
             batched.step_streams(samples[lo:hi], states[lo:hi], self.batch_weights,
                                  self.batch_layout, soc[lo:hi], new_states[lo:hi])
 
-        batched.split_over_threads(len(samples), work, self.streams_per_thread)
+        batched.split_over_threads(len(samples), work, self.streams_per_thread, self.stream_macs)
         return soc, new_states
 
     def predict(self, samples: np.ndarray) -> np.ndarray:
@@ -230,5 +232,6 @@ class PackedNetwork:
             batched.run_sequences(samples[lo:hi], self.batch_weights, self.batch_layout,
                                   soc[lo:hi])
 
-        batched.split_over_threads(len(samples), work, least=1)  # a sequence is much work
+        # a sequence is much work; each of its steps multiplies all of them at once
+        batched.split_over_threads(len(samples), work, 1, self.stream_macs)
         return soc

@@ -206,9 +206,10 @@ def macs_per_stream(layout: np.ndarray) -> int:
     return int(inner.sum() + outer.sum())
 
 
-def streams_per_thread(layout: np.ndarray) -> int:
-    """The fewest streams a thread of the step should take."""
-    return max(MIN_STREAMS_PER_THREAD, -(-MACS_PER_THREAD // macs_per_stream(layout)))
+def streams_per_thread(stream_macs: int) -> int:
+    """The fewest streams a thread of the step should take (``stream_macs``: one stream's
+    :func:`macs_per_stream`)."""
+    return max(MIN_STREAMS_PER_THREAD, -(-MACS_PER_THREAD // stream_macs))
 
 
 def split_over_threads(count: int, work: Callable[[int, int], None], least: int,

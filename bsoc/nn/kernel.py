@@ -173,7 +173,6 @@ class PackedNetwork:
     layout: np.ndarray  # (layers + 1, 18) int64
     batch_weights: np.ndarray  # (M,) float32
     batch_layout: np.ndarray  # (layers + 1, 9) int64
-    streams_per_thread: int  # the batched step's least share of a thread
     stream_macs: int  # multiply-accumulates of one stream's step
 
     @classmethod
@@ -205,8 +204,12 @@ class PackedNetwork:
         rows.append([1, *factor_fields(factors), *factor_fields([]), buffer.place(bias)])
         batch_weights, batch_layout = batched.pack(lstm_layers, fc)
         return cls(buffer.array(), np.asarray(rows, dtype=np.int64), batch_weights,
-                   batch_layout, batched.streams_per_thread(batch_layout),
-                   batched.macs_per_stream(batch_layout))
+                   batch_layout, batched.macs_per_stream(batch_layout))
+
+    @property
+    def streams_per_thread(self) -> int:
+        """The batched step's least share of a thread."""
+        return batched.streams_per_thread(self.stream_macs)
 
     def step(self, samples: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``samples`` (B, 4) rows of time_s, voltage_v, current_a, temperature_c, and

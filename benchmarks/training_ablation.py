@@ -52,10 +52,12 @@ BASES: dict[str, dict[str, Any]] = {"windows": WINDOWS, "long": LONG_WINDOWS,
 COULOMB = {"coulomb_weight": 1.0, "coulomb_lag": 10}
 # Validation judges, and training keeps, the average of about the last 100 steps (4 epochs).
 AVERAGED = {"average_decay": 0.99}
+# A new network's gate biases spread its units' memories up to a drive cycle's length.
+CHRONO = {"chrono_max_steps": 10_000}
 # Twice the optimiser steps on the same samples: 50 an epoch instead of 25.
 HALF_BATCH = {"batch_size": 16}
 # a variant is a base and any of these, joined by "+": "stateful+augmented+pretrained"
-MODIFIERS = ("augmented", "pretrained", "coulomb", "ends", "averaged", "batch16")
+MODIFIERS = ("augmented", "pretrained", "coulomb", "ends", "averaged", "batch16", "chrono")
 
 
 def parse_variant(variant: str) -> tuple[dict[str, Any], bool]:
@@ -73,6 +75,8 @@ def parse_variant(variant: str) -> tuple[dict[str, Any], bool]:
         overrides.update(AVERAGED)
     if "batch16" in modifiers:
         overrides.update(HALF_BATCH)
+    if "chrono" in modifiers:
+        overrides.update(CHRONO)
     if "ends" in modifiers:  # random windows also cover each cycle's last samples
         overrides["window"] = replace(overrides["window"], cover_ends=True)
     return overrides, "pretrained" in modifiers
@@ -110,7 +114,7 @@ def run_variant(data: Dataset, variant: str, seed: int, base: TrainConfig,
             raise ValueError(f"{variant} needs --pretrained MODEL")
         network = LstmSocEstimator.load(pretrained).network
     else:
-        network = new_network(PROFILES["full"].network, train, seed)
+        network = new_network(PROFILES["full"].network, train, seed, config.chrono_max_steps)
     def report_epoch(info: dict[str, Any]) -> None:
         if info["step"] % max(1, info["total_steps"] // config.epochs) == 0:
             print(f"  {variant} seed {seed}: epoch {info['epoch']}, val score "

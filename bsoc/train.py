@@ -82,6 +82,9 @@ class TrainConfig:
     # decay per optimiser step of the weight average validation judges and training keeps
     # (bsoc.weight_average); 0: the weights themselves
     average_decay: float = 0.0
+    # a new network's gate biases by chrono initialisation for memories of up to this many
+    # samples (Lstm.chrono_initialise); None: PyTorch's. Starting from a trained model, unused.
+    chrono_max_steps: int | None = None
     patience: int = 8  # epochs without validation improvement before stopping
     max_minutes: float | None = None
     seed: int = 0
@@ -101,6 +104,9 @@ class TrainConfig:
         if not 0.0 <= self.average_decay < 1.0:
             raise ConfigError(f"weight-average decay {self.average_decay} must be in [0, 1)",
                               remedy="e.g. 0.99 (about the last 100 steps), or 0 for none")
+        if self.chrono_max_steps is not None and self.chrono_max_steps <= 2:
+            raise ConfigError(f"chrono_max_steps {self.chrono_max_steps} must exceed 2",
+                              remedy="e.g. 10000 (a drive cycle's hours at 1 Hz), or None")
         if self.chunk is not None and self.chunk < 1:
             raise ConfigError(f"chunk {self.chunk} must be a positive number of samples",
                               remedy="e.g. 1000, or None to train whole windows")
@@ -368,10 +374,15 @@ def with_overrides(config: TrainConfig, **overrides: Any) -> TrainConfig:
     return replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def new_network(network_config: NetworkConfig, train: list[Cycle], seed: int) -> SocNetwork:
-    """A freshly initialised network (seeded) with the train split's normalisation."""
+def new_network(network_config: NetworkConfig, train: list[Cycle], seed: int,
+                chrono_max_steps: int | None = None) -> SocNetwork:
+    """A freshly initialised network (seeded) with the train split's normalisation; with
+    ``chrono_max_steps``, its LSTM gate biases by chrono initialisation."""
     torch.manual_seed(seed)
     network = SocNetwork(network_config)
+    if chrono_max_steps is not None:
+        for name in network.lstm_names:
+            network.get_submodule(name).chrono_initialise(chrono_max_steps)
     stats = Normalisation.fit(train)
     network.set_normalisation(np.array(stats.mean), np.array(stats.std))
     return network
@@ -409,7 +420,7 @@ def train_model(
     config = with_overrides(profile.train, epochs=epochs, max_minutes=max_minutes, seed=seed,
                             threads=threads)
     train, val = data.split("train"), data.split("val")
-    network = new_network(profile.network, train, seed)
+    network = new_network(profile.network, train, seed, config.chrono_max_steps)
     pretrained: dict[str, Any] | None = None
     if init_from is not None:
         start = LstmSocEstimator.load(init_from)

@@ -485,3 +485,36 @@ def test_the_coulomb_term_changes_training_only_when_weighted(toy: Dataset) -> N
     assert any(not torch.equal(trained[5.0][k], v) for k, v in plain.state_dict().items())
     with pytest.raises(ConfigError, match="coulomb"):
         TrainConfig(coulomb_lag=0)
+
+
+def test_chrono_initialisation_spreads_the_forget_gates_and_touches_nothing_else(
+    toy: Dataset,
+) -> None:
+    train = toy.split("train")
+    plain = new_network(PROFILES["tiny"].network, train, seed=4)
+    chrono = new_network(PROFILES["tiny"].network, train, seed=4, chrono_max_steps=1000)
+    for name in plain.lstm_names:
+        before, after = plain.get_submodule(name), chrono.get_submodule(name)
+        hidden = after.hidden_size
+        bias = after.bias.detach()
+        forget, input_gate = bias[hidden : 2 * hidden], bias[:hidden]
+        torch.testing.assert_close(input_gate, -forget, rtol=0, atol=0)
+        assert float(forget.min()) >= 0.0 and float(forget.max()) <= np.log(1000.0) + 1e-6
+        # memories 1 + e^b spread over every decade up to a thousand steps, not the few
+        # steps of PyTorch's init
+        decades = np.histogram(forget.numpy(), bins=3, range=(0.0, np.log(1000.0)))[0]
+        assert (decades > 0).all()
+        assert float(before.bias.detach()[hidden : 2 * hidden].abs().max()) < 1.0
+        torch.testing.assert_close(bias[2 * hidden :], before.bias.detach()[2 * hidden :],
+                                   rtol=0, atol=0)
+        torch.testing.assert_close(after.input_weights, before.input_weights, rtol=0, atol=0)
+        torch.testing.assert_close(after.recurrent_weights, before.recurrent_weights,
+                                   rtol=0, atol=0)
+
+
+def test_chrono_initialisation_is_recorded_and_checked() -> None:
+    config = TrainConfig(chrono_max_steps=10_000)
+    assert TrainConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
+    assert TrainConfig.from_json({**TrainConfig().to_json()}).chrono_max_steps is None
+    with pytest.raises(ConfigError, match="chrono_max_steps"):
+        TrainConfig(chrono_max_steps=2)

@@ -178,6 +178,27 @@ class Lstm(nn.Module):
         width = self.input_size if self.map_reads[role] == "input" else self.hidden_size
         _check_shape(role, layer_map, width, 4 * self.hidden_size)
 
+    def chrono_initialise(self, max_steps: float) -> None:
+        """Forget-gate biases ``b = log(T)`` with ``T`` log-uniform on ``[1, max_steps]``,
+        input-gate biases ``-b`` (after Tallec and Ollivier 2018, "Can recurrent neural
+        networks warp time?").
+
+        A unit whose forget gate is ``sigmoid(b)`` remembers for about ``1 + e^b`` steps and,
+        with its input gate at ``sigmoid(-b)``, sums its input over that time rather than
+        saturating: before any training, a network whose units integrate over every time
+        scale up to ``max_steps`` (a drive cycle's hours), where PyTorch's biases near zero
+        make every unit forget within a few steps. The paper draws ``T`` uniformly, which
+        leaves almost every unit slower than the SOC's fast voltage cues; log-uniform keeps
+        as many units per decade of memory. Draws from torch's global generator.
+        """
+        if max_steps <= 2:
+            raise ValueError(f"chrono initialisation needs max_steps > 2, not {max_steps}")
+        hidden = self.hidden_size
+        with torch.no_grad():
+            forget = torch.empty(hidden).uniform_(0.0, math.log(max_steps))
+            self.bias[hidden : 2 * hidden] = forget
+            self.bias[:hidden] = -forget
+
     def set_map(self, role: str, layer_map: WeightMap) -> None:
         """Swap ``input_map`` or ``recurrent_map`` (e.g. for its projected equivalent)."""
         self._check_map(role, layer_map)

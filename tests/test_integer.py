@@ -48,38 +48,43 @@ def test_quantise_rounds_ties_to_even_and_saturates_only_32768() -> None:
 
 
 def _quantise_cases() -> np.ndarray:
-    """Rows of seven (a SIMD loop's four, then a scalar tail of three) with ties, the top
+    """Rows of eleven (a SIMD loop's eight, then a scalar tail of three) with ties, the top
     of the octave, zeros and random values over many scales."""
     rng = np.random.default_rng(1)
-    rows = [[1.0, 2.5 / 2**14, 3.5 / 2**14, -2.5 / 2**14, -1.5 / 2**14, 0.5 / 2**14, 0.0],
-            [1.99999, -1.99999, 0.0, 1.0, -1.99999, 1.99999, -0.5], [0.0] * 7]
-    rows += list(rng.normal(size=(40, 7)) * 10.0 ** rng.integers(-6, 6, (40, 1)))
+    rows = [[1.0, 2.5 / 2**14, 3.5 / 2**14, -2.5 / 2**14, -1.5 / 2**14, 0.5 / 2**14, 0.0,
+             -1.99999, 1.5 / 2**14, -0.5 / 2**14, 2.5 / 2**14],
+            [1.99999, -1.99999, 0.0, 1.0, -1.99999, 1.99999, -0.5, -1.99999, -1.99999,
+             -1.99999, 1.99999], [0.0] * 11]
+    rows += list(rng.normal(size=(40, 11)) * 10.0 ** rng.integers(-6, 6, (40, 1)))
     return np.array(rows, np.float32)
 
 
 @pytest.mark.skipif(CC is None, reason="no C compiler (gcc or cc) on this machine")
 @pytest.mark.parametrize("flags", [[], ["-DBSOC_PORTABLE"]])
 def test_c_quantise_equals_the_reference(flags: list[str], tmp_path: Path) -> None:
+    """q, its padding to four, 2^-e, and where the sums over the stored bytes w + 128 start:
+    -128 sum(q)."""
     integer_estimator("projected-lstm").save(tmp_path / "model")
     export_model(tmp_path / "model", tmp_path / "c", "c")
     cases = _quantise_cases()
     rows = ",\n".join("{" + ", ".join(f"{v:.9e}f" for v in row) + "}" for row in cases)
     (tmp_path / "c" / "probe.c").write_text(
         '#include <stdio.h>\n#include "bsoc_model.c"\n'
-        f"static const float cases[][7] = {{\n{rows}}};\n"
+        f"static const float cases[][11] = {{\n{rows}}};\n"
         "int main(void) { for (unsigned k = 0; k < sizeof cases / sizeof cases[0]; ++k) {"
-        " int16_t q[8]; float down = quantise(cases[k], 7, q);"
-        ' for (unsigned m = 0; m < 8; ++m) printf("%d ", q[m]);'
-        ' printf("%.9e\\n", (double)down); } return 0; }\n')
+        " int16_t q[12]; bsoc_quantised v = quantise(cases[k], 11, q);"
+        ' for (unsigned m = 0; m < 12; ++m) printf("%d ", q[m]);'
+        ' printf("%.9e %ld\\n", (double)v.down, (long)v.start); } return 0; }\n')
     subprocess.run([CC, "-std=c99", "-O2", "-Wall", "-Wextra", "-pedantic", "-Werror", *flags,
                     "probe.c", "-o", "probe"], cwd=tmp_path / "c", check=True)
     out = subprocess.run(["./probe"], cwd=tmp_path / "c", capture_output=True, text=True,
                          check=True).stdout
     got = np.loadtxt(out.splitlines())
     q, down = quantise(cases)
-    np.testing.assert_array_equal(got[:, :7], q)
-    assert (got[:, 7] == 0).all()  # the padding to four
-    np.testing.assert_array_equal(got[:, 8].astype(np.float32), down[:, 0])
+    np.testing.assert_array_equal(got[:, :11], q)
+    assert (got[:, 11] == 0).all()  # the padding to four
+    np.testing.assert_array_equal(got[:, 12].astype(np.float32), down[:, 0])
+    np.testing.assert_array_equal(got[:, 13], -128 * q.sum(axis=1))
 
 
 def test_sigmoid_and_tanh_stay_within_their_stated_error() -> None:

@@ -18,8 +18,10 @@ costs about twice a float MAC. Here every matrix-vector product is integer:
 * the weights are the int8 values and scales of ``bsoc quantize`` (the same model folder
   weights as the weight-only variant: a chain's last factor without scales); the dot
   product is an int32 sum of int16 x int8 products, exact (a factor takes at most
-  :data:`MAX_COLUMNS` inputs so that no sum can overflow);
-* one float rescale per output: ``y_r = (float(acc_r) * s_r) * 2^-e`` in float32, or
+  :data:`MAX_COLUMNS` inputs so that no sum can overflow, nor any partial sum of the C
+  library's, which adds the stored bytes w + 128 from -128 sum(q));
+* one float rescale per output: ``y_r = float(acc_r) * (s_r * 2^-e)`` in float32 (the C
+  multiplies a layer's repeated gate gains by 2^-e once a step, not once a row), or
   ``float(acc_r) * 2^-e`` for a factor without scales (the power of two alone);
 * gates, cell state, normalisation and biases stay float32, with the C library's own
   exp2-based sigmoid (``bsoc/export/c/bsoc_model.c.in``), its 2^f a degree-3 polynomial
@@ -50,7 +52,8 @@ SCHEME = (f"full integer: {WEIGHT_SCHEME}; int16 activations (one power-of-two s
           "vector and step, from the vector: no calibration), int32 sums, one float32 rescale "
           "per output; gates, biases and state float32")
 QMIN, QMAX = -32768, 32767
-MAX_COLUMNS = (2**31 - 1) // (-QMIN * 127)  # 516: no int32 sum of int16 x int8 can overflow
+# 511: |partial sum| <= 2^15 (127 m + 128 (cols - m)) in the C's offset sums stays in int32
+MAX_COLUMNS = (2**31 - 1) // (-QMIN * 128)
 _F = np.float32
 _ONE, _TWO = _F(1.0), _F(2.0)
 _GATE_CLAMP = _F(20.0)
@@ -75,7 +78,7 @@ def _apply(factor: Factor, x: np.ndarray) -> np.ndarray:
     """``x @ F`` (B, out) float32 the integer way: quantise x, int32 sums, rescale."""
     q, down = quantise(x)
     acc = (q @ factor.values.astype(np.float64)).astype(_F)  # integers below 2^31: exact
-    return (acc if factor.scales is None else acc * factor.scales) * down
+    return acc * down if factor.scales is None else acc * (factor.scales * down)
 
 
 def apply_map(factors: list[Factor], x: np.ndarray) -> np.ndarray:

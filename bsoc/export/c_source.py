@@ -7,8 +7,10 @@ normalisation, and static scratch vectors sized for this model (so RAM is known 
 time and nothing is allocated). A float32 model gives float32 tables, an int8 model
 (``bsoc quantize``) int8 tables with their scales; the arithmetic is bsoc's own
 (:mod:`bsoc.compress.quantize`), with each row's scale applied once after its dot product.
-A full-integer model (``-w8a16``, :mod:`bsoc.compress.integer`) has int8 tables laid out
-for int16 x int8 multiply-adds in pairs (:func:`grouped_pairs`) and int16 scratch vectors.
+A full-integer model (``-w8a16``, :mod:`bsoc.compress.integer`) has its int8 weights laid
+out for int16 x int8 multiply-adds in pairs (:func:`grouped_pairs`), each stored as the byte
+weight + 128 (:data:`BYTE_OFFSET`: zero-extending a byte costs SSE2 one instruction,
+sign-extending it two), and int16 scratch vectors.
 
 The tables are laid out for the step's loops (:func:`blocked_rows`): rows in blocks of
 sixteen interleaved column by column, so that one pass over the input vector computes
@@ -43,7 +45,7 @@ def _template(name: str) -> str:
 
 def _numbers(values: np.ndarray) -> str:
     flat = values.ravel()
-    if flat.dtype == np.int8:
+    if flat.dtype in (np.int8, np.uint8):
         words = [str(int(v)) for v in flat]
     else:
         words = [f"{float(v):.8e}f" for v in flat.astype(np.float32)]
@@ -58,6 +60,7 @@ def _array(c_type: str, name: str, values: np.ndarray, attribute: str = "") -> s
 
 BLOCK_ROWS = 16
 GROUP_ROWS = 4  # a full-integer factor's rows go in groups of four
+BYTE_OFFSET = 128  # a full-integer weight w is stored as the byte w + 128
 UNITS_PER_BLOCK = 4
 GATE_GAINS = "gate_gains"  # one block's gains: the scales of a gate map's unscaled last factor
 
@@ -154,7 +157,8 @@ class _Tables:
                 values = values * gains[:, None]
             rows, cols = values.shape
             if self.integer:
-                table, cols = grouped_pairs(values), _padded(cols)
+                offset = (grouped_pairs(values).astype(np.int16) + BYTE_OFFSET)
+                table, cols = offset.astype(np.uint8), _padded(cols)
             else:
                 table = blocked_rows(values)
             self.lines.append(_array("bsoc_weight", f"{name}_{k}", table,

@@ -207,7 +207,8 @@ def tables(arrays: NetworkArrays) -> str:
         input_map = out.map(f"lstm_{k}_input", layer.input_factors, layer.hidden)
         recurrent_map = out.map(f"lstm_{k}_recurrent", layer.recurrent_factors, layer.hidden)
         order, gains = gate_blocks(layer.hidden)
-        out.lines.append(_array("float", f"lstm_{k}_bias", _take_rows(layer.bias, order) * gains))
+        out.lines.append(_array("float", f"lstm_{k}_bias", _take_rows(layer.bias, order) * gains,
+                                " BSOC_ALIGNED16" if arrays.int16_activations else ""))
         layers.append(f"    {{{input_map}, {recurrent_map}, lstm_{k}_bias, {layer.hidden}, "
                       f"{width}}},")
         width = layer.hidden

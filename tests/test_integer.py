@@ -48,14 +48,15 @@ def test_quantise_rounds_ties_to_even_and_saturates_only_32768() -> None:
 
 
 def _quantise_cases() -> np.ndarray:
-    """Rows of eleven (a SIMD loop's eight, then a scalar tail of three) with ties, the top
-    of the octave, zeros and random values over many scales."""
+    """Rows of fifteen (a SIMD loop's eight, a SIMD step of four, then a scalar tail of
+    three) with ties, the top of the octave, zeros and random values over many scales."""
     rng = np.random.default_rng(1)
-    rows = [[1.0, 2.5 / 2**14, 3.5 / 2**14, -2.5 / 2**14, -1.5 / 2**14, 0.5 / 2**14, 0.0,
-             -1.99999, 1.5 / 2**14, -0.5 / 2**14, 2.5 / 2**14],
+    tie = 1 / 2**14
+    rows = [[1.0, 2.5 * tie, 3.5 * tie, -2.5 * tie, -1.5 * tie, 0.5 * tie, 0.0, -1.99999,
+             1.5 * tie, -0.5 * tie, 2.5 * tie, -3.5 * tie, 1.99999, 0.5 * tie, -1.5 * tie],
             [1.99999, -1.99999, 0.0, 1.0, -1.99999, 1.99999, -0.5, -1.99999, -1.99999,
-             -1.99999, 1.99999], [0.0] * 11]
-    rows += list(rng.normal(size=(40, 11)) * 10.0 ** rng.integers(-6, 6, (40, 1)))
+             -1.99999, 1.99999, 1.99999, -1.99999, 1.99999, -1.99999], [0.0] * 15]
+    rows += list(rng.normal(size=(40, 15)) * 10.0 ** rng.integers(-6, 6, (40, 1)))
     return np.array(rows, np.float32)
 
 
@@ -70,10 +71,10 @@ def test_c_quantise_equals_the_reference(flags: list[str], tmp_path: Path) -> No
     rows = ",\n".join("{" + ", ".join(f"{v:.9e}f" for v in row) + "}" for row in cases)
     (tmp_path / "c" / "probe.c").write_text(
         '#include <stdio.h>\n#include "bsoc_model.c"\n'
-        f"static const float cases[][11] = {{\n{rows}}};\n"
+        f"static const float cases[][15] = {{\n{rows}}};\n"
         "int main(void) { for (unsigned k = 0; k < sizeof cases / sizeof cases[0]; ++k) {"
-        " int16_t q[12]; bsoc_quantised v = quantise(cases[k], 11, q);"
-        ' for (unsigned m = 0; m < 12; ++m) printf("%d ", q[m]);'
+        " int16_t q[16]; bsoc_quantised v = quantise(cases[k], 15, q);"
+        ' for (unsigned m = 0; m < 16; ++m) printf("%d ", q[m]);'
         ' printf("%.9e %ld\\n", (double)v.down, (long)v.start); } return 0; }\n')
     subprocess.run([CC, "-std=c99", "-O2", "-Wall", "-Wextra", "-pedantic", "-Werror", *flags,
                     "probe.c", "-o", "probe"], cwd=tmp_path / "c", check=True)
@@ -81,10 +82,10 @@ def test_c_quantise_equals_the_reference(flags: list[str], tmp_path: Path) -> No
                          check=True).stdout
     got = np.loadtxt(out.splitlines())
     q, down = quantise(cases)
-    np.testing.assert_array_equal(got[:, :11], q)
-    assert (got[:, 11] == 0).all()  # the padding to four
-    np.testing.assert_array_equal(got[:, 12].astype(np.float32), down[:, 0])
-    np.testing.assert_array_equal(got[:, 13], -128 * q.sum(axis=1))
+    np.testing.assert_array_equal(got[:, :15], q)
+    assert (got[:, 15] == 0).all()  # the padding to four
+    np.testing.assert_array_equal(got[:, 16].astype(np.float32), down[:, 0])
+    np.testing.assert_array_equal(got[:, 17], -128 * q.sum(axis=1))
 
 
 def test_sigmoid_and_tanh_stay_within_their_stated_error() -> None:

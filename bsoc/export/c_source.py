@@ -157,8 +157,8 @@ class _Tables:
                 values = values * gains[:, None]
             rows, cols = values.shape
             if self.integer:
-                offset = (grouped_pairs(values).astype(np.int16) + BYTE_OFFSET)
-                table, cols = offset.astype(np.uint8), _padded(cols)
+                stored = grouped_pairs(values).astype(np.int16) + BYTE_OFFSET
+                table, cols = stored.astype(np.uint8), _padded(cols)
             else:
                 table = blocked_rows(values)
             self.lines.append(_array("bsoc_weight", f"{name}_{k}", table,

@@ -114,7 +114,7 @@ def pareto(models: list[dict[str, Any]], sweep: dict[str, list[dict[str, Any]]] 
         for index, model in enumerate(models):
             ax.scatter(model[key], model["rmse_pct"], s=60, color=colour(index),
                        edgecolor="black", zorder=5, label=model["name"],
-                       marker="D" if model["kind"].endswith("-int8") else "o")
+                       marker="D" if model["kind"].endswith(("-int8", "-w8a16")) else "o")
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.grid(alpha=0.3, which="both")

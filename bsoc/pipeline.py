@@ -3,8 +3,8 @@
 simulate (or a given dataset, and cells simulated to pretrain on) -> train -> compress by
 projection -> fine-tune -> SVD baseline at equal learnables -> fine-tune it -> projection/SVD
 sweep -> EKF fit -> fusion (the fine-tuned projected LSTM and the EKF's ECM inside one
-filter) -> int8 of the fine-tuned projection, weight-only (exported as ONNX) and full integer
-(exported as C) -> benchmark (with the exported C measured) -> report.
+filter) -> int8 of the fine-tuned projection, exported as ONNX and C -> benchmark
+(with the exported C measured) -> report.
 
 Every step is an ordinary ``bsoc`` command, run in-process and printed first, so any step
 can be rerun by hand with exactly the same effect. A step is skipped when its output was
@@ -157,22 +157,14 @@ def plan_steps(plan: PipelinePlan, lines: CommandLines) -> list[Step]:
              reads=[plan.data, projected_ft, ekf], lstm=projected_ft, ekf=ekf, data=plan.data,
              out=fusion),
     ]
-    # the compressed model made ready for deployment (the accuracy of both int8 versions is
-    # the benchmark's to measure): weight-only int8 as ONNX (whose LSTM has no int16
-    # activations), the full integer one as C, the microcontroller's cheapest step
-    int8, integer = models / "projected-ft-int8", models / "projected-ft-w8a16"
-    deploy = models / "deploy"
-    steps += [
-        step("quantize (projection, fine-tuned)", int8, "quantize", projected_ft,
-             reads=[projected_ft], out=int8),
-        step("quantize (full integer)", integer, "quantize", projected_ft, reads=[projected_ft],
-             out=integer, activations="int16"),
-        step("export (onnx)", deploy / "onnx", "export", int8, reads=[int8],
-             artefact="export.json", fmt="onnx", out=deploy / "onnx"),
-        step("export (c)", deploy / "c", "export", integer, reads=[integer],
-             artefact="export.json", fmt="c", out=deploy / "c"),
-    ]
-    benchmark_models = [lstm, projected, projected_ft, int8, integer, svd, svd_ft, ekf, fusion]
+    # the compressed model made ready for a microcontroller: int8 (its accuracy is the
+    # benchmark's to measure), then ONNX and C beside it
+    int8, deploy = models / "projected-ft-int8", models / "deploy"
+    steps.append(step("quantize (projection, fine-tuned)", int8, "quantize", projected_ft,
+                      reads=[projected_ft], out=int8))
+    steps += [step(f"export ({fmt})", deploy / fmt, "export", int8, reads=[int8],
+                   artefact="export.json", fmt=fmt, out=deploy / fmt) for fmt in ("onnx", "c")]
+    benchmark_models = [lstm, projected, projected_ft, int8, svd, svd_ft, ekf, fusion]
     steps += [
         step("benchmark", plan.benchmark, "benchmark", reads=[plan.data, *benchmark_models],
              artefact="benchmark.json", data=plan.data, out=plan.benchmark,

@@ -43,7 +43,7 @@ def test_pipeline_produces_report_and_all_models(pipeline_run: Path):
     kinds = {m["name"]: m["kind"] for m in bench["models"]}
     assert kinds == {"lstm": "lstm", "projected": "projected-lstm",
                      "projected-ft": "projected-lstm", "projected-ft-int8": "projected-lstm-int8",
-                     "projected-ft-w8a16": "projected-lstm-w8a16", "svd": "svd-lstm", "svd-ft": "svd-lstm", "ekf": "ekf",
+                     "svd": "svd-lstm", "svd-ft": "svd-lstm", "ekf": "ekf",
                      "fusion": "fusion"}
     by_name = {m["name"]: m for m in bench["models"]}
     assert by_name["projected-ft-int8"]["bytes"] < by_name["projected-ft"]["bytes"]
@@ -60,19 +60,14 @@ def test_pipeline_produces_report_and_all_models(pipeline_run: Path):
 
 
 def test_the_fine_tuned_projection_is_quantised_and_exported(pipeline_run: Path):
-    """Weight-only int8 as ONNX, the full integer version as C (what a microcontroller runs)."""
-    for name, kind in (("projected-ft-int8", "projected-lstm-int8"),
-                       ("projected-ft-w8a16", "projected-lstm-w8a16")):
-        config = json.loads((pipeline_run / f"models/toy/{name}/config.json").read_text())
-        assert config["kind"] == kind
-        assert config["quantization"]["source_model"]["path"] == "models/toy/projected-ft"
-    for fmt, model, activations, files in (
-            ("onnx", "projected-ft-int8", "float32", ["bsoc_step.onnx", "bsoc_sequence.onnx"]),
-            ("c", "projected-ft-w8a16", "int16",
-             ["bsoc_model.h", "bsoc_model.c", "run_cycle.c", "README.md"])):
+    int8 = json.loads((pipeline_run / "models/toy/projected-ft-int8/config.json").read_text())
+    assert int8["kind"] == "projected-lstm-int8"
+    assert int8["quantization"]["source_model"]["path"] == "models/toy/projected-ft"
+    for fmt, files in (("onnx", ["bsoc_step.onnx", "bsoc_sequence.onnx"]),
+                       ("c", ["bsoc_model.h", "bsoc_model.c", "run_cycle.c", "README.md"])):
         export = json.loads((pipeline_run / f"models/toy/deploy/{fmt}/export.json").read_text())
-        assert export["model"] == f"models/toy/{model}" and export["weights"] == "int8"
-        assert export["activations"] == activations and export["files"] == files
+        assert export["model"] == "models/toy/projected-ft-int8" and export["weights"] == "int8"
+        assert export["files"] == files
     assert "Deployment: the exported C library" in (
         pipeline_run / "reports/toy/report.md").read_text()
 

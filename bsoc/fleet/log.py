@@ -113,18 +113,20 @@ async def when_jetstream_answers(request: Callable[[], Awaitable[T]], url: str,
     """``request()``, repeated while JetStream cannot answer yet; a FleetError after ``wait_s``.
 
     A cluster that has just started, or has just lost a node, elects its leaders for a few
-    seconds, during which its API times out or answers 503: workers started together with
+    seconds, during which its API times out or answers 503 (a publish to a bucket whose
+    stream has no leader yet answers it too): workers started together with
     their NATS must wait for it, not die. ``request`` must be safe to repeat.
     """
     from nats.errors import NoRespondersError
     from nats.errors import TimeoutError as NatsTimeoutError
-    from nats.js.errors import ServiceUnavailableError
+    from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
     deadline = time.monotonic() + wait_s
     while True:
         try:
             return await request()
-        except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as error:
+        except (NatsTimeoutError, NoRespondersError, NoStreamResponseError,
+                ServiceUnavailableError) as error:
             why = f"{type(error).__name__}: {error}"
             if time.monotonic() > deadline:
                 raise FleetError(

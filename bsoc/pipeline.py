@@ -208,12 +208,15 @@ def run_pipeline(
             check_inputs(step.output, [plan.data],
                          remedy="choose another --run, or keep the dataset outside models/ "
                          "and reports/")
+    # before any step runs: a full run would otherwise train for many minutes first
+    foreign = [step.output for step in steps if step.overwrites_foreign_output()]
+    if foreign and not force:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise OverwriteRefusedError(
+            f"{foreign[0]}{more} exists and was not made by this pipeline",
+            remedy="move it away, choose another --run, or pass --force",
+        )
     for step in steps:
-        if step.overwrites_foreign_output() and not force:
-            raise OverwriteRefusedError(
-                f"{step.output} exists and was not made by this pipeline",
-                remedy="move it away, choose another --run, or pass --force",
-            )
         inputs = {"argv": step.argv, "reads": {str(p): _fingerprint(p) for p in step.reads},
                   "bsoc_source": code}
         argv = [*step.argv, *step.force]

@@ -166,6 +166,7 @@ def test_pipeline_refuses_to_overwrite_a_users_model(tmp_path: Path, toy_dataset
                         "--run", "mine"]) == 2
     assert (first_model / "config.json").read_text() == "{}"
     assert not (first_model / STEP_FILE).exists()
+    assert not plan.pretraining_data.exists()  # refused before any step ran
 
 
 def test_failed_step_leaves_its_output_claimed_not_done(tmp_path: Path):

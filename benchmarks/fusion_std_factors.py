@@ -25,7 +25,7 @@ from bsoc.data.dataset import Dataset
 from bsoc.estimator import load_estimator
 from bsoc.evaluate import SCENARIOS, ScenarioSettings
 from bsoc.fusion.estimator import FusionSocEstimator
-from bsoc.fusion.tuning import tuning_runs
+from bsoc.fusion.tuning import counted_errors, tuning_runs
 
 LOW, HIGH = 0.90, 0.98  # the wanted +-2 sigma coverage (issue 17)
 
@@ -33,11 +33,10 @@ LOW, HIGH = 0.90, 0.98  # the wanted +-2 sigma coverage (issue 17)
 def cell_factors(fused: FusionSocEstimator, dataset: Dataset, split: str) -> list[dict[str, Any]]:
     """One row per (scenario, temperature) of ``split``: coverage and the factors it needs."""
     ratios: dict[tuple[str, float], list[np.ndarray]] = {}
-    for run in tuning_runs(fused.lstm, dataset.split(split), ScenarioSettings()):
-        soc, std = fused.filter_outputs(run.samples, run.lstm_soc)
-        error = np.abs(soc - run.truth)[run.counted]
+    runs = tuning_runs(fused.lstm, dataset.split(split), ScenarioSettings())
+    for run, error, std in counted_errors(fused, runs):
         ratios.setdefault((run.scenario, run.temperature_c), []).append(
-            error / (2 * np.maximum(std[run.counted], 1e-12)))
+            np.abs(error) / (2 * np.maximum(std, 1e-12)))
     rows = []
     for (scenario, temperature), parts in sorted(ratios.items()):
         ratio = np.concatenate(parts)

@@ -14,7 +14,7 @@ one in another. Test cycles are never read.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,17 +102,23 @@ def tuning_runs(lstm: LstmSocEstimator, cycles: list[Cycle],
     return runs
 
 
+def counted_errors(estimator: FusionSocEstimator, runs: list[TuningRun]
+                   ) -> Iterator[tuple[TuningRun, np.ndarray, np.ndarray]]:
+    """Each run with the filter's SOC error and standard deviation on its counted samples."""
+    for run in runs:
+        soc, std = estimator.filter_outputs(run.samples, run.lstm_soc)
+        yield run, (soc - run.truth)[run.counted], std[run.counted]
+
+
 def score(estimator: FusionSocEstimator, runs: list[TuningRun]) -> dict[str, Any]:
     """Mean RMSE (percentage points) over the runs and the +-2 sigma coverage per scenario
     and temperature (``{scenario: {temperature: fraction}}``, samples pooled over a cell's
     cycles)."""
     rmse, inside, counts = [], {}, {}
-    for run in runs:
-        soc, std = estimator.filter_outputs(run.samples, run.lstm_soc)
-        error = (soc - run.truth)[run.counted]
+    for run, error, std in counted_errors(estimator, runs):
         rmse.append(100 * float(np.sqrt(np.mean(error**2))))
         cell = (run.scenario, run.temperature_c)
-        inside[cell] = inside.get(cell, 0) + int(np.sum(np.abs(error) <= 2 * std[run.counted]))
+        inside[cell] = inside.get(cell, 0) + int(np.sum(np.abs(error) <= 2 * std))
         counts[cell] = counts.get(cell, 0) + len(error)
     coverage: dict[str, dict[float, float]] = {}
     for scenario, temperature in sorted(counts):

@@ -43,15 +43,13 @@ def cell_factors(fused: FusionSocEstimator, dataset: Dataset, split: str
     """Rows per (scenario, temperature) of ``split``, coverage and the factors it needs, and
     per (scenario, cycle), the factor it needs and the LSTM's disagreement."""
     ratios: dict[tuple[str, float], list[np.ndarray]] = {}
-    cycles = dataset.split(split)
-    runs = tuning_runs(fused.lstm, cycles, ScenarioSettings())
-    names = [cycle.meta.name for _ in SCENARIOS for cycle in cycles]  # tuning_runs' order
+    runs = tuning_runs(fused.lstm, dataset.split(split), ScenarioSettings())
     per_cycle = []
-    for name, (run, error, std) in zip(names, counted_errors(fused, runs), strict=True):
+    for run, error, std in counted_errors(fused, runs):
         ratio = np.abs(error) / (2 * np.maximum(std, 1e-12))
         ratios.setdefault((run.scenario, run.temperature_c), []).append(ratio)
         disagreement = run.lstm_soc[run.counted] - (run.truth[run.counted] + error)
-        per_cycle.append({"split": split, "scenario": run.scenario, "cycle": name,
+        per_cycle.append({"split": split, "scenario": run.scenario, "cycle": run.cycle,
                           "factor_94": float(np.quantile(ratio, MIDDLE)),
                           "disagreement": float(np.mean(disagreement**2) / np.mean(std**2))})
     rows = []

@@ -264,7 +264,7 @@ def _tuning_run(scenario: str, temperature_c: float, errors: np.ndarray):
 
     truth = np.full(len(errors), 0.5)
     return TuningRun(np.zeros((len(errors), 4)), truth, truth + errors,
-                     np.ones(len(errors), bool), temperature_c, scenario)
+                     np.ones(len(errors), bool), temperature_c, scenario, "cycle")
 
 
 def test_the_tuning_objective_sees_a_miscalibrated_scenario_and_temperature_cell() -> None:

@@ -86,6 +86,7 @@ class TuningRun:
     counted: np.ndarray
     temperature_c: float
     scenario: str
+    cycle: str
 
 
 def tuning_runs(lstm: LstmSocEstimator, cycles: list[Cycle],
@@ -98,7 +99,7 @@ def tuning_runs(lstm: LstmSocEstimator, cycles: list[Cycle],
         for cycle, (samples, truth), lstm_soc in zip(cycles, inputs, predicted, strict=True):
             counted = counted_samples(samples[:, 0] - samples[0, 0], scenario, settings)
             runs.append(TuningRun(samples, truth, lstm_soc, counted,
-                                  float(cycle.meta.ambient_c), scenario))
+                                  float(cycle.meta.ambient_c), scenario, cycle.meta.name))
     return runs
 
 

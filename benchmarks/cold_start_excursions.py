@@ -25,7 +25,12 @@ import numpy as np
 from bsoc.bench.machine import machine_info
 from bsoc.data.dataset import Dataset
 from bsoc.estimator import load_estimator
-from bsoc.evaluate import ScenarioSettings, run_scenario, scenario_inputs
+from bsoc.evaluate import (
+    ScenarioSettings,
+    measured_reacquisition_s,
+    run_scenario,
+    scenario_inputs,
+)
 
 # Samples outside the band closer than this are one excursion (a pulse train, not two).
 MERGE_S = 30.0
@@ -35,20 +40,21 @@ REST_C_RATE = 0.02
 
 def excursions(time_s: np.ndarray, error_pct: np.ndarray, band_pct: float,
                merge_s: float = MERGE_S) -> tuple[float | None, list[tuple[int, int]]]:
-    """The time of the first sample inside the band (None if none is), and the excursions
-    after it as (first, last) sample indices, gaps of up to ``merge_s`` merged."""
-    inside = np.abs(error_pct) < band_pct
-    if not inside.any():
+    """The re-acquisition time (``bsoc evaluate``'s: None if never inside the band), and the
+    excursions after it as (first, last) sample indices, gaps of up to ``merge_s`` merged."""
+    reacquired = measured_reacquisition_s(time_s, error_pct, band_pct)
+    if reacquired is None:
         return None, []
+    inside = np.abs(error_pct) < band_pct
     first_inside = int(np.argmax(inside))
     outside = np.flatnonzero(~inside[first_inside:]) + first_inside
     if len(outside) == 0:
-        return float(time_s[first_inside] - time_s[0]), []
+        return reacquired, []
     breaks = np.flatnonzero(np.diff(time_s[outside]) > merge_s)
     starts = np.concatenate([[0], breaks + 1])
     ends = np.concatenate([breaks, [len(outside) - 1]])
-    return (float(time_s[first_inside] - time_s[0]),
-            [(int(outside[s]), int(outside[e])) for s, e in zip(starts, ends, strict=True)])
+    return reacquired, [(int(outside[s]), int(outside[e]))
+                        for s, e in zip(starts, ends, strict=True)]
 
 
 def cycle_rows(model_dir: Path, dataset: Dataset, split: str,
@@ -75,7 +81,7 @@ def cycle_rows(model_dir: Path, dataset: Dataset, split: str,
                 "rest_share": float(np.mean(np.abs(samples[part, 2]) < rest_a)),
             })
         rows.append({"cycle": run.cycle, "temperature_c": run.temperature_c,
-                     "duration_s": float(run.time_s[-1]), "reacquired_s": reacquired,
+                     "duration_s": float(run.time_s[-1]), "reacquisition_s": reacquired,
                      "convergence_s": run.convergence_s, "excursions": episodes})
     return rows
 
@@ -91,7 +97,7 @@ def per_temperature(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for temperature in sorted({r["temperature_c"] for r in rows}):
         at = [r for r in rows if r["temperature_c"] == temperature]
         table.append({"temperature_c": temperature, "cycles": len(at),
-                      "median_reacquired_s": median_or_none([r["reacquired_s"] for r in at]),
+                      "median_reacquisition_s": median_or_none([r["reacquisition_s"] for r in at]),
                       "median_convergence_s": median_or_none([r["convergence_s"] for r in at]),
                       "excursions": sum(len(r["excursions"]) for r in at)})
     return table
@@ -109,11 +115,11 @@ def print_model(name: str, rows: list[dict[str, Any]]) -> None:
                 f"ending at {seconds(row['excursions'][-1]['end_s'])}, "
                 f"{np.mean([e['rest_share'] for e in row['excursions']]):.0%} at rest"
                 if peaks else "")
-        print(f"  {row['cycle']:<16} re-acquired {seconds(row['reacquired_s'])}, converged "
+        print(f"  {row['cycle']:<16} re-acquired {seconds(row['reacquisition_s'])}, converged "
               f"{seconds(row['convergence_s'])} of {seconds(row['duration_s'])}{late}")
     for t in per_temperature(rows):
         print(f"  {t['temperature_c']:>5g} °C: median re-acquired "
-              f"{seconds(t['median_reacquired_s'])}, median converged "
+              f"{seconds(t['median_reacquisition_s'])}, median converged "
               f"{seconds(t['median_convergence_s'])}")
 
 

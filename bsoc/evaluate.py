@@ -3,8 +3,10 @@
 * ``from_start``: the estimator starts from its initial state at the cycle's first sample.
 * ``cold_start``: it starts from its initial state ``start_fraction`` (25 %) into the cycle,
   knowing nothing of the SOC there; the error is counted only after ``convergence_s``
-  (stated, recorded). Also measured: the time after which |error| stays below
-  ``converged_below_pct`` to the end of the cycle.
+  (stated, recorded). Also measured: the time of the first sample with |error| below
+  ``converged_below_pct`` (re-acquisition), and the time after which it stays below to the
+  end of the cycle (convergence). A model back in seconds that strays beyond the band for a
+  moment hours later has a convergence time of hours: the two together tell which.
 * ``degraded_sensors``: from the first sample, but the *inputs* are corrupted the way cheap
   sensors are (the truth is not): a current offset of +1 % of 1C, voltage noise three times
   the nominal sensor noise, and a temperature sensor that lags with a first-order time
@@ -77,6 +79,7 @@ class CycleRun:
     soc_est: np.ndarray  # (T,)
     counted: np.ndarray  # (T,) bool
     convergence_s: float | None = None  # cold start: measured, None if never within the band
+    reacquisition_s: float | None = None  # cold start: first within the band, None if never
     soc_std: np.ndarray | None = None  # (T,) the model's own standard deviation, if it has one
 
     @property
@@ -111,6 +114,14 @@ def measured_convergence_s(
     if outside[-1] == len(error_pct) - 1:
         return None
     return float(time_s[outside[-1] + 1] - time_s[0])
+
+
+def measured_reacquisition_s(
+    time_s: np.ndarray, error_pct: np.ndarray, band_pct: float
+) -> float | None:
+    """Time of the first sample with |error| below ``band_pct``; None if there is none."""
+    inside = np.flatnonzero(np.abs(error_pct) < band_pct)
+    return float(time_s[inside[0]] - time_s[0]) if len(inside) else None
 
 
 def scenario_inputs(
@@ -172,6 +183,8 @@ def run_scenario(
         if scenario == "cold_start":
             run.convergence_s = measured_convergence_s(time_s, run.error_pct,
                                                        settings.converged_below_pct)
+            run.reacquisition_s = measured_reacquisition_s(time_s, run.error_pct,
+                                                           settings.converged_below_pct)
         runs.append(run)
     return runs
 
@@ -216,11 +229,20 @@ def error_metrics(error_pct: np.ndarray) -> dict[str, Any]:
     }
 
 
+def slowest_and_median(times: list[float | None]) -> tuple[float | None, float | None]:
+    """The slowest cycle's time (None when a cycle never got there: a maximum over the
+    others would hide it) and the median over the cycles that did."""
+    reached = [t for t in times if t is not None]
+    slowest = max(reached) if reached and len(reached) == len(times) else None
+    return slowest, (float(np.median(reached)) if reached else None)
+
+
 def summarise(runs: list[CycleRun], *, convergence: bool = False) -> dict[str, Any]:
     """Pooled metrics plus ``by_condition`` (per cycle) and ``by_temperature``.
 
     ``convergence`` adds the measured convergence times: ``convergence_s`` is the slowest
-    cycle's (None when a cycle never converges), plus the median and the cycles that did not.
+    cycle's (None when a cycle never converges), plus the median and the cycles that did not;
+    and the re-acquisition times the same way (``reacquisition_s``, its median).
     """
     counted = [run.error_pct[run.counted] for run in runs]
     summary = error_metrics(np.concatenate(counted) if counted else np.empty(0))
@@ -238,13 +260,13 @@ def summarise(runs: list[CycleRun], *, convergence: bool = False) -> dict[str, A
     if calibrated is not None:
         summary["calibration"] = calibrated
     if convergence:
-        times = [run.convergence_s for run in runs]
-        converged = [t for t in times if t is not None]
-        summary["convergence_s"] = max(converged) if len(converged) == len(times) else None
-        summary["convergence_s_median"] = float(np.median(converged)) if converged else None
+        for key in ("convergence_s", "reacquisition_s"):
+            summary[key], summary[f"{key}_median"] = slowest_and_median(
+                [getattr(run, key) for run in runs])
         summary["not_converged_cycles"] = [r.cycle for r in runs if r.convergence_s is None]
         for row, run in zip(summary["by_condition"], runs):
             row["convergence_s"] = run.convergence_s
+            row["reacquisition_s"] = run.reacquisition_s
     return summary
 
 

@@ -44,11 +44,11 @@ def test_a_model_never_inside_the_band_is_never_reacquired(script) -> None:
 
 
 def test_a_median_is_not_taken_over_a_cycle_never_reached(script) -> None:
-    rows = [{"temperature_c": 0.0, "reacquired_s": 2.0, "convergence_s": None,
+    rows = [{"temperature_c": 0.0, "reacquisition_s": 2.0, "convergence_s": None,
              "excursions": [{}]},
-            {"temperature_c": 0.0, "reacquired_s": 4.0, "convergence_s": 10.0,
+            {"temperature_c": 0.0, "reacquisition_s": 4.0, "convergence_s": 10.0,
              "excursions": []}]
     (row,) = script.per_temperature(rows)
-    assert row["median_reacquired_s"] == 3.0
+    assert row["median_reacquisition_s"] == 3.0
     assert row["median_convergence_s"] is None
     assert row["excursions"] == 1

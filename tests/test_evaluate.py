@@ -17,8 +17,10 @@ from bsoc.evaluate import (
     evaluate,
     evaluate_runs,
     measured_convergence_s,
+    measured_reacquisition_s,
     plot_runs,
     run_scenario,
+    slowest_and_median,
 )
 
 
@@ -79,6 +81,21 @@ def test_measured_convergence_is_the_last_exit_from_the_band() -> None:
     assert measured_convergence_s(time_s, np.array([0] * 9 + [7.0]), 5) is None
 
 
+def test_reacquisition_is_the_first_entry_into_the_band() -> None:
+    time_s = np.arange(10.0) + 100.0  # times count from the run's first sample
+    late_exit = np.array([9, 9, 1, 6, 1, 1, 1, 1, 1, 7.0])
+    assert measured_reacquisition_s(time_s, late_exit, 5) == 2.0
+    assert measured_convergence_s(time_s, late_exit, 5) is None  # the two tell apart
+    assert measured_reacquisition_s(time_s, np.array([0] * 9 + [7.0]), 5) == 0.0
+    assert measured_reacquisition_s(time_s, np.full(10, -5.0), 5) is None  # edge: outside
+
+
+def test_the_slowest_time_is_none_when_a_cycle_never_got_there() -> None:
+    assert slowest_and_median([3.0, 1.0, 10.0]) == (10.0, 3.0)
+    assert slowest_and_median([3.0, None, 1.0]) == (None, 2.0)
+    assert slowest_and_median([None]) == (None, None)
+
+
 def test_from_start_and_cold_start_errors_match_a_direct_computation(test_cycles: list) -> None:
     settings = ScenarioSettings(start_fraction=0.25, convergence_s=100.0)
     result = evaluate(ConstantEstimator(), test_cycles, settings)
@@ -86,13 +103,17 @@ def test_from_start_and_cold_start_errors_match_a_direct_computation(test_cycles
     all_errors = np.concatenate([100 * (0.5 - soc) for soc in truth])
     assert result["rmse_pct"] == pytest.approx(np.sqrt(np.mean(all_errors**2)))
     assert result["max_abs_err_pct"] == pytest.approx(np.abs(all_errors).max())
-    cold_errors = []
+    cold_errors, reacquired = [], []
     for cycle, soc in zip(test_cycles, truth):
         first = int(0.25 * len(soc))
         time_s = cycle.frame["time_s"].to_numpy()[first:]
         counted = time_s - time_s[0] >= 100.0
         cold_errors.append(100 * (0.5 - soc[first:][counted]))
+        inside = np.flatnonzero(np.abs(100 * (0.5 - soc[first:])) < 5.0)
+        reacquired.append(time_s[inside[0]] - time_s[0] if len(inside) else None)
     cold = result["scenarios"]["cold_start"]
+    assert [row["reacquisition_s"] for row in cold["by_condition"]] == reacquired
+    assert cold["reacquisition_s"] == slowest_and_median(reacquired)[0]
     assert cold["rmse_pct"] == pytest.approx(np.sqrt(np.mean(np.concatenate(cold_errors) ** 2)))
     assert cold["samples"] == sum(len(e) for e in cold_errors)
     assert cold["counted_after_s"] == 100.0 and cold["start_fraction"] == 0.25

@@ -164,7 +164,7 @@ def table(runs: list[dict[str, Any]]) -> str:
     """Markdown: one row per variant, mean ± sample standard deviation over its seeds."""
     header = ("| variant | seeds | best epoch | val RMSE | test RMSE | test cold start | "
               "test degraded | test MAE 25 °C | test RMSE −20 °C | cold-start median "
-              "convergence | not re-acquired |")
+              "convergence | outside 5 points at the end |")
     lines = [header, "|" + "---|" * 11]
     for variant in dict.fromkeys(run["variant"] for run in runs):
         mine = [run for run in runs if run["variant"] == variant]

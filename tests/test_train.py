@@ -198,6 +198,12 @@ def test_cli_trains_evaluates_and_refuses_to_overwrite(
     assert {row["cycle"] for row in report["by_condition"]} == {"toy_8", "toy_9"}
     assert (tmp_path / "eval" / "evaluation.json").is_file()
     assert (tmp_path / "eval" / "soc_per_cycle.png").stat().st_size > 1000
+    cold = report["scenarios"]["cold_start"]
+    assert {"reacquisition_s", "convergence_s"} <= set(cold["by_condition"][0])
+
+    code, out, _ = _run(["evaluate", str(model), str(toy_dataset), "--out",
+                         str(tmp_path / "eval-table")], capsys)
+    assert code == 0 and out.count("[s]") == 2  # units, not rich markup swallowed
 
 
 def test_state_carried_across_chunks_equals_one_long_forward_pass(toy: Dataset) -> None:

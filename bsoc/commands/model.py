@@ -164,7 +164,7 @@ def evaluate(
     # the slowest cycle's: first back within the band, and within it from then on
     columns = ["scenario", "RMSE", "MAE", "max |err|", "re-acquired [s]", "converged [s]"]
     for column in columns + (["within ±1σ / ±2σ [%]"] if calibrated else []):
-        table.add_column(column, justify="left" if column == "scenario" else "right")
+        table.add_column(escape(column), justify="left" if column == "scenario" else "right")
     for name, scenario in result["scenarios"].items():
         cells = [f"{scenario[k]:.2f}" for k in ("rmse_pct", "mae_pct", "max_abs_err_pct")]
         for key in ("reacquisition_s", "convergence_s"):

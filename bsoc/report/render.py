@@ -218,18 +218,19 @@ def build_section(directory: Path, sweep_path: Path | None = None) -> Section:
     bench, traces, sweep = load_benchmark(directory, sweep_path)
     header, rows = summary_rows(bench)
     machine = bench.get("machine", {})
+    cold = bench.get("cold_start", {})
+    band = bench.get("scenario_settings", {}).get("converged_below_pct", 5)
     title = f"{bench['dataset']} ({bench['cycles']} test cycles)"
     notes = [
         f"Machine: {machine.get('cpu', '?')}, {machine.get('usable_cores', '?')} cores, "
         f"torch {machine.get('torch', '?')}, numpy {machine.get('numpy', '?')}, "
         f"{machine.get('torch_threads', '?')} torch threads.",
         "RMSE/MAE/max error in SOC percentage points. Cold start: the estimator starts from its "
-        f"initial state {bench.get('cold_start', {}).get('start_fraction', 0.25):.0%} into each cycle; "
-        f"error counted after {bench.get('cold_start', {}).get('convergence_s', '?')} s; "
-        f"re-acquired: the slowest cycle's first sample within "
-        f"{bench.get('scenario_settings', {}).get('converged_below_pct', 5):g} points of the "
-        "truth, converged: within them from then on to the end of the cycle. "
-        "Degraded sensors: " + bench.get("degraded_sensors", {}).get("description", "see JSON") + ".",
+        f"initial state {cold.get('start_fraction', 0.25):.0%} into each cycle; error counted "
+        f"after {cold.get('convergence_s', '?')} s; re-acquired: the slowest cycle's first "
+        f"sample within {band:g} points of the truth, converged: within them from then on to "
+        "the end of the cycle. Degraded sensors: "
+        + bench.get("degraded_sensors", {}).get("description", "see JSON") + ".",
         "Ratios are against " + str(bench.get("reference", bench["models"][0]["name"]))
         + ", measured interleaved in the same run; latency through the service's step interface.",
     ]

@@ -287,6 +287,40 @@ def test_the_tuning_objective_sees_a_miscalibrated_scenario_and_temperature_cell
                      ) == pytest.approx(0.20)  # the worst cell (70 %) sets the penalty
 
 
+class _RatioWeighed:
+    """A stand-in filter whose error is set by the ratio of the voltage factor to the
+    variance scale (what a real filter weighs), least at factor 16 and scale 0.5."""
+
+    ecm = "with the ECM"
+
+    def __init__(self, settings=None) -> None:
+        from bsoc.fusion.settings import FusionSettings
+
+        self.settings = settings or FusionSettings()
+
+    def with_settings(self, settings):
+        return _RatioWeighed(settings)
+
+    def filter_outputs(self, samples: np.ndarray, lstm_soc: np.ndarray):
+        ratio = self.settings.voltage_factor / (32 * self.settings.variance_scale)
+        error = abs(np.log2(ratio)) + 0.1 * abs(np.log2(self.settings.variance_scale / 0.5))
+        return lstm_soc + 0.01 * error, np.ones(len(lstm_soc))
+
+
+def test_the_search_weighs_the_voltage_noise_against_the_lstm_noise_jointly() -> None:
+    from bsoc.fusion.tuning import FusionGrid, search_settings
+
+    run = _tuning_run("from_start", 25.0, np.zeros(10))
+    search = search_settings(_RatioWeighed(), [run], FusionGrid(), lambda *_: None)
+    # at the first stage's factor (128) the scale of 4 fits best; the factor alone would
+    # then stay at 128, while the two together find the least error
+    first = min(search.rows[:len(FusionGrid().lstm_candidates(True))],
+                key=lambda row: row["objective_pct"])
+    assert (first["voltage_factor"], first["variance_scale"]) == (128.0, 4.0)
+    assert (search.chosen["voltage_factor"], search.chosen["variance_scale"]) == (16.0, 0.5)
+    assert search.best["rmse_pct"] == 0.0
+
+
 def test_the_ekf_reports_its_soc_covariance(toy_dataset: Path) -> None:
     from bsoc.ekf.estimator import EkfSocEstimator
     from bsoc.ekf.filter import P_SLICE, NoiseSettings

@@ -33,13 +33,15 @@ class FusionGrid:
     """The candidate values of the tuned settings.
 
     The LSTM's settings are searched as a full grid (with the ECM at ``voltage_start``),
-    then, with the ECM, the voltage noise factor alone at the best of them. The factor
+    then, with the ECM, the voltage noise factor and the variance scale together at the
+    best of the rest: what the filter weighs is the ratio of the two measurements' noises,
+    and at a guessed factor the first stage can only move the LSTM's side of it. The factor
     multiplies the EKF's own voltage noise, which treats every sample's model error as
     new; inside the fusion, beside a second measurement, the ECM's error (correlated over
     a whole drive in the cold) must count for far less, hence factors of tens to hundreds.
     """
 
-    variance_scale: Sequence[float] = (0.5, 1.0, 2.0)
+    variance_scale: Sequence[float] = (0.5, 1.0, 2.0, 4.0)
     bias_fraction: Sequence[float] = (0.5, 0.8)
     bias_tau_s: Sequence[float] = (600.0, 3000.0)
     noise_tau_s: Sequence[float] = (30.0, 100.0, 300.0)
@@ -157,7 +159,8 @@ class SettingsSearch:
             "grid": self.grid.searched(with_ecm),
             "search": "full grid of the LSTM's settings"
                       + (f" (voltage factor {self.grid.voltage_start:g}), then the voltage "
-                         "factor alone at the best" if with_ecm else ""),
+                         "factor and the variance scale together at the best" if with_ecm
+                         else ""),
             "feasible_candidates": sum(self.grid.miss(row["coverage_2_sigma"]) == 0.0
                                        for row in self.rows),
             "best": self.best,
@@ -181,16 +184,19 @@ def score_candidates(base: FusionSocEstimator, runs: list[TuningRun], grid: Fusi
 
 def search_settings(base: FusionSocEstimator, runs: list[TuningRun], grid: FusionGrid,
                     progress: Progress) -> SettingsSearch:
-    """The grid of the LSTM's settings, then (with the ECM) the voltage factor alone at
-    the best of them; ``base`` holds the settings that are not searched."""
+    """The grid of the LSTM's settings, then (with the ECM) the voltage factor and the
+    variance scale together at the best of the rest; ``base`` holds the settings that are
+    not searched."""
     with_ecm = base.ecm is not None
     rows = score_candidates(base, runs, grid, grid.lstm_candidates(with_ecm), "settings grid",
                             progress)
     search = SettingsSearch(rows, list(grid.searched(with_ecm)), grid)
     if with_ecm:
         best = search.chosen
+        pairs = [(factor, scale) for factor in grid.voltage_factor
+                 for scale in grid.variance_scale
+                 if (factor, scale) != (best["voltage_factor"], best["variance_scale"])]
         search.rows += score_candidates(
-            base, runs, grid, [{**best, "voltage_factor": factor} for factor in
-                               grid.voltage_factor if factor != best["voltage_factor"]],
-            "voltage noise", progress)
+            base, runs, grid, [{**best, "voltage_factor": factor, "variance_scale": scale}
+                               for factor, scale in pairs], "voltage noise", progress)
     return search

@@ -230,6 +230,49 @@ def test_with_the_ecm_and_no_lstm_it_is_the_ekf() -> None:
     np.testing.assert_allclose(std, reference_std, rtol=1e-8)
 
 
+def test_a_start_under_load_takes_the_rc_voltages_as_a_share_of_their_steady_state() -> None:
+    from bsoc.ekf.lookup import ecm_point, ocv_inverse
+    from test_ekf_synthetic import CAPACITY_AH, true_tables
+
+    sample = np.array([[0.0, 3.55, -0.8 * CAPACITY_AH, 25.0]])
+    for fraction in (0.0, 0.5):
+        settings = FusionSettings(lstm_measurement=False, voltage_factor=1.0, rc_std_v=0.02,
+                                  rc_load_fraction=fraction)
+        fused = _fusion(settings, ecm=true_tables(), voltage_std=[5e-3], capacity=CAPACITY_AH)
+        _, _, state = _run(fused, sample, np.zeros(1))
+        x, P = state[:5], state[5:30].reshape(5, 5)
+        ecm = fused.buffer[int(fused.buffer[kernel.ECM_AT]):]
+        point = ecm_point(ecm, 0.5, 25.0)
+        current = sample[0, 2]
+        assert x[kernel.V1] == fraction * point[3] * current
+        assert x[kernel.V2] == fraction * point[4] * current
+        assert P[kernel.V1, kernel.V1] == 0.02**2 + x[kernel.V1] ** 2
+        assert x[kernel.SOC] == ocv_inverse(ecm, 3.55 - point[2] * current - x[kernel.V1]
+                                            - x[kernel.V2], 25.0)
+    assert x[kernel.V1] != 0.0  # the share moved the start
+
+
+def test_a_lasting_voltage_error_is_put_down_to_the_slow_voltage_state() -> None:
+    from test_ekf_synthetic import CAPACITY_AH, true_tables
+
+    tables = true_tables()
+    rows = rows_of(1200, seed=9, soc0=0.85).copy()
+    rows[:, 2] *= CAPACITY_AH / CAPACITY
+    true_soc = coulomb_soc(rows[:, 0], rows[:, 2], CAPACITY_AH, 0.85)
+    rows[:, 1] = tables.terminal_voltage(rows[:, 0], rows[:, 2], rows[:, 3], true_soc) + 0.03
+    errors = {}
+    for bias_std in (0.0, 0.05):
+        settings = FusionSettings(lstm_measurement=False, voltage_factor=1.0,
+                                  voltage_bias_std_v=bias_std, voltage_bias_tau_s=1e5)
+        fused = _fusion(settings, ecm=tables, voltage_std=[5e-3], capacity=CAPACITY_AH)
+        start = fused.initial_state(soc=0.85, soc_std=0.01)[fused.lstm_size:]
+        soc, _, state = _run(fused, rows, np.zeros(len(rows)), start)
+        assert len(state) == kernel.state_size(6 if bias_std else 5)
+        errors[bias_std] = 100 * abs(soc[-1] - true_soc[-1])
+    # 30 mV taken as white noise pulls the SOC by points; as a slow error it does not
+    assert errors[0.0] > 1.0 and errors[0.05] < 0.3 * errors[0.0]
+
+
 def test_calibration_is_exact_on_a_constructed_example() -> None:
     errors = np.array([0.5, -1.5, 2.5, -0.9, 1.0, 2.0])
     result = calibration_metrics(errors, np.ones(6))

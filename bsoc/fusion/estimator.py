@@ -35,6 +35,8 @@ _OWN_KEYS = ("kind", "name", "lstm", "capacity_ah", "noise", "settings", "ecm", 
 # Hyperparameters the fit tunes (counted as learnables with the noise coefficients).
 TUNED_SETTINGS = ("variance_scale", "bias_fraction", "bias_tau_s", "noise_tau_s",
                   "offset_std_c", "voltage_factor")
+# ... and with the ECM: its slow voltage error and the RC voltages' start.
+ECM_TUNED_SETTINGS = ("voltage_bias_std_v", "rc_std_v", "rc_load_fraction")
 
 
 class FusionSocEstimator(SocEstimator):
@@ -193,7 +195,8 @@ class FusionSocEstimator(SocEstimator):
 
     # ------------------------------------------------------------------ size, files
     def _own_parameters(self) -> int:
-        ecm = 0 if self.ecm is None else self.ecm.n_parameters() + len(self.voltage_std)
+        ecm = 0 if self.ecm is None else (self.ecm.n_parameters() + len(self.voltage_std)
+                                          + len(ECM_TUNED_SETTINGS))
         return len(self.noise.coef) + len(TUNED_SETTINGS) + ecm
 
     def learnables(self) -> int:

@@ -19,8 +19,15 @@ State ``x = [SOC, b, e]`` (+ ``[V1, V2]`` with the ECM), covariance ``P``:
   carries as much information, ``R = (1 - rho) sigma^2 * 2 tau_v / dt``: taken as white at
   its own variance, one minute of the same error would count as sixty measurements;
 * with the ECM, ``V1, V2`` are the RC voltages and the terminal voltage
-  ``OCV(SOC, T) + R0 (I - b) + V1 + V2`` is a second measurement, as in the EKF
-  (:mod:`bsoc.ekf.filter`).
+  ``OCV(SOC, T) + R0 (I - b) + V1 + V2 (+ d)`` is a second measurement, as in the EKF
+  (:mod:`bsoc.ekf.filter`);
+* optionally ``d``, the ECM's slow voltage error (a first-order Gauss-Markov process of
+  std ``sigma_d``, time constant ``tau_d``): the circuit is wrong in the cold by tens of
+  millivolts over a whole drive, which as white noise must be weighted so little that
+  the voltage cannot even set a start taken under load. With ``d`` the first minutes of
+  voltage pin the SOC to within ``sigma_d`` over the OCV slope, as the EKF's do, while a
+  disagreement that lasts is put down to ``d`` and cannot pull the SOC away from the
+  coulomb count and the LSTM.
 
 The equations are the shared ones of :mod:`bsoc.kalman` (Joseph form, gating, SOC
 projected onto [0, 1]). What the noise model reads (time since start, time at rest, the
@@ -50,16 +57,16 @@ from bsoc.nn.kernel import step_packed
 (CAPACITY_AH, SOC_WALK_VAR, OFFSET_VAR0, OFFSET_WALK_VAR, BIAS_TAU_S, BIAS_FRACTION,
  VARIANCE_SCALE, LSTM_ON, INIT_SOC, INIT_SOC_STD, GATE_SIGMA, REST_C_RATE, CRATE_TAU_S,
  VARIABILITY_TAU_S, START_TAU_1_S, START_TAU_2_S, VOLTAGE_FACTOR, RC_WALK_VAR, RC_VAR0,
- REST_SOC_STD, NOISE_TAU_S, N_STATES, N_KNOTS, KNOTS_AT, N_COEF, COEF_AT, N_VSTD, VSTD_AT,
- ECM_AT) = range(29)
-SETTINGS_HEADER = 29
+ REST_SOC_STD, NOISE_TAU_S, VBIAS_VAR, VBIAS_TAU_S, RC_LOAD_FRACTION, N_STATES, N_KNOTS,
+ KNOTS_AT, N_COEF, COEF_AT, N_VSTD, VSTD_AT, ECM_AT) = range(32)
+SETTINGS_HEADER = 32
 
 # Filter state, after x (n) and P (n * n): the measurement memory.
 (LAST_TIME, LAST_CURRENT, LAST_TEMPERATURE, START_TIME, REST_S, CRATE_EMA, VARIABILITY_EMA,
  CHARGE, Z_MINUS_CHARGE, LAST_SIGMA, CAPACITY, STATUS) = range(12)
 MEMORY_SIZE = 12
 FRESH, RUNNING, PRESET = 0.0, 1.0, 2.0
-SOC, OFFSET, BIAS, V1, V2 = range(5)
+SOC, OFFSET, BIAS, V1, V2, VBIAS = range(6)
 
 # Noise-model features after the temperature hats (see bsoc.fusion.noise.FEATURES).
 N_EXTRA_FEATURES = 7
@@ -69,7 +76,8 @@ _LOG_VAR_MIN, _LOG_VAR_MAX = math.log(1e-8), math.log(0.25)
 
 
 def state_size(n_states: int) -> int:
-    """Floats of one stream's filter state for ``n_states`` (3, or 5 with the ECM)."""
+    """Floats of one stream's filter state for ``n_states`` (3; with the ECM 5, or 6 with
+    its slow voltage error)."""
     return n_states + n_states * n_states + MEMORY_SIZE
 
 
@@ -196,7 +204,7 @@ def filter_step(buf: np.ndarray, sample: np.ndarray, z: float, has_z: bool,
         return buf[INIT_SOC], buf[INIT_SOC_STD]
     time_s, voltage, current = sample[0], sample[1], sample[2]
     has_z = has_z and v_ok and buf[LSTM_ON] > 0
-    use_voltage = n == 5 and buf[VOLTAGE_FACTOR] > 0 and v_ok
+    use_voltage = n >= 5 and buf[VOLTAGE_FACTOR] > 0 and v_ok
     n_coef = int(buf[N_COEF])
     x = work[:n]
     P = work[n:mem].reshape(n, n)
@@ -221,16 +229,26 @@ def filter_step(buf: np.ndarray, sample: np.ndarray, z: float, has_z: bool,
             P[:, :] = 0.0
             x[SOC] = buf[INIT_SOC]
             P[SOC, SOC] = buf[INIT_SOC_STD] ** 2
-            if use_voltage:  # start from the IR-corrected voltage, as the EKF does
-                r0 = ecm_point(ecm, 0.5, temperature)[2]
-                x[SOC] = ocv_inverse(ecm, voltage - r0 * current, temperature)
-                if abs(current) <= buf[REST_C_RATE] * capacity:
-                    P[SOC, SOC] = buf[REST_SOC_STD] ** 2
-        P[OFFSET, OFFSET] = buf[OFFSET_VAR0]
-        P[BIAS, BIAS] = rho * variance
-        if n == 5:
+        if n >= 5:
             P[V1, V1] = buf[RC_VAR0]
             P[V2, V2] = buf[RC_VAR0]
+        if status == FRESH and use_voltage:
+            # start from the voltage less the IR drop, as the EKF does; under load the RC
+            # voltages are unknown, between zero and their steady state for the current:
+            # a fraction of it is their prior, that much again their extra uncertainty
+            point = ecm_point(ecm, 0.5, temperature)
+            fraction = buf[RC_LOAD_FRACTION]
+            x[V1], x[V2] = fraction * point[3] * current, fraction * point[4] * current
+            P[V1, V1] += x[V1] * x[V1]
+            P[V2, V2] += x[V2] * x[V2]
+            x[SOC] = ocv_inverse(ecm, voltage - point[2] * current - x[V1] - x[V2],
+                                 temperature)
+            if abs(current) <= buf[REST_C_RATE] * capacity:
+                P[SOC, SOC] = buf[REST_SOC_STD] ** 2
+        P[OFFSET, OFFSET] = buf[OFFSET_VAR0]
+        P[BIAS, BIAS] = rho * variance
+        if n == 6:
+            P[VBIAS, VBIAS] = buf[VBIAS_VAR]
     else:
         dt = time_s - state[mem + LAST_TIME]
         ibar = 0.5 * (state[mem + LAST_CURRENT] + current)
@@ -239,7 +257,7 @@ def filter_step(buf: np.ndarray, sample: np.ndarray, z: float, has_z: bool,
         for i in range(n):
             F[i, i] = 1.0
         q[:] = 0.0
-        if n == 5:  # RC voltages with the parameters at the previous state
+        if n >= 5:  # RC voltages with the parameters at the previous state
             point = ecm_point(ecm, x[SOC], state[mem + LAST_TEMPERATURE])
             a1, a2 = math.exp(-dt / point[5]), math.exp(-dt / point[6])
             x[V1] = a1 * x[V1] + point[3] * (1 - a1) * (ibar - x[OFFSET])
@@ -247,6 +265,11 @@ def filter_step(buf: np.ndarray, sample: np.ndarray, z: float, has_z: bool,
             F[V1, V1], F[V1, OFFSET] = a1, -point[3] * (1 - a1)
             F[V2, V2], F[V2, OFFSET] = a2, -point[4] * (1 - a2)
             q[V1] = q[V2] = buf[RC_WALK_VAR] * dt
+        if n == 6:
+            phi_d = math.exp(-dt / buf[VBIAS_TAU_S])
+            x[VBIAS] *= phi_d
+            F[VBIAS, VBIAS] = phi_d
+            q[VBIAS] = buf[VBIAS_VAR] * (1.0 - phi_d * phi_d)
         x[SOC] += (ibar - x[OFFSET]) * scale
         F[SOC, OFFSET] = -scale
         advance_memory(buf, memory, dt, current, ibar * scale, z, has_z, capacity)
@@ -269,6 +292,9 @@ def filter_step(buf: np.ndarray, sample: np.ndarray, z: float, has_z: bool,
         point = ecm_point(ecm, x[SOC], temperature)
         y = voltage - (point[0] + point[2] * (current - x[OFFSET]) + x[V1] + x[V2])
         H[SOC], H[OFFSET], H[V1], H[V2] = point[1], -point[2], 1.0, 1.0
+        if n == 6:
+            y -= x[VBIAS]
+            H[VBIAS] = 1.0
         update_scalar(x, P, y, H, voltage_noise(buf, temperature), gate, m1, m2, v1, v2)
         project_bounds(x, P, SOC, 0.0, 1.0)
         H[:] = 0.0

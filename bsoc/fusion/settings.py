@@ -21,7 +21,9 @@ class FusionSettings:
     ``bias_tau_s``, the rest fast, correlated over ``noise_tau_s``. ``offset_std_c`` is the prior std of the current
     sensor's offset in C (0: no offset state), which random-walks by that much every
     ``offset_walk_h`` hours. ``voltage_factor`` multiplies the EKF's voltage noise when
-    the ECM's voltage is a measurement (0: it is not). ``lstm_measurement`` False leaves
+    the ECM's voltage is a measurement (0: it is not); ``voltage_bias_std_v`` is the std of
+    the ECM's slow voltage error, a state with time constant ``voltage_bias_tau_s`` (0:
+    no such state, all of the voltage's error is in its white noise). ``lstm_measurement`` False leaves
     pure coulomb counting (the reference the tests hold it to).
     """
 
@@ -33,6 +35,9 @@ class FusionSettings:
     offset_walk_h: float = 4.0
     soc_walk: float = 1e-6  # SOC random walk per sqrt(second): current noise and gain error
     voltage_factor: float = 0.0
+    voltage_bias_std_v: float = 0.0
+    voltage_bias_tau_s: float = 1800.0
+    rc_load_fraction: float = 0.0  # RC voltages' prior at a start under load (see filter)
     rc_walk_v: float = 1e-3  # RC voltage random walk, V per sqrt(second) (the EKF's)
     rc_std_v: float = 0.02  # initial RC voltage std (the EKF's)
     rest_soc_std: float = 0.1  # SOC std after a start at rest from the voltage (the EKF's)
@@ -44,7 +49,7 @@ class FusionSettings:
     def validate(self) -> FusionSettings:
         values = asdict(self)
         positive = ("variance_scale", "bias_tau_s", "offset_walk_h", "rc_std_v", "rest_soc_std",
-                    "init_soc_std", "gate_sigma")
+                    "init_soc_std", "gate_sigma", "voltage_bias_tau_s")
         for name, value in values.items():
             if not np.isfinite(float(value)) or float(value) < 0:
                 raise ConfigError(f"fusion setting {name}={value} must be finite and >= 0")
@@ -121,7 +126,11 @@ def pack_buffer(
     header[kernel.RC_VAR0] = settings.rc_std_v**2
     header[kernel.REST_SOC_STD] = settings.rest_soc_std
     header[kernel.NOISE_TAU_S] = settings.noise_tau_s
-    header[kernel.N_STATES] = 5 if with_ecm else 3
+    header[kernel.VBIAS_VAR] = settings.voltage_bias_std_v**2
+    header[kernel.VBIAS_TAU_S] = settings.voltage_bias_tau_s
+    header[kernel.RC_LOAD_FRACTION] = settings.rc_load_fraction
+    voltage_bias = with_ecm and settings.voltage_factor > 0 and settings.voltage_bias_std_v > 0
+    header[kernel.N_STATES] = (6 if voltage_bias else 5) if with_ecm else 3
     header[kernel.N_KNOTS] = len(knots)
     header[kernel.KNOTS_AT] = kernel.SETTINGS_HEADER
     header[kernel.N_COEF] = len(coef)

@@ -22,10 +22,12 @@ import numpy as np
 
 from bsoc.data.schema import Cycle
 from bsoc.evaluate import SCENARIOS, ScenarioSettings, counted_samples, scenario_inputs
-from bsoc.fusion.estimator import FusionSocEstimator
+from bsoc.fusion.estimator import ECM_TUNED_SETTINGS, FusionSocEstimator
 from bsoc.nn.estimator import LstmSocEstimator
 
 Progress = Callable[[str, float], None]
+# Settings searched only with the ECM (see FusionGrid), beside the LSTM's.
+ECM_SEARCHED = ("voltage_factor", *ECM_TUNED_SETTINGS)
 
 
 @dataclass(frozen=True)
@@ -33,12 +35,16 @@ class FusionGrid:
     """The candidate values of the tuned settings.
 
     The LSTM's settings are searched as a full grid (with the ECM at ``voltage_start``),
-    then, with the ECM, the voltage noise factor and the variance scale together at the
-    best of the rest: what the filter weighs is the ratio of the two measurements' noises,
-    and at a guessed factor the first stage can only move the LSTM's side of it. The factor
-    multiplies the EKF's own voltage noise, which treats every sample's model error as
-    new; inside the fusion, beside a second measurement, the ECM's error (correlated over
-    a whole drive in the cold) must count for far less, hence factors of tens to hundreds.
+    then, with the ECM, the voltage noise factor, the variance scale and the ECM's slow
+    voltage error together at the best of the rest: what the filter weighs is the ratio of
+    the two measurements' noises, and at a guessed factor the first stage can only move
+    the LSTM's side of it. The factor multiplies the EKF's own voltage noise, which treats
+    every sample's model error as new; inside the fusion, beside a second measurement, the
+    ECM's error (correlated over a whole drive in the cold) must count for far less, hence
+    factors of tens to hundreds, unless the slow part of that error is a state of its own.
+    Then the RC voltages' prior at a start (``rc_std_v``, ``rc_load_fraction``): a start
+    under load, as after a reset mid-drive, finds them far from the rest's zero. The last
+    two stages are searched twice in turn, as each one's best depends on the other.
     """
 
     variance_scale: Sequence[float] = (0.5, 1.0, 2.0, 4.0)
@@ -46,7 +52,10 @@ class FusionGrid:
     bias_tau_s: Sequence[float] = (600.0, 3000.0)
     noise_tau_s: Sequence[float] = (30.0, 100.0, 300.0)
     offset_std_c: Sequence[float] = (0.0, 0.005, 0.01)
-    voltage_factor: Sequence[float] = (16.0, 32.0, 64.0, 128.0, 256.0, 512.0)
+    voltage_factor: Sequence[float] = (4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0)
+    voltage_bias_std_v: Sequence[float] = (0.0, 0.01)
+    rc_std_v: Sequence[float] = (0.02, 0.05, 0.1)
+    rc_load_fraction: Sequence[float] = (0.0, 0.5)
     voltage_start: float = 128.0
     coverage: tuple[float, float] = (0.90, 0.98)  # wanted +-2 sigma coverage per temperature
     coverage_weight_pct: float = 5.0  # RMSE points one unit of coverage outside it costs
@@ -61,7 +70,7 @@ class FusionGrid:
 
     def searched(self, with_ecm: bool) -> dict[str, list[float]]:
         names = ["variance_scale", "bias_fraction", "bias_tau_s", "noise_tau_s",
-                 "offset_std_c", *(["voltage_factor"] if with_ecm else [])]
+                 "offset_std_c", *(list(ECM_SEARCHED) if with_ecm else [])]
         return {name: [float(v) for v in getattr(self, name)] for name in names}
 
     def miss(self, coverage: dict[str, dict[float, float]]) -> float:
@@ -159,8 +168,9 @@ class SettingsSearch:
             "grid": self.grid.searched(with_ecm),
             "search": "full grid of the LSTM's settings"
                       + (f" (voltage factor {self.grid.voltage_start:g}), then the voltage "
-                         "factor and the variance scale together at the best" if with_ecm
-                         else ""),
+                         "factor, the variance scale and the slow voltage error together "
+                         "at the best, then the RC voltages' start, both twice in turn"
+                         if with_ecm else ""),
             "feasible_candidates": sum(self.grid.miss(row["coverage_2_sigma"]) == 0.0
                                        for row in self.rows),
             "best": self.best,
@@ -184,19 +194,24 @@ def score_candidates(base: FusionSocEstimator, runs: list[TuningRun], grid: Fusi
 
 def search_settings(base: FusionSocEstimator, runs: list[TuningRun], grid: FusionGrid,
                     progress: Progress) -> SettingsSearch:
-    """The grid of the LSTM's settings, then (with the ECM) the voltage factor and the
-    variance scale together at the best of the rest; ``base`` holds the settings that are
-    not searched."""
+    """The grid of the LSTM's settings, then (with the ECM) the voltage factor, the
+    variance scale and the slow voltage error together at the best of the rest, then the
+    RC voltages' start; ``base`` holds the settings that are not searched."""
     with_ecm = base.ecm is not None
-    rows = score_candidates(base, runs, grid, grid.lstm_candidates(with_ecm), "settings grid",
-                            progress)
+    first = [{**row, "voltage_bias_std_v": base.settings.voltage_bias_std_v,
+              "rc_std_v": base.settings.rc_std_v,
+              "rc_load_fraction": base.settings.rc_load_fraction} if with_ecm else row
+             for row in grid.lstm_candidates(with_ecm)]
+    rows = score_candidates(base, runs, grid, first, "settings grid", progress)
     search = SettingsSearch(rows, list(grid.searched(with_ecm)), grid)
-    if with_ecm:
-        best = search.chosen
-        pairs = [(factor, scale) for factor in grid.voltage_factor
-                 for scale in grid.variance_scale
-                 if (factor, scale) != (best["voltage_factor"], best["variance_scale"])]
-        search.rows += score_candidates(
-            base, runs, grid, [{**best, "voltage_factor": factor, "variance_scale": scale}
-                               for factor, scale in pairs], "voltage noise", progress)
+    if with_ecm:  # two rounds: each stage's best depends on the other's
+        for stage, axes in 2 * (("voltage noise", ("voltage_factor", "variance_scale",
+                                                   "voltage_bias_std_v")),
+                                ("RC start", ("rc_std_v", "rc_load_fraction"))):
+            best = search.chosen
+            values = itertools.product(*(getattr(grid, name) for name in axes))
+            candidates = [{**best, **dict(zip(axes, chosen, strict=True))} for chosen in values]
+            scored = [{name: row[name] for name in search.names} for row in search.rows]
+            search.rows += score_candidates(
+                base, runs, grid, [c for c in candidates if c not in scored], stage, progress)
     return search

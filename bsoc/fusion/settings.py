@@ -18,13 +18,16 @@ class FusionSettings:
     ``variance_scale`` multiplies the noise model's variance (the LSTM errs more on cycles it
     was not trained on than on its training split, where the noise model is fitted);
     ``bias_fraction`` of that variance is the slow error state ``e`` with time constant
-    ``bias_tau_s``, the rest fast, correlated over ``noise_tau_s``. ``offset_std_c`` is the prior std of the current
-    sensor's offset in C (0: no offset state), which random-walks by that much every
-    ``offset_walk_h`` hours. ``voltage_factor`` multiplies the EKF's voltage noise when
-    the ECM's voltage is a measurement (0: it is not); ``voltage_bias_std_v`` is the std of
-    the ECM's slow voltage error, a state with time constant ``voltage_bias_tau_s`` (0:
-    no such state, all of the voltage's error is in its white noise). ``lstm_measurement`` False leaves
-    pure coulomb counting (the reference the tests hold it to).
+    ``bias_tau_s``, the rest fast, correlated over ``noise_tau_s``. ``offset_std_c`` is the
+    prior std of the current sensor's offset in C (0: no offset state), which random-walks
+    by that much every ``offset_walk_h`` hours. ``voltage_factor`` multiplies the EKF's
+    voltage noise when the ECM's voltage is a measurement (0: it is not);
+    ``voltage_bias_std_v`` is the std of the ECM's slow voltage error, a state with time
+    constant ``voltage_bias_tau_s`` (0: no such state, all of the voltage's error is in its
+    white noise). ``rc_load_fraction``: at a start under load the RC voltages' prior is
+    this share of their steady state for the current (0: zero, as the EKF starts).
+    ``lstm_measurement`` False leaves pure coulomb counting (the reference the tests hold
+    it to).
     """
 
     variance_scale: float = 1.0
@@ -37,7 +40,7 @@ class FusionSettings:
     voltage_factor: float = 0.0
     voltage_bias_std_v: float = 0.0
     voltage_bias_tau_s: float = 1800.0
-    rc_load_fraction: float = 0.0  # RC voltages' prior at a start under load (see filter)
+    rc_load_fraction: float = 0.0
     rc_walk_v: float = 1e-3  # RC voltage random walk, V per sqrt(second) (the EKF's)
     rc_std_v: float = 0.02  # initial RC voltage std (the EKF's)
     rest_soc_std: float = 0.1  # SOC std after a start at rest from the voltage (the EKF's)

@@ -196,12 +196,11 @@ def search_settings(base: FusionSocEstimator, runs: list[TuningRun], grid: Fusio
                     progress: Progress) -> SettingsSearch:
     """The grid of the LSTM's settings, then (with the ECM) the voltage factor, the
     variance scale and the slow voltage error together at the best of the rest, then the
-    RC voltages' start; ``base`` holds the settings that are not searched."""
+    RC voltages' start, these two stages twice in turn; ``base`` holds the settings that
+    are not searched (and the first stage's values of the later ones)."""
     with_ecm = base.ecm is not None
-    first = [{**row, "voltage_bias_std_v": base.settings.voltage_bias_std_v,
-              "rc_std_v": base.settings.rc_std_v,
-              "rc_load_fraction": base.settings.rc_load_fraction} if with_ecm else row
-             for row in grid.lstm_candidates(with_ecm)]
+    held = {name: getattr(base.settings, name) for name in ECM_TUNED_SETTINGS} if with_ecm else {}
+    first = [{**row, **held} for row in grid.lstm_candidates(with_ecm)]
     rows = score_candidates(base, runs, grid, first, "settings grid", progress)
     search = SettingsSearch(rows, list(grid.searched(with_ecm)), grid)
     if with_ecm:  # two rounds: each stage's best depends on the other's

@@ -34,14 +34,15 @@ TOLERANCE_PCT = 0.1
 
 
 def restart_differences(lstm: LstmSocEstimator, samples: np.ndarray, window: int,
-                        stride: int = STRIDE) -> np.ndarray:
+                        stride: int = STRIDE, full: np.ndarray | None = None) -> np.ndarray:
     """|SOC from the first sample - SOC restarted ``window`` samples earlier| in points, at
     the ends ``window, window + stride, ...`` (sample counts) of ``samples``; empty when
-    the cycle is shorter than ``window``."""
+    the cycle is shorter than ``window``. ``full``: the run from the first sample, if
+    already computed (one run serves every window)."""
     ends = np.arange(window, len(samples) + 1, stride)
     if len(ends) == 0:
         return np.zeros(0)
-    full = lstm.predict(samples)
+    full = lstm.predict(samples) if full is None else full
     restarted = lstm.predict_many([samples[end - window:end] for end in ends])
     return 100 * np.abs(np.array([r[-1] for r in restarted]) - full[ends - 1])
 
@@ -58,8 +59,9 @@ def measure(lstm: LstmSocEstimator, cycles: Sequence[Any], windows: Sequence[int
     rows = []
     for cycle in cycles:
         samples = cycle.samples()
+        full = lstm.predict(samples)
         for window in windows:
-            diff = restart_differences(lstm, samples, window, stride)
+            diff = restart_differences(lstm, samples, window, stride, full)
             if len(diff):
                 rows.append({"cycle": cycle.meta.name, "temperature_c": cycle.meta.ambient_c,
                              "window_samples": window, "points": len(diff),

@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from benchmark_scripts import load
+from test_fusion import _lstm
 from test_serve_helpers import rows_of
 
 
 @pytest.fixture(scope="module")
 def script():
     return load("lstm_memory")
-
-
-def _lstm():
-    from bsoc.nn.estimator import LstmSocEstimator
-    from bsoc.nn.network import NetworkConfig, SocNetwork
-
-    torch.manual_seed(3)
-    network = SocNetwork(NetworkConfig(hidden_sizes=(16, 8)))
-    network.set_normalisation(np.array([3.7, -0.5, 15.0]), np.array([0.3, 0.6, 10.0]))
-    return LstmSocEstimator(network.eval(), name="tiny-lstm")
 
 
 def test_a_restart_at_the_first_sample_is_the_run_itself(script) -> None:
@@ -37,6 +27,9 @@ def test_each_restart_is_the_network_run_on_the_last_window_alone(script) -> Non
     full = lstm.predict(samples)
     direct = [100 * abs(lstm.predict(samples[e - 20:e])[-1] - full[e - 1]) for e in ends]
     np.testing.assert_allclose(diff, direct, atol=1e-9)
+    # the run from the first sample, given, serves as computed
+    np.testing.assert_array_equal(
+        script.restart_differences(lstm, samples, 20, stride=7, full=full), diff)
     assert diff.max() > 0  # a fresh state 20 samples back does not give the same output
     assert len(script.restart_differences(lstm, samples, 60)) == 0  # shorter than the window
 
